@@ -1,0 +1,64 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "discd",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "discd", targets: ["discd"]),
+        .executable(name: "showmap", targets: ["showmap"]),
+        .library(name: "NodeMap", targets: ["NodeMap"]),
+        .library(name: "Discovery", targets: ["Discovery"]),
+        .library(name: "Detector", targets: ["Detector"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // C system libraries, found with pkg-config; installed by scripts/install-deps.
+        .systemLibrary(
+            name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
+            providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(
+            name: "CVerbs", path: "Sources/CVerbs", pkgConfig: "libibverbs",
+            providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]),
+
+        // Pure protocol cores: no sockets, no sleeps, no wall clock.
+        .target(name: "NodeMap"),
+        // The datagram format shared by every transport (UDP multicast/unicast, RDMA multicast).
+        .target(name: "Wire", dependencies: ["NodeMap"]),
+        .target(name: "Discovery", dependencies: ["NodeMap", "Wire"]),
+        .target(name: "Detector", dependencies: ["NodeMap", "Wire"]),
+        // One node's protocol: Discovery and Detector over one NodeMap, fed datagrams and ticks.
+        // The daemon and the simulator both run exactly this.
+        .target(name: "Cluster", dependencies: ["NodeMap", "Wire", "Discovery", "Detector"]),
+        // Deterministic cluster simulator driving the very same cores in virtual time.
+        .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire"]),
+
+        .executableTarget(
+            name: "discd",
+            dependencies: [
+                "NodeMap", "Wire", "Discovery", "Detector", "Cluster", "Simulator", "CSystemd", "CVerbs",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]),
+        .executableTarget(
+            name: "showmap",
+            dependencies: [
+                "NodeMap",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
+        .testTarget(name: "NodeMapTests", dependencies: ["NodeMap"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "NodeMap"]),
+        .testTarget(name: "DiscoveryTests", dependencies: ["Discovery", "Cluster", "Wire", "NodeMap"]),
+        .testTarget(name: "DetectorTests", dependencies: ["Detector", "Wire", "NodeMap"]),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Cluster", "NodeMap"]),
+    ]
+)

@@ -1,0 +1,332 @@
+import NodeMap
+import Wire
+
+/// Settings of the discovery protocol; invariants are checked where they are set.
+public struct DiscoverySettings: Sendable, Equatable {
+    /// Announce interval of a small cluster (ns).
+    public var baseInterval: UInt64
+    /// Cluster-wide announce budget (announces per second): with N nodes each node announces every
+    /// max(baseInterval, N / aggregateRate) seconds, as RTCP scales its report interval.
+    public var aggregateRate: Double
+    /// A member not heard from for `expiryFactor` announce intervals is declared dead by discovery
+    /// (the detector usually finds it much sooner).
+    public var expiryFactor: Double
+    /// Dead and left nodes stay in the map this long after they were last heard, then are removed.
+    public var purgeAfter: UInt64
+    /// Whether this node relays multicast between its interfaces (several `-i` interfaces, no `-m`).
+    public var relay: Bool
+    /// Entries kept to recognise relayed copies of a message already seen.
+    public var seenCacheSize: Int
+
+    public struct Invalid: Error, CustomStringConvertible, Equatable {
+        public let description: String
+    }
+
+    public init(
+        baseInterval: UInt64 = 1_000_000_000, aggregateRate: Double = 100, expiryFactor: Double = 3.5,
+        purgeAfter: UInt64 = 60_000_000_000, relay: Bool = false, seenCacheSize: Int = 4096
+    ) throws {
+        guard baseInterval >= 10_000_000 else { throw Invalid(description: "announce interval must be at least 10ms") }
+        guard baseInterval <= 3_600_000_000_000 else { throw Invalid(description: "announce interval must be at most 1h") }
+        guard aggregateRate > 0 else { throw Invalid(description: "aggregate announce rate must be positive") }
+        guard expiryFactor >= 2 else { throw Invalid(description: "expiry factor must be at least 2 announce intervals") }
+        guard seenCacheSize >= 16 else { throw Invalid(description: "seen cache must hold at least 16 entries") }
+        self.baseInterval = baseInterval
+        self.aggregateRate = aggregateRate
+        self.expiryFactor = expiryFactor
+        self.purgeAfter = purgeAfter
+        self.relay = relay
+        self.seenCacheSize = seenCacheSize
+    }
+
+    public static let `default` = try! DiscoverySettings()
+}
+
+/// Who this node is.
+public struct SelfInfo: Sendable, Equatable {
+    public var address: IPAddress
+    public var preferredID: NodeID?
+    public var explicitID: Bool
+    public var aliases: [Alias]
+    public var heartbeatPort: UInt16
+    public var capabilities: [Capability]
+
+    public init(
+        address: IPAddress, preferredID: NodeID? = nil, explicitID: Bool = false, aliases: [Alias] = [],
+        heartbeatPort: UInt16 = 0, capabilities: [Capability] = []
+    ) {
+        self.address = address
+        self.explicitID = explicitID && preferredID != nil
+        self.preferredID = self.explicitID ? preferredID : NodeID.derived(from: address)
+        self.aliases = aliases
+        self.heartbeatPort = heartbeatPort
+        self.capabilities = capabilities
+    }
+}
+
+/// What the discovery core asks its shell to do.
+public enum DiscoveryOutput: Hashable, Sendable {
+    /// Originate a message on every cluster interface.
+    case multicast(Body)
+    /// Send a message to one node's discovery port.
+    case unicast(Body, to: IPAddress)
+    /// Forward a received message (hops already incremented) on every interface but `except`.
+    case relay(Message, except: Int)
+    case changes([NodeMapChange])
+}
+
+/// The discovery protocol of one node (after omdiscd): periodic announces with jitter whose
+/// interval stretches with the cluster size, join answered at once with the map, leave on a clean
+/// stop, relaying between networks with loop suppression, and expiry of silent nodes.
+///
+/// Pure: inputs are received messages, ticks and interface changes, each with `now` (ns);
+/// outputs are messages to send and map changes.
+public struct DiscoveryCore: Sendable {
+    public let settings: DiscoverySettings
+    public private(set) var me: SelfInfo
+    public private(set) var incarnation: UInt64
+    public private(set) var started = false
+
+    private var rng: SplitMix64
+    private var nextAnnounce: UInt64 = 0
+    private var nextScan: UInt64 = 0
+    private var seen: Set<SeenKey> = []
+    private var seenOrder: [SeenKey] = []
+    private var seenHead = 0
+    public private(set) var stats = DiscoveryStats()
+
+    struct SeenKey: Hashable, Sendable {
+        var origin: IPAddress
+        var incarnation: UInt64
+        var messageID: UInt32
+        var type: UInt8
+    }
+
+    public init(settings: DiscoverySettings = .default, me: SelfInfo, incarnation: UInt64, seed: UInt64) {
+        self.settings = settings
+        self.me = me
+        self.incarnation = incarnation
+        self.rng = SplitMix64(seed: seed)
+    }
+
+    /// The claim this node makes about itself.
+    public var selfClaim: NodeClaim {
+        NodeClaim(
+            address: me.address, preferredID: me.preferredID, explicitID: me.explicitID, aliases: me.aliases,
+            incarnation: incarnation, hops: 0, heartbeatPort: me.heartbeatPort, capabilities: me.capabilities)
+    }
+
+    public var selfInfo: NodeInfo {
+        NodeInfo(
+            aliases: me.aliases, heartbeatPort: me.heartbeatPort,
+            announceIntervalMillis: UInt32(min(interval(members: 1) / 1_000_000, UInt64(UInt32.max))),
+            capabilities: me.capabilities)
+    }
+
+    /// The announce interval for a cluster of `members` nodes (ns).
+    public func interval(members: Int) -> UInt64 {
+        let stretched = Double(members) / settings.aggregateRate * 1e9
+        return max(settings.baseInterval, stretched.isFinite ? UInt64(min(stretched, 3.6e12)) : settings.baseInterval)
+    }
+
+    private mutating func jittered(_ base: UInt64) -> UInt64 {
+        // Uniform in [0.5, 1.5) of the interval, so that nodes started together spread out.
+        base / 2 + UInt64.random(in: 0..<max(base, 1), using: &rng)
+    }
+
+    /// The earliest time `tick` needs to be called.
+    public var nextDeadline: UInt64 { min(nextAnnounce, nextScan) }
+
+    /// Starts discovery: this node enters its own map and says `join`.
+    public mutating func start(now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+        started = true
+        var out: [DiscoveryOutput] = []
+        let c = map.observe(selfClaim, now: now)
+        if !c.isEmpty { out.append(.changes(c)) }
+        out.append(.multicast(.join(info(map))))
+        stats.joinsSent += 1
+        nextAnnounce = now + jittered(interval(members: map.memberCount))
+        nextScan = now + settings.baseInterval
+        return out
+    }
+
+    private func info(_ map: NodeMap) -> NodeInfo {
+        NodeInfo(
+            aliases: me.aliases, heartbeatPort: me.heartbeatPort,
+            announceIntervalMillis: UInt32(min(interval(members: map.memberCount) / 1_000_000, UInt64(UInt32.max))),
+            capabilities: me.capabilities)
+    }
+
+    /// Timers: the periodic announce, expiry of silent members and purge of old dead ones.
+    public mutating func tick(now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+        guard started else { return [] }
+        var out: [DiscoveryOutput] = []
+        map.touch(me.address, now: now)
+        if now >= nextAnnounce {
+            out.append(.multicast(.announce(info(map))))
+            stats.announcesSent += 1
+            nextAnnounce = now + jittered(interval(members: map.memberCount))
+        }
+        if now >= nextScan {
+            let iv = interval(members: map.memberCount)
+            let expiry = UInt64(Double(iv) * settings.expiryFactor)
+            var changes: [NodeMapChange] = []
+            for n in map.nodes where n.address != me.address {
+                let silent = now > n.lastHeard ? now - n.lastHeard : 0
+                if n.state.isMember && silent > expiry {
+                    changes += map.setState(n.address, to: .dead, incarnation: n.incarnation)
+                    stats.expired += 1
+                } else if !n.state.isMember && silent > settings.purgeAfter {
+                    changes += map.remove(n.address)
+                }
+            }
+            if !changes.isEmpty { out.append(.changes(changes)) }
+            // Scan a few times per expiry period; cheap even for large maps.
+            nextScan = now + max(settings.baseInterval, iv / 2)
+        }
+        return out
+    }
+
+    /// Announce at once with a higher incarnation: refutes a suspicion or a death notice about us.
+    public mutating func refute(now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+        incarnation += 1
+        stats.refutations += 1
+        var out: [DiscoveryOutput] = []
+        let c = map.observe(selfClaim, now: now)
+        if !c.isEmpty { out.append(.changes(c)) }
+        out.append(.multicast(.announce(info(map))))
+        return out
+    }
+
+    /// Our addresses changed (interface up/down, address added): announce the new set at once.
+    public mutating func interfacesChanged(aliases: [Alias], now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+        guard aliases != me.aliases else { return [] }
+        me.aliases = aliases
+        var out: [DiscoveryOutput] = []
+        let c = map.observe(selfClaim, now: now)
+        if !c.isEmpty { out.append(.changes(c)) }
+        if started { out.append(.multicast(.announce(info(map)))) }
+        return out
+    }
+
+    /// A clean stop: say `leave` so that the others drop us at once.
+    public mutating func stop(now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+        guard started else { return [] }
+        started = false
+        var out: [DiscoveryOutput] = [.multicast(.leave)]
+        let c = map.setState(me.address, to: .left)
+        if !c.isEmpty { out.append(.changes(c)) }
+        return out
+    }
+
+    /// Relay and duplicate suppression for the multicast message types. Returns false when the
+    /// message was seen before (a relayed copy) and must not be processed again.
+    public mutating func admit(_ m: Message, interface: Int, now: UInt64) -> (process: Bool, relay: DiscoveryOutput?) {
+        guard m.header.type.isRelayed else { return (true, nil) }
+        // Without relays in play a copy cannot arrive twice by design; skip the cache (it costs memory).
+        guard settings.relay || m.header.hops > 0 else { return (true, nil) }
+        let key = SeenKey(
+            origin: m.header.origin, incarnation: m.header.incarnation, messageID: m.header.messageID,
+            type: m.header.type.rawValue)
+        if seen.contains(key) {
+            stats.duplicates += 1
+            return (false, nil)
+        }
+        remember(key)
+        guard settings.relay, m.header.hops < Wire.maxHops else { return (true, nil) }
+        var fwd = m
+        fwd.header.hops += 1
+        stats.relayed += 1
+        return (true, .relay(fwd, except: interface))
+    }
+
+    private mutating func remember(_ key: SeenKey) {
+        seen.insert(key)
+        if seenOrder.count < settings.seenCacheSize {
+            seenOrder.append(key)
+        } else {
+            seen.remove(seenOrder[seenHead])
+            seenOrder[seenHead] = key
+            seenHead = (seenHead + 1) % seenOrder.count
+        }
+    }
+
+    /// Handles announce, join, leave and map-sync messages (already admitted).
+    public mutating func receive(_ m: Message, now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+        let h = m.header
+        guard h.origin != me.address else { return [] }
+        var out: [DiscoveryOutput] = []
+        switch m.body {
+        case .announce(let info), .join(let info):
+            let claim = NodeClaim(
+                address: h.origin, preferredID: h.flags.contains(.explicitID) ? NodeID(rawValue: h.senderID) : nil,
+                explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
+                hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
+            let c = map.observe(claim, now: now)
+            if !c.isEmpty { out.append(.changes(c)) }
+            if case .join = m.body {
+                stats.joinsReceived += 1
+                if shouldAnswerJoin(of: h.origin, map: map) {
+                    for body in mapSync(map) { out.append(.unicast(body, to: h.origin)) }
+                    stats.syncsSent += 1
+                }
+            }
+        case .leave:
+            if let n = map[h.origin], h.incarnation >= n.incarnation {
+                let c = map.setState(h.origin, to: .left, incarnation: h.incarnation)
+                if !c.isEmpty { out.append(.changes(c)) }
+            }
+        case .mapSync(_, _, let entries):
+            var changes: [NodeMapChange] = []
+            for e in entries where e.address != me.address && e.state.isMember {
+                if let known = map[e.address], known.incarnation >= e.incarnation { continue }
+                let claim = NodeClaim(
+                    address: e.address, preferredID: e.explicitID ? NodeID(rawValue: e.preferredID) : nil,
+                    explicitID: e.explicitID, aliases: e.aliases, incarnation: e.incarnation,
+                    hops: h.hops &+ 1, heartbeatPort: e.heartbeatPort)
+                changes += map.observe(claim, now: now)
+            }
+            if !changes.isEmpty { out.append(.changes(changes)) }
+        default:
+            break
+        }
+        return out
+    }
+
+    /// A join is answered by the newcomer's two ring neighbours in our map (so about two answers
+    /// whatever the cluster size), or by everyone while the cluster is tiny.
+    private func shouldAnswerJoin(of newcomer: IPAddress, map: NodeMap) -> Bool {
+        guard let n = map[newcomer], let me = map[me.address] else { return false }
+        if map.memberCount <= 3 { return true }
+        return map.successor(of: n.id) == me.id || map.predecessor(of: n.id) == me.id
+    }
+
+    /// Our members, split into datagram-sized map-sync messages.
+    public func mapSync(_ map: NodeMap, clusterNameLength: Int = Wire.maxClusterName) -> [Body] {
+        let room = Message.mapSyncCapacity(nameLength: clusterNameLength)
+        var parts: [[SyncEntry]] = [[]]
+        var used = 0
+        for n in map.nodes where n.state.isMember {
+            let e = SyncEntry(n)
+            if used + e.encodedSize > room {
+                parts.append([])
+                used = 0
+            }
+            parts[parts.count - 1].append(e)
+            used += e.encodedSize
+        }
+        let total = UInt16(min(parts.count, Int(UInt16.max)))
+        return parts.prefix(Int(total)).enumerated().map { .mapSync(part: UInt16($0.offset), parts: total, entries: $0.element) }
+    }
+}
+
+public struct DiscoveryStats: Sendable, Equatable {
+    public var announcesSent = 0
+    public var joinsSent = 0
+    public var joinsReceived = 0
+    public var syncsSent = 0
+    public var relayed = 0
+    public var duplicates = 0
+    public var expired = 0
+    public var refutations = 0
+}

@@ -1,0 +1,428 @@
+/// A change to the map, reported by every mutating call so the caller can log it, raise an event,
+/// rebuild the detector's ring or rewrite the map file.
+public enum NodeMapChange: Hashable, Sendable {
+    case added(Node)
+    case removed(Node)
+    case stateChanged(address: IPAddress, id: NodeID, from: NodeState, to: NodeState, incarnation: UInt64)
+    /// Aliases, incarnation, hops, heartbeat port or capabilities changed.
+    case updated(Node)
+    case idChanged(address: IPAddress, from: NodeID, to: NodeID)
+    /// Two nodes claim `id`; `winner` keeps it, `loser` gets a substitute (see docs/NODEMAP.md).
+    case collision(id: NodeID, winner: IPAddress, loser: IPAddress)
+}
+
+/// What a node says about itself (an announce, a join, a seeded static map line).
+public struct NodeClaim: Hashable, Sendable {
+    public var address: IPAddress
+    public var preferredID: NodeID?
+    public var explicitID: Bool
+    public var aliases: [Alias]
+    public var incarnation: UInt64
+    public var hops: UInt8
+    public var heartbeatPort: UInt16
+    public var capabilities: [Capability]
+
+    public init(
+        address: IPAddress, preferredID: NodeID? = nil, explicitID: Bool = false, aliases: [Alias] = [],
+        incarnation: UInt64 = 0, hops: UInt8 = 0, heartbeatPort: UInt16 = 0, capabilities: [Capability] = []
+    ) {
+        self.address = address
+        self.preferredID = explicitID ? preferredID : (preferredID ?? NodeID.derived(from: address))
+        self.explicitID = explicitID && preferredID != nil
+        self.aliases = aliases
+        self.incarnation = incarnation
+        self.hops = hops
+        self.heartbeatPort = heartbeatPort
+        self.capabilities = capabilities
+    }
+}
+
+/// The cluster's node map: who is there, under which ID, in which state.
+///
+/// Pure and deterministic: no I/O, no clock. Time (`now`) is passed in by the caller in
+/// nanoseconds of "map time"; `timeBaseUnixNanos` says which wall-clock instant map time 0 was,
+/// so that readers of the map file can show ages.
+///
+/// IDs are assigned by a pure function of the set of claims in the map (see `docs/NODEMAP.md`):
+/// every node holding the same claims holds the same assignment, whatever order they arrived in.
+public struct NodeMap: Sendable {
+    public private(set) var generation: UInt64 = 0
+    public var timeBaseUnixNanos: Int64 = 0
+
+    private var storage: [Node] = []
+    private var index: [IPAddress: Int32] = [:]
+    /// Assigned ID → slot in `storage`.
+    private var owner: [UInt16: Int32] = [:]
+    /// Preferred IDs with two or more claimants → their addresses, best rank first.
+    private var contested: [UInt16: [IPAddress]] = [:]
+    /// Nodes that hold a substitute ID, sorted by address.
+    private var losers: [IPAddress] = []
+    /// Bitmap of IDs whose node is a member (alive or suspect): the detector's ring.
+    private var memberBits: [UInt64] = []
+    public private(set) var memberCount = 0
+
+    public init(timeBaseUnixNanos: Int64 = 0) {
+        self.timeBaseUnixNanos = timeBaseUnixNanos
+    }
+
+    // MARK: Reading
+
+    public var count: Int { storage.count }
+    public var isEmpty: Bool { storage.isEmpty }
+    /// All nodes, in no particular order.
+    public var nodes: [Node] { storage }
+    public subscript(address: IPAddress) -> Node? { index[address].map { storage[Int($0)] } }
+    public func node(id: NodeID) -> Node? { owner[id.rawValue].map { storage[Int($0)] } }
+    public func contains(_ address: IPAddress) -> Bool { index[address] != nil }
+    /// All nodes ordered by assigned ID.
+    public func sortedByID() -> [Node] { storage.sorted { $0.id < $1.id } }
+    /// Addresses of nodes that currently hold a substitute ID.
+    public var collisionLosers: [IPAddress] { losers }
+
+    /// Finds the node that has `address` as its primary address or as one of its aliases.
+    public func node(anyAddress address: IPAddress) -> Node? {
+        if let n = self[address] { return n }
+        return storage.first { $0.aliases.contains { $0.address == address } }
+    }
+
+    // MARK: Ring (members ordered by ID)
+
+    public func isMember(_ id: NodeID) -> Bool {
+        let w = Int(id.rawValue) >> 6
+        return w < memberBits.count && memberBits[w] & (1 << UInt64(id.rawValue & 63)) != 0
+    }
+
+    /// The next member after `id` on the ring (wrapping), excluding `id` itself; nil if there is none.
+    public func successor(of id: NodeID) -> NodeID? {
+        guard !memberBits.isEmpty else { return nil }
+        var v = Int(id.rawValue)
+        for _ in 0..<2 {
+            // scan forward from v+1 to 65535, then wrap
+            var i = v + 1
+            while i <= 65535 {
+                let w = i >> 6
+                let bits = memberBits[w] >> UInt64(i & 63)
+                if bits != 0 {
+                    let found = i + bits.trailingZeroBitCount
+                    return found == Int(id.rawValue) ? nil : NodeID(found)
+                }
+                i = (w + 1) << 6
+            }
+            v = 0
+        }
+        return nil
+    }
+
+    /// The member before `id` on the ring (wrapping), excluding `id` itself; nil if there is none.
+    public func predecessor(of id: NodeID) -> NodeID? {
+        guard !memberBits.isEmpty else { return nil }
+        var v = Int(id.rawValue)
+        for _ in 0..<2 {
+            var i = v - 1
+            while i >= 1 {
+                let w = i >> 6
+                let shift = 63 - UInt64(i & 63)
+                let bits = memberBits[w] << shift
+                if bits != 0 {
+                    let found = i - bits.leadingZeroBitCount
+                    return found == Int(id.rawValue) ? nil : NodeID(found)
+                }
+                i = (w << 6) - 1
+            }
+            v = 65536
+        }
+        return nil
+    }
+
+    /// Members in ID order.
+    public func memberIDs() -> [NodeID] {
+        var out: [NodeID] = []
+        out.reserveCapacity(memberCount)
+        for (w, word) in memberBits.enumerated() where word != 0 {
+            var bits = word
+            while bits != 0 {
+                let b = bits.trailingZeroBitCount
+                out.append(NodeID(w << 6 | b)!)
+                bits &= bits - 1
+            }
+        }
+        return out
+    }
+
+    // MARK: Writing
+
+    /// Learns or refreshes a node from what it said about itself. A claim with a lower incarnation
+    /// than known is stale and ignored; a dead or left node comes back only with a higher one.
+    @discardableResult
+    public mutating func observe(_ claim: NodeClaim, now: UInt64) -> [NodeMapChange] {
+        guard !claim.address.isUnspecified else { return [] }
+        var changes: [NodeMapChange] = []
+        guard let slot = index[claim.address] else {
+            insert(claim, now: now, changes: &changes)
+            bump(changes)
+            return changes
+        }
+        var n = storage[Int(slot)]
+        if claim.incarnation < n.incarnation { return [] }
+        if !n.state.isMember && claim.incarnation == n.incarnation { return [] }
+        n.lastHeard = max(n.lastHeard, now)
+        let oldState = n.state
+        if claim.incarnation > n.incarnation && oldState != .alive {
+            n.state = .alive
+        }
+        let contentChanged =
+            n.aliases != claim.aliases || n.incarnation != claim.incarnation || n.hops != claim.hops
+            || n.heartbeatPort != claim.heartbeatPort || n.capabilities != claim.capabilities
+        let claimChanged = n.preferredID != claim.preferredID || n.explicitID != claim.explicitID
+        n.aliases = claim.aliases
+        n.incarnation = claim.incarnation
+        n.hops = claim.hops
+        n.heartbeatPort = claim.heartbeatPort
+        n.capabilities = claim.capabilities
+        storage[Int(slot)] = n
+        if oldState != n.state {
+            setMemberBit(n.id, n.state.isMember)
+            changes.append(
+                .stateChanged(address: n.address, id: n.id, from: oldState, to: n.state, incarnation: n.incarnation))
+        }
+        if claimChanged {
+            // Re-enter the ID assignment with the new claim.
+            removeClaim(slot: slot, changes: &changes)
+            storage[Int(slot)].preferredID = claim.preferredID
+            storage[Int(slot)].explicitID = claim.explicitID
+            addClaim(slot: slot, changes: &changes, newcomer: nil)
+        }
+        if contentChanged { changes.append(.updated(storage[Int(slot)])) }
+        bump(changes)
+        return changes
+    }
+
+    /// Records that a node was heard from (a heartbeat) without changing anything else.
+    public mutating func touch(_ address: IPAddress, now: UInt64) {
+        guard let slot = index[address] else { return }
+        if storage[Int(slot)].lastHeard < now { storage[Int(slot)].lastHeard = now }
+    }
+
+    /// Moves a node to `state`. Allowed: alive → suspect → alive (refuted), alive/suspect → dead or left.
+    /// A dead or left node returns only through `observe` with a higher incarnation.
+    /// `incarnation`, when given, is the incarnation the decision is about: a decision about an
+    /// older incarnation than known is ignored.
+    @discardableResult
+    public mutating func setState(
+        _ address: IPAddress, to state: NodeState, incarnation: UInt64? = nil
+    ) -> [NodeMapChange] {
+        guard let slot = index[address] else { return [] }
+        var n = storage[Int(slot)]
+        if let inc = incarnation, inc < n.incarnation { return [] }
+        guard Self.allowed(from: n.state, to: state) else { return [] }
+        let old = n.state
+        n.state = state
+        storage[Int(slot)] = n
+        if owner[n.id.rawValue] == slot { setMemberBit(n.id, state.isMember) }
+        let c: [NodeMapChange] = [
+            .stateChanged(address: address, id: n.id, from: old, to: state, incarnation: n.incarnation)
+        ]
+        bump(c)
+        return c
+    }
+
+    /// The transitions `setState` performs.
+    public static func allowed(from: NodeState, to: NodeState) -> Bool {
+        switch (from, to) {
+        case (.alive, .suspect), (.suspect, .alive), (.alive, .dead), (.suspect, .dead), (.alive, .left),
+            (.suspect, .left):
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// Removes a node (purged after it died or left, or on operator request).
+    @discardableResult
+    public mutating func remove(_ address: IPAddress) -> [NodeMapChange] {
+        guard let slot = index[address] else { return [] }
+        var changes: [NodeMapChange] = []
+        let node = storage[Int(slot)]
+        removeClaim(slot: slot, changes: &changes)
+        // swap-remove
+        let last = Int32(storage.count - 1)
+        if slot != last {
+            let moved = storage[Int(last)]
+            storage[Int(slot)] = moved
+            index[moved.address] = slot
+            if owner[moved.id.rawValue] == last { owner[moved.id.rawValue] = slot }
+        }
+        storage.removeLast()
+        index[node.address] = nil
+        changes.insert(.removed(node), at: 0)
+        bump(changes)
+        return changes
+    }
+
+    // MARK: ID assignment
+
+    private mutating func bump(_ changes: [NodeMapChange]) {
+        if !changes.isEmpty { generation &+= 1 }
+    }
+
+    private mutating func setMemberBit(_ id: NodeID, _ on: Bool) {
+        if memberBits.isEmpty {
+            guard on else { return }
+            memberBits = [UInt64](repeating: 0, count: 1024)
+        }
+        let w = Int(id.rawValue) >> 6
+        let mask: UInt64 = 1 << UInt64(id.rawValue & 63)
+        let was = memberBits[w] & mask != 0
+        if on && !was {
+            memberBits[w] |= mask
+            memberCount += 1
+        } else if !on && was {
+            memberBits[w] &= ~mask
+            memberCount -= 1
+        }
+    }
+
+    private mutating func insert(_ claim: NodeClaim, now: UInt64, changes: inout [NodeMapChange]) {
+        let node = Node(
+            address: claim.address, id: NodeID(rawValue: 1)!, preferredID: claim.preferredID,
+            explicitID: claim.explicitID, aliases: claim.aliases, state: .alive, incarnation: claim.incarnation,
+            lastHeard: now, hops: claim.hops, heartbeatPort: claim.heartbeatPort, capabilities: claim.capabilities)
+        let slot = Int32(storage.count)
+        storage.append(node)
+        index[node.address] = slot
+        var local: [NodeMapChange] = []
+        addClaim(slot: slot, changes: &local, newcomer: node.address)
+        changes.append(.added(storage[Int(slot)]))
+        changes.append(contentsOf: local)
+    }
+
+    /// Rank for a contested ID: explicit claims first, then the lower address.
+    private func ranksBefore(_ a: IPAddress, _ b: IPAddress) -> Bool {
+        let na = storage[Int(index[a]!)]
+        let nb = storage[Int(index[b]!)]
+        if na.explicitID != nb.explicitID { return na.explicitID }
+        return a < b
+    }
+
+    /// The node in `slot` gives up its ID (owner entry and ring bit); its `id` field keeps the old
+    /// value until `take` so that an ID change can be reported.
+    private mutating func release(_ slot: Int32) {
+        let id = storage[Int(slot)].id
+        if owner[id.rawValue] == slot {
+            owner[id.rawValue] = nil
+            setMemberBit(id, false)
+        }
+    }
+
+    private mutating func take(
+        _ slot: Int32, _ id: NodeID, changes: inout [NodeMapChange], newcomer: IPAddress?
+    ) {
+        let old = storage[Int(slot)].id
+        storage[Int(slot)].id = id
+        owner[id.rawValue] = slot
+        if storage[Int(slot)].state.isMember { setMemberBit(id, true) }
+        let a = storage[Int(slot)].address
+        if old != id && a != newcomer { changes.append(.idChanged(address: a, from: old, to: id)) }
+    }
+
+    /// Enters the claim of the node in `slot` (which holds no ID) into the assignment.
+    private mutating func addClaim(slot: Int32, changes: inout [NodeMapChange], newcomer: IPAddress?) {
+        let node = storage[Int(slot)]
+        guard let p = node.preferredID else {
+            insertLoser(node.address)
+            reassignLosers(changes: &changes, newcomer: newcomer)
+            return
+        }
+        guard let o = owner[p.rawValue] else {
+            // Free: losers' probe paths only skip IDs, so a new winner moves none of them.
+            take(slot, p, changes: &changes, newcomer: newcomer)
+            return
+        }
+        let holder = storage[Int(o)]
+        if holder.preferredID != p {
+            // A substitute holder yields to a real claim.
+            release(o)
+            take(slot, p, changes: &changes, newcomer: newcomer)
+            reassignLosers(changes: &changes, newcomer: newcomer)
+            return
+        }
+        var claimants = contested[p.rawValue] ?? [holder.address]
+        let pos = claimants.firstIndex { ranksBefore(node.address, $0) } ?? claimants.count
+        claimants.insert(node.address, at: pos)
+        contested[p.rawValue] = claimants
+        if pos == 0 {
+            release(o)
+            insertLoser(holder.address)
+            take(slot, p, changes: &changes, newcomer: newcomer)
+            changes.append(.collision(id: p, winner: node.address, loser: holder.address))
+        } else {
+            insertLoser(node.address)
+            changes.append(.collision(id: p, winner: holder.address, loser: node.address))
+        }
+        reassignLosers(changes: &changes, newcomer: newcomer)
+    }
+
+    /// Takes the claim of the node in `slot` out of the assignment (before removal or a claim change).
+    private mutating func removeClaim(slot: Int32, changes: inout [NodeMapChange]) {
+        let node = storage[Int(slot)]
+        release(slot)
+        if let p = node.preferredID, var c = contested[p.rawValue] {
+            c.removeAll { $0 == node.address }
+            contested[p.rawValue] = c.count > 1 ? c : nil
+            if let i = losers.firstIndex(of: node.address) {
+                losers.remove(at: i)
+            } else if let next = c.first {
+                // The winner leaves: the next claimant in rank takes the ID.
+                losers.removeAll { $0 == next }
+                let ns = index[next]!
+                release(ns)
+                take(ns, p, changes: &changes, newcomer: nil)
+            }
+        } else if let i = losers.firstIndex(of: node.address) {
+            losers.remove(at: i)
+        }
+        reassignLosers(changes: &changes, newcomer: nil)
+    }
+
+    private mutating func insertLoser(_ address: IPAddress) {
+        var lo = 0
+        var hi = losers.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if losers[mid] < address { lo = mid + 1 } else { hi = mid }
+        }
+        if lo < losers.count && losers[lo] == address { return }
+        losers.insert(address, at: lo)
+    }
+
+    /// Gives every loser, in address order, the first free ID on its probe path: starting at a hash of
+    /// its address, stepping by one, skipping IDs held by winners and by earlier losers.
+    private mutating func reassignLosers(changes: inout [NodeMapChange], newcomer: IPAddress?) {
+        guard !losers.isEmpty else { return }
+        for a in losers { release(index[a]!) }
+        for a in losers {
+            let s = index[a]!
+            var candidate = Int(Self.probeStart(a))
+            var steps = 0
+            while owner[UInt16(candidate)] != nil && steps < 65535 {
+                candidate = candidate % 65535 + 1
+                steps += 1
+            }
+            // 65535 nodes with distinct IDs fill the space; a 65536th node cannot be numbered.
+            precondition(steps < 65535, "node ID space exhausted (65535 nodes)")
+            take(s, NodeID(candidate)!, changes: &changes, newcomer: newcomer)
+        }
+    }
+
+    /// Where a loser's probe for a substitute ID starts: a fixed hash of its address (the same on
+    /// every node and every run, unlike Swift's seeded `Hasher`).
+    public static func probeStart(_ a: IPAddress) -> UInt16 {
+        var x = a.hi &* 0x9E37_79B9_7F4A_7C15 ^ a.lo
+        x ^= x >> 30
+        x &*= 0xBF58_476D_1CE4_E5B9
+        x ^= x >> 27
+        x &*= 0x94D0_49BB_1331_11EB
+        x ^= x >> 31
+        return UInt16(x % 65535 + 1)
+    }
+}

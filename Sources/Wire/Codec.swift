@@ -1,0 +1,223 @@
+import NodeMap
+
+extension Message {
+    /// Encodes the message. With `authenticated` set in the flags, room for a 16-byte tag is left
+    /// zeroed at the end; the key layer fills it (over the datagram with the hops byte zeroed).
+    public func encode() throws -> [UInt8] {
+        let name = Array(header.cluster.utf8)
+        guard !name.isEmpty, name.count <= Wire.maxClusterName else { throw EncodeError.clusterNameTooLong }
+        var w = ByteWriter(capacity: 128)
+        w.u16(Wire.magic)
+        w.u8(Wire.version)
+        w.u8(body.type.rawValue)
+        w.u8(header.flags.rawValue)
+        w.u8(header.hops)
+        w.u8(UInt8(name.count))
+        w.u8(0)
+        w.u16(header.senderID)
+        w.u16(0)  // body length, patched below
+        w.u64(header.incarnation)
+        w.u32(header.messageID)
+        w.u32(header.keyID)
+        w.u64(header.replayCounter)
+        w.address(header.origin)
+        w.raw(name)
+        let bodyStart = w.count
+        Self.encodeBody(body, &w)
+        let bodyLen = w.count - bodyStart
+        w.patch16(at: 10, UInt16(truncatingIfNeeded: bodyLen))
+        if header.flags.contains(.authenticated) { w.raw([UInt8](repeating: 0, count: Wire.tagLength)) }
+        guard w.count <= Wire.maxDatagram, bodyLen <= 0xFFFF else { throw EncodeError.tooLarge(w.count) }
+        return w.bytes
+    }
+
+    static func writeAliases(_ a: [Alias], _ w: inout ByteWriter) {
+        w.u8(UInt8(min(a.count, 32)))
+        for x in a.prefix(32) {
+            w.address(x.address)
+            w.u8(x.source.rawValue)
+        }
+    }
+
+    static func encodeBody(_ b: Body, _ w: inout ByteWriter) {
+        switch b {
+        case .announce(let i), .join(let i):
+            w.u16(i.heartbeatPort)
+            w.u32(i.announceIntervalMillis)
+            writeAliases(i.aliases, &w)
+            w.u8(UInt8(min(i.capabilities.count, 8)))
+            for c in i.capabilities.prefix(8) { CapabilityCodec.write(c, to: &w) }
+        case .leave, .watch:
+            break
+        case .mapSync(let part, let parts, let entries):
+            w.u16(part)
+            w.u16(parts)
+            w.u16(UInt16(entries.count))
+            for e in entries {
+                w.address(e.address)
+                w.u16(e.preferredID)
+                w.u8(e.explicitID ? 1 : 0)
+                w.u8(e.state.rawValue)
+                w.u64(e.incarnation)
+                w.u16(e.heartbeatPort)
+                writeAliases(e.aliases, &w)
+            }
+        case .heartbeat(let seq, let period):
+            w.u32(seq)
+            w.u16(period)
+        case .probeRequest(let t, let inc, let nonce):
+            w.address(t)
+            w.u64(inc)
+            w.u32(nonce)
+        case .probe(let r, let nonce):
+            w.address(r)
+            w.u32(nonce)
+        case .probeAck(let t, let inc, let nonce):
+            w.address(t)
+            w.u64(inc)
+            w.u32(nonce)
+        case .suspect(let t, let inc):
+            w.address(t)
+            w.u64(inc)
+        case .dead(let t, let inc, let id):
+            w.address(t)
+            w.u64(inc)
+            w.u16(id)
+        case .processExit(let p):
+            w.address(p.node)
+            w.u32(p.pid)
+            w.u64(p.startTime)
+            w.u32(UInt32(bitPattern: p.status))
+            let n = Array(p.name.utf8.prefix(64))
+            w.u8(UInt8(n.count))
+            w.raw(n)
+        }
+    }
+
+    /// Decodes and validates a datagram. Never traps: every malformed input is a `DecodeError`.
+    public static func decode(_ bytes: [UInt8]) throws(DecodeError) -> Message {
+        guard bytes.count >= Wire.fixedHeader else { throw .tooShort(bytes.count) }
+        guard bytes.count <= Wire.maxDatagram else { throw .tooLong(bytes.count) }
+        var r = ByteReader(bytes)
+        do {
+            guard try r.u16() == Wire.magic else { throw DecodeError.badMagic }
+            let v = try r.u8()
+            guard v == Wire.version else { throw DecodeError.unsupportedVersion(v) }
+            let t = try r.u8()
+            guard let type = MessageType(rawValue: t) else { throw DecodeError.unknownType(t) }
+            let f = HeaderFlags(rawValue: try r.u8())
+            guard HeaderFlags.known.isSuperset(of: f) else { throw DecodeError.unknownFlags(f.rawValue) }
+            let hops = try r.u8()
+            let nameLen = Int(try r.u8())
+            _ = try r.u8()
+            let sender = try r.u16()
+            let bodyLen = Int(try r.u16())
+            let inc = try r.u64()
+            let mid = try r.u32()
+            let key = try r.u32()
+            let replay = try r.u64()
+            let origin = try r.address()
+            guard nameLen >= 1, nameLen <= Wire.maxClusterName else { throw DecodeError.badClusterName }
+            let tag = f.contains(.authenticated) ? Wire.tagLength : 0
+            guard Wire.fixedHeader + nameLen + bodyLen + tag == bytes.count else {
+                throw f.contains(.authenticated) && Wire.fixedHeader + nameLen + bodyLen == bytes.count
+                    ? DecodeError.missingTag : DecodeError.lengthMismatch
+            }
+            guard let cluster = String(validating: try r.raw(nameLen), as: UTF8.self) else {
+                throw DecodeError.badClusterName
+            }
+            let header = Header(
+                type: type, flags: f, hops: hops, cluster: cluster, senderID: sender, incarnation: inc, messageID: mid,
+                keyID: key, replayCounter: replay, origin: origin)
+            var br = ByteReader(bytes, offset: r.offset, end: r.offset + bodyLen)
+            let body = try decodeBody(type, &br)
+            guard br.remaining == 0 else { throw DecodeError.malformedBody("\(br.remaining) trailing bytes") }
+            return Message(header: header, body: body)
+        } catch let e as DecodeError {
+            throw e
+        } catch {
+            throw .malformedBody("field runs past the body")
+        }
+    }
+
+    static func readAliases(_ r: inout ByteReader) throws -> [Alias] {
+        let n = Int(try r.u8())
+        guard n <= 32 else { throw DecodeError.malformedBody("\(n) aliases (at most 32)") }
+        var out: [Alias] = []
+        out.reserveCapacity(n)
+        for _ in 0..<n {
+            let a = try r.address()
+            guard let s = AliasSource(rawValue: try r.u8()) else { throw DecodeError.malformedBody("alias source") }
+            out.append(Alias(a, source: s))
+        }
+        return out
+    }
+
+    static func decodeBody(_ t: MessageType, _ r: inout ByteReader) throws -> Body {
+        switch t {
+        case .announce, .join:
+            let port = try r.u16()
+            let interval = try r.u32()
+            let aliases = try readAliases(&r)
+            let nc = Int(try r.u8())
+            guard nc <= 8 else { throw DecodeError.malformedBody("\(nc) capabilities (at most 8)") }
+            var caps: [Capability] = []
+            for _ in 0..<nc { caps.append(try CapabilityCodec.read(&r)) }
+            let info = NodeInfo(aliases: aliases, heartbeatPort: port, announceIntervalMillis: interval, capabilities: caps)
+            return t == .announce ? .announce(info) : .join(info)
+        case .leave: return .leave
+        case .watch: return .watch
+        case .mapSync:
+            let part = try r.u16()
+            let parts = try r.u16()
+            let n = Int(try r.u16())
+            guard parts >= 1, part < parts else { throw DecodeError.malformedBody("part \(part) of \(parts)") }
+            guard n <= Wire.maxDatagram / 31 else { throw DecodeError.malformedBody("\(n) entries") }
+            var entries: [SyncEntry] = []
+            entries.reserveCapacity(n)
+            for _ in 0..<n {
+                let a = try r.address()
+                let pref = try r.u16()
+                let flags = try r.u8()
+                guard let st = NodeState(rawValue: try r.u8()) else { throw DecodeError.malformedBody("state") }
+                let inc = try r.u64()
+                let port = try r.u16()
+                let al = try readAliases(&r)
+                guard flags & ~1 == 0 else { throw DecodeError.malformedBody("entry flags") }
+                entries.append(
+                    SyncEntry(
+                        address: a, preferredID: pref, explicitID: flags & 1 != 0, state: st, incarnation: inc,
+                        heartbeatPort: port, aliases: al))
+            }
+            return .mapSync(part: part, parts: parts, entries: entries)
+        case .heartbeat:
+            return .heartbeat(sequence: try r.u32(), periodMillis: try r.u16())
+        case .probeRequest:
+            return .probeRequest(target: try r.address(), targetIncarnation: try r.u64(), nonce: try r.u32())
+        case .probe:
+            return .probe(requester: try r.address(), nonce: try r.u32())
+        case .probeAck:
+            return .probeAck(target: try r.address(), targetIncarnation: try r.u64(), nonce: try r.u32())
+        case .suspect:
+            return .suspect(target: try r.address(), targetIncarnation: try r.u64())
+        case .dead:
+            return .dead(target: try r.address(), targetIncarnation: try r.u64(), targetID: try r.u16())
+        case .processExit:
+            let node = try r.address()
+            let pid = try r.u32()
+            let st = try r.u64()
+            let status = Int32(bitPattern: try r.u32())
+            let nl = Int(try r.u8())
+            guard nl <= 64 else { throw DecodeError.malformedBody("process name of \(nl) bytes") }
+            guard let name = String(validating: try r.raw(nl), as: UTF8.self) else {
+                throw DecodeError.malformedBody("process name is not UTF-8")
+            }
+            return .processExit(ProcessExit(node: node, pid: pid, startTime: st, status: status, name: name))
+        }
+    }
+
+    /// Room left for map-sync entries in one datagram for a cluster name of `nameLength` bytes.
+    public static func mapSyncCapacity(nameLength: Int) -> Int {
+        Wire.maxDatagram - Wire.fixedHeader - nameLength - 6 - Wire.tagLength
+    }
+}

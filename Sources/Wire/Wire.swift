@@ -1,0 +1,250 @@
+import NodeMap
+
+/// The discd datagram format, version 1 (docs/PROTOCOL.md). One datagram carries one message,
+/// over UDP (IPv4/IPv6 multicast or unicast) or RDMA UD multicast alike, and is at most
+/// `maxDatagram` bytes so that it fits any path MTU of 1280 (IPv6 minimum) with headers.
+public enum Wire {
+    public static let magic: UInt16 = 0xD15C
+    public static let version: UInt8 = 1
+    public static let maxDatagram = 1200
+    public static let fixedHeader = 52
+    public static let maxClusterName = 32
+    public static let tagLength = 16
+    /// Hop limit for relayed messages: a relay never forwards a message that has made this many hops.
+    public static let maxHops: UInt8 = 8
+}
+
+/// Message types. Values are stable on the wire; unknown values are counted and dropped.
+public enum MessageType: UInt8, Sendable, CaseIterable {
+    case announce = 1
+    case join = 2
+    case leave = 3
+    case mapSync = 4
+    case heartbeat = 5
+    case probeRequest = 6
+    case probe = 7
+    case probeAck = 8
+    case suspect = 9
+    case dead = 10
+    case processExit = 11
+    case watch = 12
+
+    /// Messages that are multicast and that gateways relay between networks.
+    public var isRelayed: Bool {
+        switch self {
+        case .announce, .join, .leave, .dead, .processExit: return true
+        default: return false
+        }
+    }
+}
+
+public struct HeaderFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// A 16-byte authentication tag follows the body (cluster keys; see docs/PROTOCOL.md).
+    public static let authenticated = HeaderFlags(rawValue: 1)
+    /// The sender's preferred ID is configured explicitly.
+    public static let explicitID = HeaderFlags(rawValue: 2)
+    public static let known: HeaderFlags = [.authenticated, .explicitID]
+}
+
+/// Fields every datagram carries.
+public struct Header: Hashable, Sendable {
+    public var type: MessageType
+    public var flags: HeaderFlags
+    /// Gateways this message has crossed.
+    public var hops: UInt8
+    public var cluster: String
+    /// The originator's claimed ID (0 = none).
+    public var senderID: UInt16
+    public var incarnation: UInt64
+    /// Per-originator sequence number; (origin, messageID) identifies a message for relay dedup.
+    public var messageID: UInt32
+    /// Cluster key in use (0 = unauthenticated).
+    public var keyID: UInt32
+    /// Strictly increasing per (origin, key) on authenticated datagrams; 0 otherwise.
+    public var replayCounter: UInt64
+    /// The originator's primary address (kept unchanged by relays).
+    public var origin: IPAddress
+
+    public init(
+        type: MessageType, flags: HeaderFlags = [], hops: UInt8 = 0, cluster: String, senderID: UInt16,
+        incarnation: UInt64, messageID: UInt32, keyID: UInt32 = 0, replayCounter: UInt64 = 0, origin: IPAddress
+    ) {
+        self.type = type
+        self.flags = flags
+        self.hops = hops
+        self.cluster = cluster
+        self.senderID = senderID
+        self.incarnation = incarnation
+        self.messageID = messageID
+        self.keyID = keyID
+        self.replayCounter = replayCounter
+        self.origin = origin
+    }
+}
+
+/// What a node says about itself in announce and join.
+public struct NodeInfo: Hashable, Sendable {
+    /// Other addresses of the node (multi-homed, gateway, routed interfaces).
+    public var aliases: [Alias]
+    public var heartbeatPort: UInt16
+    /// The sender's current announce interval, so receivers know when to expect the next one.
+    public var announceIntervalMillis: UInt32
+    public var capabilities: [Capability]
+
+    public init(aliases: [Alias] = [], heartbeatPort: UInt16 = 0, announceIntervalMillis: UInt32 = 1000, capabilities: [Capability] = []) {
+        self.aliases = aliases
+        self.heartbeatPort = heartbeatPort
+        self.announceIntervalMillis = announceIntervalMillis
+        self.capabilities = capabilities
+    }
+}
+
+/// One node in a map-sync answer.
+public struct SyncEntry: Hashable, Sendable {
+    public var address: IPAddress
+    public var preferredID: UInt16
+    public var explicitID: Bool
+    public var state: NodeState
+    public var incarnation: UInt64
+    public var heartbeatPort: UInt16
+    public var aliases: [Alias]
+
+    public init(address: IPAddress, preferredID: UInt16, explicitID: Bool, state: NodeState, incarnation: UInt64, heartbeatPort: UInt16, aliases: [Alias]) {
+        self.address = address
+        self.preferredID = preferredID
+        self.explicitID = explicitID
+        self.state = state
+        self.incarnation = incarnation
+        self.heartbeatPort = heartbeatPort
+        self.aliases = aliases
+    }
+
+    public init(_ n: Node) {
+        self.init(
+            address: n.address, preferredID: n.preferredID?.rawValue ?? 0, explicitID: n.explicitID, state: n.state,
+            incarnation: n.incarnation, heartbeatPort: n.heartbeatPort, aliases: n.aliases)
+    }
+
+    /// Encoded size: address 16, preferred 2, flags 1, state 1, incarnation 8, port 2, aliasCount 1, aliases 17 each.
+    public var encodedSize: Int { 31 + 17 * aliases.count }
+}
+
+/// A process on `node` that opted in has exited (design for the process-failure issue).
+public struct ProcessExit: Hashable, Sendable {
+    public var node: IPAddress
+    public var pid: UInt32
+    /// Process start time (clock ticks since boot, as /proc/PID/stat field 22): with the pid, unique.
+    public var startTime: UInt64
+    /// Wait status as waitpid reports it.
+    public var status: Int32
+    public var name: String
+
+    public init(node: IPAddress, pid: UInt32, startTime: UInt64, status: Int32, name: String) {
+        self.node = node
+        self.pid = pid
+        self.startTime = startTime
+        self.status = status
+        self.name = name
+    }
+}
+
+public enum Body: Hashable, Sendable {
+    case announce(NodeInfo)
+    case join(NodeInfo)
+    case leave
+    /// Answer to a join: part `part` of `parts` of the sender's map.
+    case mapSync(part: UInt16, parts: UInt16, entries: [SyncEntry])
+    /// Sent every period η to the observer(s); `period` lets the observer check its own drift.
+    case heartbeat(sequence: UInt32, periodMillis: UInt16)
+    /// "Probe `target` for me" (indirect probe, SWIM-style).
+    case probeRequest(target: IPAddress, targetIncarnation: UInt64, nonce: UInt32)
+    /// A probe of the receiver on behalf of `requester`.
+    case probe(requester: IPAddress, nonce: UInt32)
+    /// The answer to a probe; `target` is the probed node; forwarded by a helper to the requester.
+    case probeAck(target: IPAddress, targetIncarnation: UInt64, nonce: UInt32)
+    /// "I suspect you": the receiver refutes with a higher incarnation if it is alive.
+    case suspect(target: IPAddress, targetIncarnation: UInt64)
+    /// A confirmed death, spread by multicast and the circulant-graph broadcast.
+    case dead(target: IPAddress, targetIncarnation: UInt64, targetID: UInt16)
+    case processExit(ProcessExit)
+    /// "I observe you: send me heartbeats."
+    case watch
+
+    public var type: MessageType {
+        switch self {
+        case .announce: .announce
+        case .join: .join
+        case .leave: .leave
+        case .mapSync: .mapSync
+        case .heartbeat: .heartbeat
+        case .probeRequest: .probeRequest
+        case .probe: .probe
+        case .probeAck: .probeAck
+        case .suspect: .suspect
+        case .dead: .dead
+        case .processExit: .processExit
+        case .watch: .watch
+        }
+    }
+}
+
+public struct Message: Hashable, Sendable {
+    public var header: Header
+    public var body: Body
+    public init(header: Header, body: Body) {
+        self.header = header
+        self.body = body
+    }
+}
+
+/// Why a datagram was dropped; each reason has its own counter in the daemon.
+public enum DecodeError: Error, Hashable, Sendable, CustomStringConvertible {
+    case tooShort(Int)
+    case tooLong(Int)
+    case badMagic
+    case unsupportedVersion(UInt8)
+    case unknownType(UInt8)
+    case unknownFlags(UInt8)
+    case badClusterName
+    case lengthMismatch
+    case malformedBody(String)
+    case missingTag
+
+    public var description: String {
+        switch self {
+        case .tooShort(let n): "datagram of \(n) bytes is shorter than a header"
+        case .tooLong(let n): "datagram of \(n) bytes exceeds \(Wire.maxDatagram)"
+        case .badMagic: "bad magic"
+        case .unsupportedVersion(let v): "unsupported protocol version \(v)"
+        case .unknownType(let t): "unknown message type \(t)"
+        case .unknownFlags(let f): "unknown header flags \(f)"
+        case .badClusterName: "bad cluster name"
+        case .lengthMismatch: "body length does not match datagram length"
+        case .malformedBody(let r): "malformed body: \(r)"
+        case .missingTag: "authenticated flag without room for a tag"
+        }
+    }
+
+    /// A short stable name for counters.
+    public var counterName: String {
+        switch self {
+        case .tooShort: "too_short"
+        case .tooLong: "too_long"
+        case .badMagic: "bad_magic"
+        case .unsupportedVersion: "bad_version"
+        case .unknownType: "unknown_type"
+        case .unknownFlags: "unknown_flags"
+        case .badClusterName: "bad_cluster"
+        case .lengthMismatch: "bad_length"
+        case .malformedBody: "malformed"
+        case .missingTag: "missing_tag"
+        }
+    }
+}
+
+public enum EncodeError: Error, Hashable, Sendable {
+    case tooLarge(Int)
+    case clusterNameTooLong
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages discd needs to build, run and test. Idempotent: does nothing
+# (and needs no network) when everything is already there. Needs root (or sudo) to install.
+set -euo pipefail
+
+# build: C libraries reached through SwiftPM system-library targets (pkg-config)
+BUILD_PKGS=(pkg-config libsystemd-dev libibverbs-dev librdmacm-dev)
+# run and test: namespaces, veth/bridges, multicast routing, packet loss emulation
+TEST_PKGS=(iproute2 nftables smcroute procps python3 kmod)
+
+want=("${BUILD_PKGS[@]}")
+if [ "${1:-}" = "--test" ]; then want+=("${TEST_PKGS[@]}"); fi
+
+missing=()
+for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ! command -v swift >/dev/null 2>&1; then
+    echo "install-deps: the Swift toolchain (swift) is not on PATH; install Swift 6 first (https://swift.org)" >&2
+    exit 1
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root to install ${missing[*]}" >&2; exit 1; }
+    SUDO=sudo
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -283,7 +283,7 @@ public struct DiscoveryCore: Sendable {
                 let claim = NodeClaim(
                     address: e.address, preferredID: e.explicitID ? NodeID(rawValue: e.preferredID) : nil,
                     explicitID: e.explicitID, aliases: e.aliases, incarnation: e.incarnation,
-                    hops: h.hops &+ 1, heartbeatPort: e.heartbeatPort)
+                    hops: h.hops, heartbeatPort: e.heartbeatPort)
                 changes += map.observe(claim, now: now)
             }
             if !changes.isEmpty { out.append(.changes(changes)) }

@@ -88,7 +88,9 @@ extension Message {
             w.u32(p.pid)
             w.u64(p.startTime)
             w.u32(UInt32(bitPattern: p.status))
-            let n = Array(p.name.utf8.prefix(64))
+            // At most 64 bytes, cut at a character boundary so that the decoder's UTF-8 check passes.
+            var n = Array(p.name.utf8.prefix(64))
+            while String(validating: n, as: UTF8.self) == nil { n.removeLast() }
             w.u8(UInt8(n.count))
             w.raw(n)
         }

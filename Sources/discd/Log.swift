@@ -39,12 +39,11 @@ final class LogSink: Sendable {
             let now = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
             let rel = Double(now &- startNanos) / 1e9
             let line = "+\(fixed3(rel))s \(level): \(message)\n"
-            _ = line.withCString { fputs($0, Glibc.stderr) }
-            fflush(Glibc.stderr)
+            writeStderr(line)
         case .journal:
             _ = discd_journal_print(priority(level), message, "discd")
         case .syslog:
-            withVaList([message]) { vsyslog(priority(level), "%s", $0) }
+            message.withCString { p in withVaList([p]) { vsyslog(priority(level), "%s", $0) } }
         }
     }
 
@@ -90,5 +89,16 @@ struct SinkLogHandler: LogHandler {
             case .error, .critical: .error
             }
         sink.write(l, "\(message)")
+    }
+}
+
+/// Writes a whole line to fd 2 in one call (lines from several threads do not interleave).
+func writeStderr(_ s: String) {
+    var bytes = Array(s.utf8)
+    var off = 0
+    while off < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + off, $0.count - off) }
+        if n <= 0 { break }
+        off += n
     }
 }

@@ -105,8 +105,8 @@ struct DiscdCommand: AsyncParsableCommand {
     }
 
     private func fail(_ message: String) -> Never {
-        fputs("discd: \(message)\n", stderr)
-        exit(1)
+        writeStderr("discd: \(message)\n")
+        Glibc.exit(1)
     }
 
     func runDaemon() async throws {

@@ -1,0 +1,85 @@
+import NodeMap
+import Wire
+
+/// What the detector asks its shell to do. The core never touches a socket or a clock.
+public enum DetectorOutput: Hashable, Sendable {
+    /// Unicast `Body` to a node's heartbeat endpoint (the port is the node's `heartbeatPort` in the map).
+    case send(Body, to: IPAddress, port: UInt16)
+    /// Send `Body` to the whole cluster (the shell sends it to the multicast group).
+    case multicast(Body)
+    /// Map changes the detector made (suspect / alive / dead), in the order they were made.
+    case changes([NodeMapChange])
+    /// Someone suspects or declared *this* node: the shell bumps its own incarnation and announces at once.
+    case refute
+    /// A structured log line.
+    case log(DetectorLog)
+}
+
+/// One log line: every line says when it happened relative to the detector's start and carries the
+/// numbers behind a decision (grace left, drift, time since last heard), so that a false suspicion can
+/// be explained from the log alone.
+public struct DetectorLog: Hashable, Sendable, CustomStringConvertible {
+    public enum Level: UInt8, Sendable, Comparable, CustomStringConvertible {
+        case debug = 0
+        case info = 1
+        case warning = 2
+
+        public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
+        public var description: String {
+            switch self {
+            case .debug: "debug"
+            case .info: "info"
+            case .warning: "warning"
+            }
+        }
+    }
+
+    public var level: Level
+    /// Nanoseconds since the detector was created.
+    public var sinceStart: UInt64
+    public var message: String
+
+    public init(level: Level, sinceStart: UInt64, message: String) {
+        self.level = level
+        self.sinceStart = sinceStart
+        self.message = message
+    }
+
+    public var description: String { "\(formatSinceStart(sinceStart)) \(level): \(message)" }
+}
+
+/// Counters of one detector (exported by the daemon, summed by the simulator).
+public struct DetectorStats: Hashable, Sendable {
+    public var heartbeatsSent = 0
+    public var heartbeatsReceived = 0
+    /// Heartbeats whose send was more than η/2 late (this process was slow: others may suspect it).
+    public var lateHeartbeats = 0
+    /// Ticks that came more than `period + driftTolerance` after the previous one.
+    public var lateTicks = 0
+    public var watchesSent = 0
+    public var watchesReceived = 0
+    /// Times the observed node changed (ring re-picked).
+    public var ringChanges = 0
+    public var suspicions = 0
+    /// Suspicions cleared by a heartbeat, a probe answer, an announce or a higher incarnation.
+    public var refutedSuspicions = 0
+    /// Direct probes and indirect probe requests this node sent as the suspecting observer.
+    public var probesSent = 0
+    public var probeRequestsSent = 0
+    /// Helper role: probes sent on behalf of another node, and answers forwarded to it.
+    public var probesRelayed = 0
+    public var probeAcksRelayed = 0
+    /// Answers this node gave to probes of itself.
+    public var probeAcksSent = 0
+    public var deathsDeclared = 0
+    /// Deaths learned from a `.dead` notice that changed this node's map.
+    public var deathsLearned = 0
+    public var deadNoticesSent = 0
+    public var duplicateDeadNotices = 0
+    /// `.refute` outputs (this node was suspected or declared dead).
+    public var refutations = 0
+    /// Sends dropped because the map had no heartbeat port for the destination.
+    public var unroutable = 0
+
+    public init() {}
+}

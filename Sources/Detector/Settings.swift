@@ -1,0 +1,129 @@
+/// Timing of the failure detector. All durations are nanoseconds of the caller's monotonic clock.
+///
+/// The invariants are checked by `init` (and `validate()`), each with the reason in its message:
+/// a detector with δ < 3η would suspect a node after two lost heartbeats.
+public struct DetectorSettings: Sendable, Equatable {
+    public static let millisecond: UInt64 = 1_000_000
+    public static let second: UInt64 = 1_000_000_000
+    /// Longest accepted duration for any setting (1 hour): keeps `now + duration` far from overflow.
+    public static let maxDuration: UInt64 = 3600 * second
+
+    /// η: how often a node sends a heartbeat to its observer(s). At least 1 ms and at most 65.535 s,
+    /// because heartbeats carry it in 16-bit milliseconds.
+    public var period: UInt64
+    /// δ: how long the observer waits for a heartbeat before it suspects the observed node. At least 3η.
+    public var timeout: UInt64
+    /// k: how many other members are asked to probe a suspect (indirect probes). 0 = none, at most 16.
+    public var confirmations: Int
+    /// How long probes of a suspect may take before it is declared dead; probes are re-sent every η/2
+    /// within it. At least η.
+    public var confirmWindow: UInt64
+    /// Extra grace for a *new* member: a brand-new predecessor gets
+    /// `δ + startupSlack + ceil(log2 N)·η` before its first heartbeat is due (see `startupGrace`).
+    public var startupSlack: UInt64
+    /// A tick that comes more than `period + driftTolerance` after the previous one means this process
+    /// was paused (descheduled, stopped, swapped): the pause is added to the observed node's deadline.
+    public var driftTolerance: UInt64
+    /// A node that sent `.watch` gets heartbeats for this long after it (observers re-send `.watch`
+    /// every δ while they observe). Default 3δ.
+    public var watchLifetime: UInt64
+    /// Log lines below this level are not emitted (the simulator runs thousands of cores).
+    public var logLevel: DetectorLog.Level
+
+    public enum Error: Swift.Error, Equatable, CustomStringConvertible {
+        case periodOutOfRange(period: UInt64)
+        case timeoutTooShort(timeout: UInt64, period: UInt64)
+        case confirmationsOutOfRange(Int)
+        case confirmWindowTooShort(confirmWindow: UInt64, period: UInt64)
+        case durationTooLong(name: String, value: UInt64)
+
+        public var description: String {
+            switch self {
+            case .periodOutOfRange(let p):
+                "heartbeat period η = \(Self.ms(p)) is out of range: it must be between 1 ms and 65535 ms "
+                    + "(heartbeats carry it in 16-bit milliseconds)"
+            case .timeoutTooShort(let t, let p):
+                "timeout δ = \(Self.ms(t)) is shorter than 3 × period η = 3 × \(Self.ms(p)) = \(Self.ms(3 * p)): "
+                    + "the detector would suspect a node after two lost heartbeats"
+            case .confirmationsOutOfRange(let k):
+                "confirmations k = \(k) is out of range: it must be between 0 (no indirect probes) and 16"
+            case .confirmWindowTooShort(let w, let p):
+                "confirm window = \(Self.ms(w)) is shorter than the period η = \(Self.ms(p)): "
+                    + "a suspect would be declared dead before a second probe round"
+            case .durationTooLong(let name, let v):
+                "\(name) = \(Self.ms(v)) is longer than the 1-hour limit"
+            }
+        }
+
+        static func ms(_ ns: UInt64) -> String { formatMillis(ns) }
+    }
+
+    /// Checked settings. Defaults: η = 100 ms, δ = 500 ms, k = 3, confirm window = 400 ms,
+    /// startup slack = 1 s, drift tolerance = η/2, watch lifetime = 3δ.
+    public init(
+        period: UInt64 = 100 * millisecond, timeout: UInt64 = 500 * millisecond, confirmations: Int = 3,
+        confirmWindow: UInt64 = 400 * millisecond, startupSlack: UInt64 = second, driftTolerance: UInt64? = nil,
+        watchLifetime: UInt64? = nil, logLevel: DetectorLog.Level = .info
+    ) throws {
+        self.period = period
+        self.timeout = timeout
+        self.confirmations = confirmations
+        self.confirmWindow = confirmWindow
+        self.startupSlack = startupSlack
+        self.driftTolerance = driftTolerance ?? period / 2
+        self.watchLifetime = watchLifetime ?? timeout.multipliedReportingOverflow(by: 3).partialValue
+        self.logLevel = logLevel
+        try validate()
+    }
+
+    /// Throws the first broken invariant (for settings whose fields were changed after `init`).
+    public func validate() throws {
+        guard period >= Self.millisecond, period <= 65535 * Self.millisecond else {
+            throw Error.periodOutOfRange(period: period)
+        }
+        for (name, value) in [
+            ("timeout δ", timeout), ("confirm window", confirmWindow), ("startup slack", startupSlack),
+            ("drift tolerance", driftTolerance), ("watch lifetime", watchLifetime),
+        ] where value > Self.maxDuration {
+            throw Error.durationTooLong(name: name, value: value)
+        }
+        guard timeout >= 3 * period else { throw Error.timeoutTooShort(timeout: timeout, period: period) }
+        guard (0...16).contains(confirmations) else { throw Error.confirmationsOutOfRange(confirmations) }
+        guard confirmWindow >= period else {
+            throw Error.confirmWindowTooShort(confirmWindow: confirmWindow, period: period)
+        }
+    }
+
+    /// The grace a brand-new predecessor gets before its first heartbeat is due, in a ring of
+    /// `memberCount` members: `δ + startupSlack + ceil(log2 N)·η`. The log2 N term covers the
+    /// announce of the new node reaching every map (it spreads in about log N relay steps) and the
+    /// new node learning who observes it.
+    public func startupGrace(memberCount: Int) -> UInt64 {
+        timeout + startupSlack + UInt64(ceilLog2(memberCount)) * period
+    }
+
+    /// η in the 16-bit milliseconds a heartbeat carries.
+    public var periodMillis: UInt16 { UInt16(clamping: period / Self.millisecond) }
+}
+
+/// ceil(log2 n) for n ≥ 1 (0 for n ≤ 1).
+@inlinable
+public func ceilLog2(_ n: Int) -> Int {
+    n <= 1 ? 0 : Int.bitWidth - (n - 1).leadingZeroBitCount
+}
+
+/// "230 ms", "1.5 ms", "2300 ms": durations in log lines and error messages.
+func formatMillis(_ ns: UInt64) -> String {
+    let ms = ns / DetectorSettings.millisecond
+    if ms >= 10 || ns % DetectorSettings.millisecond == 0 { return "\(ms) ms" }
+    let tenths = (ns % DetectorSettings.millisecond) / 100_000
+    return "\(ms).\(tenths) ms"
+}
+
+/// "+12.345 s": time since the detector started, as ULFM prefixes its log lines.
+func formatSinceStart(_ ns: UInt64) -> String {
+    let s = ns / DetectorSettings.second
+    let frac = (ns % DetectorSettings.second) / DetectorSettings.millisecond
+    let f = String(frac)
+    return "+\(s).\(String(repeating: "0", count: 3 - f.count))\(f) s"
+}

@@ -1,0 +1,202 @@
+/// The three views `showmap` prints of a map file: a table for people, mosix.map lines for
+/// `setpe`, and one JSON object for scripts.
+///
+/// Pure: the current time is passed in, so the output is a function of the snapshot and `now`.
+public enum MapRendering {
+    /// The nodes a view shows, ordered by ID: all of them, or only members (alive and suspect).
+    public static func nodes(_ s: MapSnapshot, membersOnly: Bool = false) -> [Node] {
+        s.nodes.filter { !membersOnly || $0.state.isMember }.sorted { $0.id < $1.id }
+    }
+
+    // MARK: Table
+
+    /// A header line, a column header and one row per node:
+    ///
+    /// ```
+    /// map generation 42: 3 nodes, 2 members; written by 10.0.0.1 (id 1) 0.2s ago
+    /// ID    ADDRESS    STATE  INC  AGE   HOPS  ALIASES
+    /// 1     10.0.0.1   alive  3    0.4s  0     10.1.0.1(interface)
+    /// ```
+    public static func table(_ s: MapSnapshot, nowUnixNanos: Int64, membersOnly: Bool = false) -> String {
+        let members = s.nodes.lazy.filter { $0.state.isMember }.count
+        var head = "map generation \(s.generation): \(s.nodes.count) node\(s.nodes.count == 1 ? "" : "s"), "
+        head += "\(members) member\(members == 1 ? "" : "s"); written by "
+        if s.selfAddress == .zero {
+            head += "an unknown node"
+        } else {
+            head += "\(s.selfAddress)"
+            if let me = s.nodes.first(where: { $0.address == s.selfAddress }) { head += " (id \(me.id))" }
+        }
+        head += " \(age(nanos: nowUnixNanos &- writtenAtUnixNanos(s))) ago"
+
+        var rows: [[String]] = [["ID", "ADDRESS", "STATE", "INC", "AGE", "HOPS", "ALIASES"]]
+        for n in nodes(s, membersOnly: membersOnly) {
+            let aliases = n.aliases.map { "\($0.address)(\($0.source))" }.joined(separator: ",")
+            rows.append([
+                "\(n.id)", "\(n.address)", "\(n.state)", "\(n.incarnation)",
+                age(nanos: nowUnixNanos &- s.lastHeardUnixNanos(n)), "\(n.hops)", aliases.isEmpty ? "-" : aliases,
+            ])
+        }
+        var widths = [Int](repeating: 0, count: rows[0].count)
+        for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
+        var out = head + "\n"
+        for r in rows {
+            var line = ""
+            for (i, c) in r.enumerated() {
+                line += c
+                if i < r.count - 1 { line += String(repeating: " ", count: widths[i] - c.count + 2) }
+            }
+            out += line + "\n"
+        }
+        return out
+    }
+
+    /// A short duration for people: `0.4s` below 10 s, then `42s`, `12m3s`, `3h12m`, `2d3h`.
+    /// A negative duration (a clock that went backwards) shows as `0.0s`.
+    public static func age(nanos: Int64) -> String {
+        let ns = max(0, nanos)
+        if ns < 10_000_000_000 {
+            let tenths = ns / 100_000_000
+            return "\(tenths / 10).\(tenths % 10)s"
+        }
+        let s = ns / 1_000_000_000
+        if s < 60 { return "\(s)s" }
+        if s < 3600 { return "\(s / 60)m\(s % 60)s" }
+        if s < 86400 { return "\(s / 3600)h\(s % 3600 / 60)m" }
+        return "\(s / 86400)d\(s % 86400 / 3600)h"
+    }
+
+    // MARK: mosix.map
+
+    /// Exactly `MosixMap.render` of the nodes (which itself leaves out dead and left nodes).
+    public static func mosix(_ s: MapSnapshot, membersOnly: Bool = false) -> String {
+        MosixMap.render(nodes(s, membersOnly: membersOnly))
+    }
+
+    // MARK: JSON
+
+    /// One JSON object on one line (keys sorted, no insignificant whitespace), the contract scripts use:
+    ///
+    /// `{"generation":N,"nodes":[…],"self":"addr"|null,"written_at_unix_ms":N}` with each node
+    /// `{"address","age_ms","aliases":[{"address","source"}],"capabilities":[…],"explicit_id",
+    /// "heartbeat_port","hops","id","incarnation","last_heard_unix_ms","preferred_id"(N|null),"state"}`;
+    /// a capability is `{"gid","qkey","qpn","type":"rdma"}` or `{"type":N,"value":"hex"}`.
+    public static func json(_ s: MapSnapshot, nowUnixNanos: Int64, membersOnly: Bool = false) -> String {
+        let nodeValues: [JSONValue] = nodes(s, membersOnly: membersOnly).map { n in
+            let heard = s.lastHeardUnixNanos(n)
+            return .object([
+                "id": .uint(UInt64(n.id.rawValue)),
+                "address": .string("\(n.address)"),
+                "preferred_id": n.preferredID.map { .uint(UInt64($0.rawValue)) } ?? .null,
+                "explicit_id": .bool(n.explicitID),
+                "state": .string("\(n.state)"),
+                "incarnation": .uint(n.incarnation),
+                "last_heard_unix_ms": .int(heard / 1_000_000),
+                "age_ms": .int(max(0, nowUnixNanos &- heard) / 1_000_000),
+                "hops": .uint(UInt64(n.hops)),
+                "heartbeat_port": .uint(UInt64(n.heartbeatPort)),
+                "aliases": .array(
+                    n.aliases.map { .object(["address": .string("\($0.address)"), "source": .string("\($0.source)")]) }),
+                "capabilities": .array(n.capabilities.map(capabilityJSON)),
+            ])
+        }
+        let root: JSONValue = .object([
+            "generation": .uint(s.generation),
+            "self": s.selfAddress == .zero ? .null : .string("\(s.selfAddress)"),
+            "written_at_unix_ms": .int(writtenAtUnixNanos(s) / 1_000_000),
+            "nodes": .array(nodeValues),
+        ])
+        var out = ""
+        root.write(to: &out)
+        return out + "\n"
+    }
+
+    private static func capabilityJSON(_ c: Capability) -> JSONValue {
+        switch c {
+        case .rdma(let gh, let gl, let qpn, let qkey):
+            return .object([
+                "type": .string("rdma"), "gid": .string(hex(gh) + hex(gl)), "qpn": .uint(UInt64(qpn)),
+                "qkey": .uint(UInt64(qkey)),
+            ])
+        case .unknown(let t, let v):
+            return .object(["type": .uint(UInt64(t)), "value": .string(hexBytes(v))])
+        }
+    }
+
+    /// Wall-clock time (Unix ns) the file was written.
+    public static func writtenAtUnixNanos(_ s: MapSnapshot) -> Int64 {
+        s.timeBaseUnixNanos &+ Int64(truncatingIfNeeded: s.writtenAt)
+    }
+
+    private static func hex(_ v: UInt64) -> String {
+        let d = String(v, radix: 16)
+        return String(repeating: "0", count: 16 - d.count) + d
+    }
+
+    private static func hexBytes(_ b: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(b.count * 2)
+        for x in b {
+            out.append(digits[Int(x >> 4)])
+            out.append(digits[Int(x & 15)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// Just enough JSON to write the contract deterministically without Foundation.
+private enum JSONValue {
+    case int(Int64)
+    case uint(UInt64)
+    case string(String)
+    case bool(Bool)
+    case null
+    case array([JSONValue])
+    /// Written with keys in sorted order.
+    case object([String: JSONValue])
+
+    func write(to out: inout String) {
+        switch self {
+        case .int(let v): out += String(v)
+        case .uint(let v): out += String(v)
+        case .bool(let v): out += v ? "true" : "false"
+        case .null: out += "null"
+        case .string(let s): Self.quote(s, into: &out)
+        case .array(let a):
+            out += "["
+            for (i, v) in a.enumerated() {
+                if i > 0 { out += "," }
+                v.write(to: &out)
+            }
+            out += "]"
+        case .object(let o):
+            out += "{"
+            for (i, k) in o.keys.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }).enumerated() {
+                if i > 0 { out += "," }
+                Self.quote(k, into: &out)
+                out += ":"
+                o[k]!.write(to: &out)
+            }
+            out += "}"
+        }
+    }
+
+    static func quote(_ s: String, into out: inout String) {
+        out += "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where u.value < 0x20:
+                let d = String(u.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - d.count) + d
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        out += "\""
+    }
+}

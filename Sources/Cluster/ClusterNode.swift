@@ -81,7 +81,9 @@ public struct ClusterNode: Sendable {
         self.map = NodeMap(timeBaseUnixNanos: config.timeBaseUnixNanos)
         self.discovery = DiscoveryCore(
             settings: config.discovery, me: config.me, incarnation: config.incarnation, seed: config.seed)
-        if let d = config.detector {
+        if var d = config.detector {
+            // The detector's own log filter follows the node's, so no string is built for nothing.
+            d.logLevel = config.logLevel <= .debug ? .debug : config.logLevel <= .notice ? .info : .warning
             self.detector = DetectorCore(settings: d, selfAddress: config.me.address, now: now)
         }
     }

@@ -57,19 +57,19 @@ struct DiscdCommand: AsyncParsableCommand {
     var nodeID: Int?
 
     @Option(name: .customLong("announce-interval"), help: "Announce interval of a small cluster (stretches with size).")
-    var announceInterval = "1s"
+    var announceInterval = "3s"
 
     @Option(help: "Heartbeat period η.")
-    var period = "100ms"
+    var period = "150ms"
 
     @Option(help: "Heartbeat timeout δ (at least 3η).")
-    var timeout = "500ms"
+    var timeout = "450ms"
 
     @Option(help: "Indirect probers asked to confirm a suspicion.")
     var confirmations = 3
 
     @Option(name: .customLong("confirm-window"), help: "How long probes may take before a suspect is declared dead.")
-    var confirmWindow = "400ms"
+    var confirmWindow = "600ms"
 
     @Flag(name: .customLong("no-detector"), help: "Disable the heartbeat failure detector.")
     var noDetector = false

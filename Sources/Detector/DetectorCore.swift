@@ -202,9 +202,9 @@ public struct DetectorCore: Sendable {
                 if watchers.count >= Self.maxWatchers { watchers.removeFirst() }
                 watchers.append(Watcher(address: origin, at: now))
                 log(&out, .debug, now) { "\(origin) watches this node: sending it heartbeats" }
+                // Answer a new observer at once so that its deadline starts from a heartbeat.
+                stats.heartbeatsSent += send(heartbeatBody(), to: origin, map: map, out: &out) ? 1 : 0
             }
-            // Answer at once so that a new observer's deadline starts from a heartbeat.
-            stats.heartbeatsSent += send(heartbeatBody(), to: origin, map: map, out: &out) ? 1 : 0
 
         case .probeRequest(let target, _, let nonce):
             if target == selfAddress {

@@ -93,6 +93,7 @@ public struct DiscoveryCore: Sendable {
     private var seen: Set<SeenKey> = []
     private var seenOrder: [SeenKey] = []
     private var seenHead = 0
+    private var relaysSeen = false
     public private(set) var stats = DiscoveryStats()
 
     struct SeenKey: Hashable, Sendable {
@@ -224,7 +225,10 @@ public struct DiscoveryCore: Sendable {
     public mutating func admit(_ m: Message, interface: Int, now: UInt64) -> (process: Bool, relay: DiscoveryOutput?) {
         guard m.header.type.isRelayed else { return (true, nil) }
         // Without relays in play a copy cannot arrive twice by design; skip the cache (it costs memory).
-        guard settings.relay || m.header.hops > 0 else { return (true, nil) }
+        // Once a relayed message was seen, originals are remembered too, so that a relayed copy that
+        // arrives after its original (two gateways) is recognised.
+        if m.header.hops > 0 { relaysSeen = true }
+        guard settings.relay || relaysSeen else { return (true, nil) }
         let key = SeenKey(
             origin: m.header.origin, incarnation: m.header.incarnation, messageID: m.header.messageID,
             type: m.header.type.rawValue)

@@ -47,7 +47,7 @@ public enum MapFileError: Error, Equatable, CustomStringConvertible {
         case .notFound(let p): return "\(p): no such map file"
         case .io(let p, let op, let e): return "\(p): \(op) failed: \(String(cString: strerror(e)))"
         case .tooShort(let p, let n):
-            return "\(p): truncated map file (\(n) bytes, a map file has at least \(MapFile.headerSize))"
+            return "\(p): truncated map file (\(n) bytes, a map file has at least \(MapFile.headerSize + 4))"
         case .badMagic(let p): return "\(p): not a discd map file (bad magic)"
         case .unsupportedVersion(let p, let v):
             return "\(p): map file version \(v) is not supported (this build reads version \(MapFile.version))"

@@ -59,7 +59,8 @@ public enum MosixMap {
         var taken: [ClosedRange<Int>] = []
         var takenAddresses: [ClosedRange<IPAddress>] = []
         var aliasLines: [Int] = []
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+            .enumerated() {
             let lineNo = n + 1
             let content = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
             let f = content.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })

@@ -128,9 +128,9 @@ struct DiscdCommand: AsyncParsableCommand {
         let routed = multicastTTL != nil
         let active = routed ? [ifaces[0]] : ifaces
         let primary = ifaces[0].address
-        var aliases: [Alias] = []
-        for i in ifaces.dropFirst() where i.address != primary {
-            aliases.append(Alias(i.address, source: routed ? .routed : .interface))
+        let aliasSource: AliasSource = routed ? .routed : .interface
+        let aliases = try Interfaces.otherAddresses(on: ifNames, family: fam, excluding: primary).map {
+            Alias($0, source: aliasSource)
         }
         let detector: DetectorSettings? =
             noDetector
@@ -174,6 +174,8 @@ struct DiscdCommand: AsyncParsableCommand {
         let engine = try Engine(loop: elg.next(), node: node, shell: shell, sink: sink)
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigusr1)
         try engine.start(group: elg)
+        engine.watchInterfaces(
+            names: ifNames, family: fam, primary: primary, initial: aliases.map(\.address), source: aliasSource, every: 5)
         sink.write(
             .notice,
             "discd started: node \(primary) on \(active.map { $0.name }.joined(separator: ",")) group \(group):\(port) "

@@ -140,6 +140,35 @@ final class Engine: @unchecked Sendable {
         for c in [main, heartbeat].compactMap({ $0 }) + senders { _ = try? c.close().wait() }
     }
 
+    /// Polls the cluster interfaces' addresses and tells the node when its aliases change
+    /// (an address added or removed); getifaddrs runs off the protocol loop.
+    func watchInterfaces(names: [String], family: AddressFamily, primary: IPAddress, initial: [IPAddress], source: AliasSource, every seconds: Int) {
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "discd.interfaces"))
+        var last = initial
+        var primaryMissing = false
+        timer.schedule(deadline: .now() + .seconds(seconds), repeating: .seconds(seconds))
+        timer.setEventHandler {
+            guard let all = try? Interfaces.addresses() else { return }
+            let present = all.contains { names.contains($0.device.name) && $0.address == primary }
+            if !present && !primaryMissing {
+                self.sink.write(.warning, "primary address \(primary) is gone from \(names.joined(separator: ",")); peers will declare this node dead")
+            }
+            primaryMissing = !present
+            guard let now = try? Interfaces.otherAddresses(on: names, family: family, excluding: primary) else { return }
+            if last == now { return }
+            last = now
+            self.loop.execute {
+                self.sink.write(.notice, "interface addresses changed: aliases now \(now.map { "\($0)" })")
+                self.perform(self.node.interfacesChanged(aliases: now.map { Alias($0, source: source) }, now: Self.now()))
+                self.afterInput()
+            }
+        }
+        timer.resume()
+        interfaceTimer = timer
+    }
+
+    private var interfaceTimer: DispatchSourceTimer?
+
     // MARK: Inputs (on the loop)
 
     enum Kind { case discovery, heartbeat }

@@ -96,7 +96,9 @@ public enum MapRendering {
                 "hops": .uint(UInt64(n.hops)),
                 "heartbeat_port": .uint(UInt64(n.heartbeatPort)),
                 "aliases": .array(
-                    n.aliases.map { .object(["address": .string("\($0.address)"), "source": .string("\($0.source)")]) }),
+                    n.aliases.map {
+                        .object(["address": .string("\($0.address)"), "source": .string("\($0.source)")])
+                    }),
                 "capabilities": .array(n.capabilities.map(capabilityJSON)),
             ])
         }

@@ -85,7 +85,8 @@ public enum MosixMap {
             let addrs = addr...addr.advanced(by: UInt64(count - 1))!
             if let o = takenAddresses.first(where: { $0.overlaps(addrs) }) {
                 throw fail(
-                    "addresses \(addrs.lowerBound)..\(addrs.upperBound) overlap addresses \(o.lowerBound)..\(o.upperBound) of an earlier line")
+                    "addresses \(addrs.lowerBound)..\(addrs.upperBound) overlap addresses "
+                        + "\(o.lowerBound)..\(o.upperBound) of an earlier line")
             }
             taken.append(r)
             takenAddresses.append(addrs)

@@ -121,7 +121,10 @@ final class Engine: @unchecked Sendable {
     }
 
     static func describe(_ e: Error) -> String {
-        if let io = e as? IOError { return io.description }
+        if e is NIOMulticastNotSupportedError { return "the interface does not support multicast" }
+        if let io = e as? IOError {
+            return "\(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))"
+        }
         return "\(e)"
     }
 

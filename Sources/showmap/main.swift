@@ -1,11 +1,12 @@
-// showmap: prints the node map discd writes, as a table, as mosix.map lines or as JSON.
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import ArgumentParser
 import NodeMap
+
+// showmap: prints the node map discd writes, as a table, as mosix.map lines or as JSON.
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 struct ShowMap: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,7 +17,9 @@ struct ShowMap: ParsableCommand {
             2 on bad usage.
             """)
 
-    @Option(name: [.short, .customLong("file")], help: ArgumentHelp("Map file to read ('-' reads standard input).", valueName: "FILE"))
+    @Option(
+        name: [.short, .customLong("file")],
+        help: ArgumentHelp("Map file to read ('-' reads standard input).", valueName: "FILE"))
     var file = "/run/discd/discd.map"
 
     @Flag(help: "Print the map as mosix.map lines, exactly what would be handed to setpe.")

@@ -337,7 +337,7 @@ public struct DetectorCore: Sendable {
         stats.ringChanges += 1
         let grace = repair ? settings.timeout : settings.startupGrace(memberCount: map.memberCount)
         observedNode = Observed(
-            address: p.address, id: p.id, since: now, deadline: now + grace, nextWatch: now + settings.timeout,
+            address: p.address, id: p.id, since: now, deadline: now + grace, nextWatch: now + settings.watchRefresh,
             lastHeard: nil, suspicion: nil)
         if send(.watch, to: p.address, map: map, out: &out) { stats.watchesSent += 1 }
         log(&out, .info, now) {
@@ -411,7 +411,7 @@ public struct DetectorCore: Sendable {
         guard var o = observedNode else { return }
         if now >= o.nextWatch {
             if send(.watch, to: o.address, map: map, out: &out) { stats.watchesSent += 1 }
-            o.nextWatch = now + settings.timeout
+            o.nextWatch = now + settings.watchRefresh
             observedNode = o
         }
         guard let node = map[o.address] else { return }

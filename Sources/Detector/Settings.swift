@@ -25,8 +25,12 @@ public struct DetectorSettings: Sendable, Equatable {
     /// was paused (descheduled, stopped, swapped): the pause is added to the observed node's deadline.
     public var driftTolerance: UInt64
     /// A node that sent `.watch` gets heartbeats for this long after it (observers re-send `.watch`
-    /// every δ while they observe). Default 3δ.
+    /// every third of it while they observe). Default max(3δ, 6 s): the successor gets heartbeats
+    /// anyway, watches only cover views that briefly differ, so they need not cost many packets.
     public var watchLifetime: UInt64
+
+    /// How often an observer re-sends `.watch`.
+    public var watchRefresh: UInt64 { max(watchLifetime / 3, period) }
     /// Log lines below this level are not emitted (the simulator runs thousands of cores).
     public var logLevel: DetectorLog.Level
 
@@ -71,7 +75,7 @@ public struct DetectorSettings: Sendable, Equatable {
         self.confirmWindow = confirmWindow
         self.startupSlack = startupSlack
         self.driftTolerance = driftTolerance ?? period / 2
-        self.watchLifetime = watchLifetime ?? timeout.multipliedReportingOverflow(by: 3).partialValue
+        self.watchLifetime = watchLifetime ?? max(timeout.multipliedReportingOverflow(by: 3).partialValue, 6 * Self.second)
         self.logLevel = logLevel
         try validate()
     }

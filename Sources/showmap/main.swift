@@ -1,7 +1,7 @@
+// showmap: prints the node map discd writes, as a table, as mosix.map lines or as JSON.
 import ArgumentParser
 import NodeMap
 
-// showmap: prints the node map discd writes, as a table, as mosix.map lines or as JSON.
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)

@@ -1,0 +1,469 @@
+import NodeMap
+import Testing
+import Wire
+
+@testable import Detector
+
+/// Slack on top of the protocol's own bounds: message latency (1 ms a hop) and tick granularity.
+let bound: UInt64 = 20 * ms
+
+func defaults(confirmations: Int = 3) throws -> DetectorSettings {
+    try DetectorSettings(confirmations: confirmations)
+}
+
+/// A net of `n` nodes (IDs 1...n) running past the startup grace so that every ring link is live.
+func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> TestNet {
+    var net = TestNet(nodes: Array(1...n), settings: settings)
+    net.run(until: until)
+    return net
+}
+
+@Suite struct SettingsTests {
+    @Test func defaultsAreValid() throws {
+        let s = try DetectorSettings()
+        #expect(s.period == 100 * ms)
+        #expect(s.timeout == 500 * ms)
+        #expect(s.confirmations == 3)
+        #expect(s.confirmWindow == 400 * ms)
+        #expect(s.startupSlack == 1 * sec)
+        #expect(s.driftTolerance == 50 * ms)
+        #expect(s.watchLifetime == 6000 * ms)  // max(3δ, 6 s)
+        // δ + 1 s + ceil(log2 8)·η
+        #expect(s.startupGrace(memberCount: 8) == 500 * ms + 1 * sec + 3 * 100 * ms)
+    }
+
+    @Test func timeoutShorterThanThreePeriodsIsRejected() {
+        #expect(throws: DetectorSettings.Error.timeoutTooShort(timeout: 250 * ms, period: 100 * ms)) {
+            try DetectorSettings(period: 100 * ms, timeout: 250 * ms)
+        }
+        do {
+            _ = try DetectorSettings(period: 100 * ms, timeout: 250 * ms)
+            Issue.record("δ < 3η accepted")
+        } catch {
+            let text = "\(error)"
+            #expect(text.contains("250 ms"))
+            #expect(text.contains("3 × period"))
+            #expect(text.contains("two lost heartbeats"))
+        }
+        // Exactly 3η is fine.
+        #expect((try? DetectorSettings(period: 100 * ms, timeout: 300 * ms)) != nil)
+    }
+
+    @Test func otherInvariantsAreChecked() {
+        #expect(throws: DetectorSettings.Error.periodOutOfRange(period: 0)) { try DetectorSettings(period: 0) }
+        #expect(throws: DetectorSettings.Error.periodOutOfRange(period: 70 * sec)) {
+            try DetectorSettings(period: 70 * sec, timeout: 300 * sec)
+        }
+        #expect(throws: DetectorSettings.Error.confirmationsOutOfRange(-1)) {
+            try DetectorSettings(confirmations: -1)
+        }
+        #expect(throws: DetectorSettings.Error.confirmWindowTooShort(confirmWindow: 50 * ms, period: 100 * ms)) {
+            try DetectorSettings(confirmWindow: 50 * ms)
+        }
+        #expect(throws: DetectorSettings.Error.durationTooLong(name: "startup slack", value: 7200 * sec)) {
+            try DetectorSettings(startupSlack: 7200 * sec)
+        }
+        #expect((try? DetectorSettings(confirmations: 0)) != nil)
+        var s = try! DetectorSettings()
+        s.timeout = 100 * ms
+        #expect(throws: DetectorSettings.Error.self) { try s.validate() }
+    }
+}
+
+@Suite struct DetectionTests {
+    @Test func crashedNodeIsDeclaredDeadByEverySurvivor() throws {
+        let s = try defaults()
+        var net = warmNet(8, settings: s)
+        #expect(net.marked(.suspect).isEmpty, "false suspicion during warm-up")
+        let crash = net.now
+        net.crash(5)
+        net.run(until: crash + 3 * sec)
+
+        // The observer (6) heard 5 at most η before the crash: suspect at ≥ crash − η + δ,
+        // dead one confirm window later, and everyone else within the notice's latency.
+        let suspectAt = try #require(net.firstTime(5, became: .suspect, at: 6))
+        #expect(suspectAt >= crash + s.timeout - s.period)
+        #expect(suspectAt <= crash + s.timeout + bound)
+        for i in [1, 2, 3, 4, 6, 7, 8] {
+            let t = try #require(net.firstTime(5, became: .dead, at: i), "node \(i) never marked 5 dead")
+            #expect(t <= crash + s.timeout + s.confirmWindow + bound, "node \(i) late by \((t - crash) / ms) ms")
+            #expect(t >= crash + s.timeout - s.period + s.confirmWindow, "declared before the confirm window")
+            #expect(net.state(of: 5, at: i) == .dead)
+        }
+        // Only 6 suspected, only 6 declared; nobody else was ever marked.
+        #expect(net.marked(.suspect) == [addr(5)])
+        #expect(net.marked(.dead) == [addr(5)])
+        #expect(net.core(6).stats.deathsDeclared == 1)
+        #expect(net.running.reduce(0) { $0 + net.cores[$1]!.stats.deathsDeclared } == 1)
+        #expect(net.running.filter { $0 != addr(6) }.allSatisfy { net.cores[$0]!.stats.deathsLearned == 1 })
+        let ordered = net.changesAreOrdered()
+        #expect(ordered)
+        #expect(net.wrongPorts == 0)
+        // ULFM-style log line with the numbers.
+        #expect(net.logs[addr(6)]!.contains { $0.level == .warning && $0.message.contains("declared 10.0.0.5") })
+    }
+
+    @Test func ringIsRepairedAfterEachConsecutiveDeath() throws {
+        let s = try defaults()
+        var net = warmNet(8, settings: s)
+        #expect(net.core(6).observed == addr(5))
+        #expect(net.core(4).observer == addr(5))
+
+        // Kill 5, then (after it is detected) the node the repaired observer now watches, then the next.
+        var observer = 6
+        for victim in [5, 4, 3] {
+            let crash = net.now
+            net.crash(victim)
+            net.run(until: crash + s.timeout + s.confirmWindow + bound)
+            for i in net.running {
+                #expect(net.maps[i]![addr(victim)]?.state == .dead, "\(i) does not know \(victim) died")
+            }
+            // The observer re-picked its predecessor and that one now heartbeats it.
+            #expect(net.core(observer).observed == addr(victim - 1))
+            #expect(net.core(victim - 1).observer == addr(observer))
+            net.run(until: net.now + 1 * sec)
+            #expect(!net.core(observer).isSuspecting)
+        }
+        #expect(net.marked(.dead) == [addr(5), addr(4), addr(3)])
+        #expect(net.marked(.suspect) == [addr(5), addr(4), addr(3)])
+        #expect(net.core(observer).stats.deathsDeclared == 3)
+        let ordered = net.changesAreOrdered()
+        #expect(ordered)
+    }
+
+    @Test(arguments: [2, 3])
+    func adjacentSimultaneousDeathsAreAllDetected(count: Int) throws {
+        let s = try defaults()
+        var net = warmNet(8, settings: s)
+        let victims = Array((6 - count)..<6)  // [4, 5] or [3, 4, 5]
+        let crash = net.now
+        for v in victims { net.crash(v) }
+        // 6 detects 5, repairs to 4 (deadline now + δ, no slack), detects it, and so on.
+        let perDeath = s.timeout + s.confirmWindow + bound
+        net.run(until: crash + UInt64(count) * perDeath)
+        for i in (1...8).filter({ !victims.contains($0) }) {
+            for v in victims {
+                #expect(net.state(of: v, at: i) == .dead, "node \(i) does not know \(v) died")
+            }
+        }
+        #expect(net.marked(.dead) == Set(victims.map(addr)))
+        #expect(net.core(6).observed == addr(victims.first! - 1))
+        net.run(until: net.now + 2 * sec)
+        #expect(net.marked(.dead) == Set(victims.map(addr)))
+        #expect(net.marked(.suspect) == Set(victims.map(addr)))
+        let ordered = net.changesAreOrdered()
+        #expect(ordered)
+    }
+
+    @Test func newMemberIsNotSuspectedBeforeStartupSlack() throws {
+        let s = try defaults()
+        var net = warmNet(4, settings: s)
+        // Node 5 appears in every map (an announce) but its daemon never runs.
+        let joined = net.now
+        for b in net.order {
+            net.announce(claim(5), to: b)
+            let out = net.cores[b]!.mapChanged(net.maps[b]!, now: net.now)
+            net.handle(out, from: b)
+        }
+        #expect(net.core(1).observed == addr(5))
+        let grace = s.startupGrace(memberCount: 5)  // 0.5 s + 1 s + 3 × 0.1 s
+        #expect(grace == 1800 * ms)
+        #expect(net.core(1).observedDeadline == joined + grace)
+        net.run(until: joined + grace - 1 * ms)
+        #expect(net.marked(.suspect).isEmpty, "new member suspected before its startup grace")
+        net.run(until: joined + grace + s.confirmWindow + bound)
+        let t = try #require(net.firstTime(5, became: .suspect, at: 1))
+        #expect(t >= joined + grace)
+        #expect(net.state(of: 5, at: 2) == .dead)
+        #expect(net.marked(.dead) == [addr(5)])
+        // Meanwhile 4 was handed over to 1 without a gap and never suspected.
+        #expect(net.core(1).observed == addr(4))
+        #expect(net.state(of: 4, at: 1) == .alive)
+    }
+}
+
+@Suite struct RefutationTests {
+    /// 4's heartbeats and answers never reach its observer 5, but 4 answers probes relayed by helpers.
+    func oneWayLinkNet(confirmations: Int) throws -> TestNet {
+        var net = TestNet(nodes: Array(1...8), settings: try defaults(confirmations: confirmations))
+        net.announceOnRefute = false  // only the helper path can save 4
+        net.drop = { from, to, _ in from == addr(4) && to == addr(5) }
+        net.run(until: 6 * sec)
+        return net
+    }
+
+    @Test func nodeAnsweringThroughHelpersIsNotDeclaredDead() throws {
+        let net = try oneWayLinkNet(confirmations: 3)
+        #expect(net.marked(.dead).isEmpty)
+        for i in 1...8 { #expect(net.state(of: 4, at: i) != .dead) }
+        let o = net.core(5).stats
+        #expect(o.suspicions >= 2)
+        #expect(o.refutedSuspicions == o.suspicions || o.refutedSuspicions == o.suspicions - 1)
+        #expect(o.probeRequestsSent >= 3)
+        let relayed = (1...8).map { net.core($0).stats.probeAcksRelayed }.reduce(0, +)
+        #expect(relayed >= o.refutedSuspicions)
+        #expect(net.core(4).stats.probeAcksSent >= 2)
+        #expect(net.marked(.suspect) == [addr(4)])
+        let ordered = net.changesAreOrdered()
+        #expect(ordered)
+    }
+
+    @Test func withoutHelpersTheSameNodeIsDeclaredDead() throws {
+        // Control for the test above: with k = 0 the one-way link kills 4.
+        let net = try oneWayLinkNet(confirmations: 0)
+        #expect(net.state(of: 4, at: 5) == .dead)
+        #expect(net.core(5).stats.probeRequestsSent == 0)
+    }
+
+    @Test func suspectedNodeRefutes() throws {
+        var map = makeMap([1, 2, 3])
+        var core = DetectorCore(settings: try defaults(), selfAddress: addr(2), now: 0)
+        _ = core.mapChanged(map, now: 0)
+        var out = core.receive(
+            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: 10 * ms,
+            map: &map)
+        #expect(out.contains(.refute))
+        #expect(core.stats.refutations == 1)
+        // Suspicions of others are none of our business.
+        out = core.receive(
+            .suspect(target: addr(1), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: 20 * ms,
+            map: &map)
+        #expect(!out.contains(.refute))
+        // After the refutation (incarnation 1), a suspicion of incarnation 0 is stale.
+        map.observe(claim(2, incarnation: 1), now: 30 * ms)
+        out = core.receive(
+            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: 40 * ms,
+            map: &map)
+        #expect(!out.contains(.refute))
+        // A death notice about ourselves is refuted and never forwarded.
+        out = core.receive(
+            .dead(target: addr(2), targetIncarnation: 1, targetID: 2), from: addr(3), originIncarnation: 0,
+            now: 50 * ms, map: &map)
+        #expect(out.contains(.refute))
+        #expect(!out.contains { if case .send(.dead, _, _) = $0 { true } else { false } })
+        #expect(map[addr(2)]?.state == .alive)
+        // A probe of ourselves is answered with our incarnation.
+        out = core.receive(.probe(requester: addr(1), nonce: 77), from: addr(3), originIncarnation: 0, now: 60 * ms, map: &map)
+        #expect(out.contains(.send(.probeAck(target: addr(2), targetIncarnation: 1, nonce: 77), to: addr(3), port: port(3))))
+    }
+
+    @Test func refutationByAnnounceClearsSuspicion() throws {
+        // 4 → 5 is cut and no helpers: 5 suspects 4, 4 refutes with incarnation 1, and the announce
+        // brings it back alive in 5's map before the confirm window runs out.
+        var net = TestNet(nodes: Array(1...8), settings: try defaults(confirmations: 0))
+        net.drop = { from, to, _ in from == addr(4) && to == addr(5) }
+        net.run(until: 3 * sec)
+        #expect(net.refutes[addr(4), default: 0] >= 1)
+        #expect(net.marked(.dead).isEmpty)
+        #expect(net.core(5).stats.suspicions >= 1)
+        #expect(net.core(5).stats.refutedSuspicions >= 1)
+        for i in 1...8 { #expect(net.map(i)[addr(4)]!.incarnation >= 1) }
+        #expect(net.state(of: 4, at: 5) != .dead)
+    }
+
+    @Test func deadNodeReturnsWithHigherIncarnation() throws {
+        let s = try defaults()
+        var net = warmNet(6, settings: s)
+        net.crash(4)
+        net.run(until: net.now + 2 * sec)
+        for i in [1, 2, 3, 5, 6] { #expect(net.state(of: 4, at: i) == .dead) }
+        #expect(net.core(5).observed == addr(3))
+
+        // 4 restarts with incarnation 1 and announces itself.
+        net.start(4, knowing: Array(1...6), incarnation: 1)
+        for b in net.order where b != addr(4) { net.announce(claim(4, incarnation: 1), to: b) }
+        let back = net.now
+        net.run(until: back + 4 * sec)
+        for i in 1...6 {
+            #expect(net.state(of: 4, at: i) == .alive, "4 not alive again at \(i)")
+            #expect(net.map(i)[addr(4)]?.incarnation == 1)
+        }
+        #expect(net.core(5).observed == addr(4))
+        #expect(net.core(4).observed == addr(3))
+        #expect(net.core(3).observer == addr(4))
+        // No new death after the return.
+        #expect(!net.events.contains { e in
+            guard e.at > back, case .stateChanged(_, _, _, let to, _) = e.change else { return false }
+            return to == .dead || to == .suspect
+        })
+        let ordered = net.changesAreOrdered()
+        #expect(ordered)
+    }
+}
+
+@Suite struct DriftTests {
+    @Test func pausedObserverDoesNotSuspectOnResume() throws {
+        let s = try defaults()
+        var net = warmNet(4, settings: s)
+        // 3 observes 2. Its process stops for 2 s: no ticks, datagrams wait in the socket buffer.
+        #expect(net.core(3).observed == addr(2))
+        let start = net.now
+        net.pause(3)
+        net.run(until: start + 2 * sec)
+        net.resume(3)  // the overdue tick runs before the buffered heartbeats are read
+        net.run(until: net.now + 3 * sec)
+
+        #expect(net.firstTime(2, became: .suspect, at: 3) == nil, "3 suspected 2 after its own pause")
+        #expect(net.state(of: 2, at: 3) == .alive)
+        #expect(net.core(3).stats.lateTicks == 1)
+        #expect(net.core(3).stats.lateHeartbeats == 1)
+        let logs = net.logs[addr(3)] ?? []
+        #expect(logs.contains { $0.level == .warning && $0.message.contains("tick late by 19") })
+        #expect(logs.contains { $0.level == .warning && $0.message.contains("missed send deadline by 19") })
+        // 3 itself was paused long enough to be declared dead by 4; it refuted and is back.
+        for i in 1...4 { #expect(net.state(of: 3, at: i) == .alive) }
+        #expect(net.refutes[addr(3), default: 0] >= 1)
+    }
+
+    @Test func lateTickExtendsDeadlineByThePause() throws {
+        var map = makeMap([1, 2])
+        let s = try defaults()
+        var core = DetectorCore(settings: s, selfAddress: addr(2), now: 0)
+        _ = core.mapChanged(map, now: 0)
+        for t in stride(from: 0, through: 3 * sec, by: Int(s.period)) {
+            let hb = Body.heartbeat(sequence: 1, periodMillis: 100)
+            _ = core.receive(hb, from: addr(1), originIncarnation: 0, now: t, map: &map)
+            _ = core.tick(now: t, map: &map)
+        }
+        #expect(core.stats.lateTicks == 0)
+        #expect(core.observedDeadline == 3 * sec + s.timeout)
+        // Next tick comes 1 s late instead of after η: not suspected, deadline moved by the pause.
+        let out = core.tick(now: 4 * sec + 100 * ms, map: &map)
+        #expect(!core.isSuspecting)
+        #expect(map[addr(1)]?.state == .alive)
+        #expect(core.observedDeadline == 3 * sec + s.timeout + 1 * sec)
+        #expect(core.stats.lateTicks == 1)
+        #expect(out.contains { if case .log(let l) = $0 { l.message.contains("grace left") } else { false } })
+        // On time from now on, and still silent: suspected at the extended deadline.
+        _ = core.tick(now: 4 * sec + 200 * ms, map: &map)
+        _ = core.tick(now: 4 * sec + 300 * ms, map: &map)
+        _ = core.tick(now: 4 * sec + 400 * ms, map: &map)
+        _ = core.tick(now: 4 * sec + 500 * ms, map: &map)
+        #expect(core.isSuspecting)
+        #expect(map[addr(1)]?.state == .suspect)
+    }
+}
+
+@Suite struct DisseminationTests {
+    @Test func deadNoticesAreDeduplicatedAndForwardedOnce() throws {
+        var map = makeMap(Array(1...8))
+        var core = DetectorCore(settings: try defaults(), selfAddress: addr(1), now: 0)
+        _ = core.mapChanged(map, now: 0)
+        let notice = Body.dead(target: addr(5), targetIncarnation: 0, targetID: 5)
+        var out = core.receive(notice, from: addr(2), originIncarnation: 0, now: 1 * sec, map: &map)
+        #expect(map[addr(5)]?.state == .dead)
+        #expect(out.contains { if case .changes = $0 { true } else { false } })
+        let forwards = out.compactMap { o -> IPAddress? in
+            if case .send(notice, let to, _) = o { to } else { nil }
+        }
+        // 7 members left; rank 0's neighbours are ranks ±1, ±2, ±4 → 6 nodes; not back to the sender.
+        #expect(Set(forwards) == Set([3, 4, 6, 7, 8].map(addr)))
+        #expect(forwards.count == 5)
+        #expect(core.stats.deathsLearned == 1)
+
+        for from in [2, 3, 7] {
+            out = core.receive(notice, from: addr(from), originIncarnation: 0, now: 1 * sec + 5 * ms, map: &map)
+            #expect(out.isEmpty)
+        }
+        #expect(core.stats.duplicateDeadNotices == 3)
+        #expect(core.stats.deathsLearned == 1)
+
+        // 5 comes back with incarnation 1: the old notice is stale and cannot kill it again.
+        map.observe(claim(5, incarnation: 1), now: 2 * sec)
+        #expect(map[addr(5)]?.state == .alive)
+        out = core.receive(notice, from: addr(6), originIncarnation: 0, now: 2 * sec, map: &map)
+        #expect(map[addr(5)]?.state == .alive)
+        out = core.receive(
+            .dead(target: addr(5), targetIncarnation: 0, targetID: 5), from: addr(8), originIncarnation: 0,
+            now: 2 * sec, map: &map)
+        #expect(map[addr(5)]?.state == .alive)
+        // A notice of the new incarnation is news.
+        out = core.receive(
+            .dead(target: addr(5), targetIncarnation: 1, targetID: 5), from: addr(8), originIncarnation: 0,
+            now: 3 * sec, map: &map)
+        #expect(map[addr(5)]?.state == .dead)
+    }
+
+    @Test func binomialGraphNeighbourSets() throws {
+        for n in 1...64 {
+            let limit = 2 * ceilLog2(n)
+            for r in 0..<n {
+                let nb = DetectorCore.bmgNeighbourRanks(of: r, count: n)
+                #expect(nb.count <= limit)
+                #expect(!nb.contains(r))
+                #expect(Set(nb).count == nb.count)
+                for x in nb { #expect(DetectorCore.bmgNeighbourRanks(of: x, count: n).contains(r)) }
+            }
+        }
+        // N = 16 over real maps: ±1, ±2, ±4, ±8 → 7 distinct neighbours each, ≤ 2·ceil(log2 16) = 8.
+        var map = makeMap(Array(1...16))
+        var graph: [IPAddress: Set<IPAddress>] = [:]
+        for i in 1...16 {
+            let core = DetectorCore(settings: try defaults(), selfAddress: addr(i), now: 0)
+            let nb = core.bmgNeighbours(in: map)
+            #expect(nb.count == 7)
+            #expect(nb.count <= 2 * ceilLog2(16))
+            graph[addr(i)] = Set(nb)
+        }
+        #expect(graph[addr(1)] == Set([2, 3, 5, 9, 16, 15, 13].map(addr)))
+        // Connected with diameter ≤ ceil(log2 N): everyone reached in 4 rounds from node 1.
+        var reached: Set<IPAddress> = [addr(1)]
+        for _ in 0..<4 { reached.formUnion(reached.flatMap { graph[$0]! }) }
+        #expect(reached.count == 16)
+        // Dead peers are skipped.
+        map.setState(addr(2), to: .dead)
+        let nb = DetectorCore(settings: try defaults(), selfAddress: addr(1), now: 0).bmgNeighbours(in: map)
+        #expect(!nb.contains(addr(2)))
+        #expect(nb.count <= 2 * ceilLog2(15))
+        #expect(nb.contains(addr(3)))
+    }
+}
+
+@Suite struct HeartbeatTests {
+    @Test func heartbeatsGoToSuccessorAndWatchers() throws {
+        let s = try defaults()
+        var map = makeMap([1, 2, 3, 4])
+        var core = DetectorCore(settings: s, selfAddress: addr(2), now: 0)
+        let start = core.mapChanged(map, now: 0)
+        #expect(core.observed == addr(1))
+        #expect(core.observer == addr(3))
+        #expect(start.contains(.send(.watch, to: addr(1), port: port(1))))
+
+        func heartbeatTargets(_ out: [DetectorOutput]) -> Set<IPAddress> {
+            Set(out.compactMap { if case .send(.heartbeat, let to, _) = $0 { to } else { nil } })
+        }
+        #expect(heartbeatTargets(core.tick(now: 0, map: &map)) == [addr(3)])
+        #expect(core.nextDeadline == s.period)
+        #expect(heartbeatTargets(core.tick(now: 100 * ms, map: &map)) == [addr(3)])
+
+        // 4 thinks it observes 2 (views differ briefly): it gets a heartbeat at once and every η.
+        let w = core.receive(.watch, from: addr(4), originIncarnation: 0, now: 150 * ms, map: &map)
+        #expect(heartbeatTargets(w) == [addr(4)])
+        #expect(heartbeatTargets(core.tick(now: 200 * ms, map: &map)) == [addr(3), addr(4)])
+        // Without a new `.watch` it stops after the watch lifetime (3δ).
+        var t: UInt64 = 300 * ms
+        var last: Set<IPAddress> = []
+        while t <= 150 * ms + s.watchLifetime + 100 * ms {
+            // keep 1 alive so that nothing else happens
+            _ = core.receive(.heartbeat(sequence: 0, periodMillis: 100), from: addr(1), originIncarnation: 0, now: t, map: &map)
+            last = heartbeatTargets(core.tick(now: t, map: &map))
+            t += s.period
+        }
+        #expect(last == [addr(3)])
+        #expect(core.stats.heartbeatsSent >= 20)
+    }
+
+    @Test func nextDeadlineCoversTimersWithoutBusyTicking() throws {
+        let s = try defaults()
+        var net = warmNet(8, settings: s, until: 5 * sec)
+        // Over 5 s each node ticks about once per η (heartbeats) plus its re-watch: no busy loop.
+        for i in 1...8 {
+            let st = net.core(i).stats
+            #expect(st.heartbeatsSent >= 48 && st.heartbeatsSent <= 53)
+            #expect(st.heartbeatsReceived >= 45)
+            #expect(st.suspicions == 0)
+        }
+        net.run(until: 6 * sec)
+        #expect(net.marked(.suspect).isEmpty)
+    }
+}

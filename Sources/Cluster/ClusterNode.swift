@@ -157,6 +157,9 @@ public struct ClusterNode: Sendable {
             counters.multicastSent += 1
         }
         guard process else { return flush() }
+        if config.logLevel <= .debug && m.header.type != .heartbeat {
+            out.append(.log(.debug, "rx \(m.header.type) from \(m.header.origin) hops=\(m.header.hops) incarnation=\(m.header.incarnation) on interface \(interface)"))
+        }
         switch m.body {
         case .announce, .join, .leave, .mapSync:
             apply(discovery.receive(m, now: now, map: &map), now: now)

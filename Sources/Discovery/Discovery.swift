@@ -42,6 +42,11 @@ public struct DiscoverySettings: Sendable, Equatable {
     public static let `default` = try! DiscoverySettings()
 }
 
+extension DiscoveryCore {
+    /// Mean delay of the first announce after the join (ns).
+    public static let earlyAnnounce: UInt64 = 600_000_000
+}
+
 /// Who this node is.
 public struct SelfInfo: Sendable, Equatable {
     public var address: IPAddress
@@ -146,7 +151,9 @@ public struct DiscoveryCore: Sendable {
         if !c.isEmpty { out.append(.changes(c)) }
         out.append(.multicast(.join(info(map))))
         stats.joinsSent += 1
-        nextAnnounce = now + jittered(interval(members: map.memberCount))
+        // One early announce, soon after the join: nodes that started a moment after us missed the
+        // join (their socket was not there yet) and would otherwise wait a whole interval.
+        nextAnnounce = now + jittered(min(interval(members: map.memberCount), settings.baseInterval, Self.earlyAnnounce))
         nextScan = now + settings.baseInterval
         return out
     }

@@ -50,10 +50,11 @@ public struct Departure: Sendable {
 
     static let pendingMark = UInt64.max
     static let notSurvivor = UInt64.max - 1
+    static let neverKnewMark = UInt64.max - 2
 
-    /// Latency of each survivor that knows, from the departure.
+    /// Latency of each survivor that learned of it (not those that never knew the node), from the departure.
     public var latencies: [UInt64] {
-        knownAt.compactMap { $0 >= Self.notSurvivor ? nil : $0 - time }
+        knownAt.compactMap { $0 >= Self.neverKnewMark ? nil : $0 - time }
     }
 }
 
@@ -248,6 +249,7 @@ public final class Simulator {
         self.scenarioRNG = SplitMix64(seed: Self.mix(config.seed, 0x7363_656E_6172_696F))
         self.lossThreshold = UInt64((config.loss * 4_294_967_296).rounded())
         self.dupThreshold = UInt64((config.duplication * 4_294_967_296).rounded())
+        self.startsPending = n
         self.wallStart = Self.wallClock()
         self.lastProgressWall = wallStart
 
@@ -269,12 +271,8 @@ public final class Simulator {
     public func isPaused(_ i: Int) -> Bool { pausedUntil[i] > now }
     /// First time every live map equalled the live set since the live set last changed.
     public var convergedAt: UInt64? { epochs.last?.convergedAt }
-    /// The first convergence after the initial starts.
-    public var startupConvergence: UInt64? {
-        epochs.first { $0.since <= config.startSpread && $0.convergedAt != nil && $0.since >= lastStartTime }?
-            .convergedAt
-    }
-    private var lastStartTime: UInt64 = 0
+    /// The first convergence after every node started (measured from time 0).
+    public var startupConvergence: UInt64? { epochs.first?.convergedAt }
     public var eventsPending: Int { queue.count }
 
     /// Whether every running node's map has exactly the running nodes as members (alive or suspect).
@@ -348,7 +346,7 @@ public final class Simulator {
     /// Runs until every live map equals the live set, or `limit`; returns the convergence time.
     @discardableResult
     public func runUntilConverged(limit: UInt64) -> UInt64? {
-        run(until: limit) { self.queue.peekTime.map { _ in false } ?? true || self.convergedAt != nil && self.allStarted }
+        run(until: limit) { self.allStarted && self.convergedAt != nil }
         return allStarted ? convergedAt : nil
     }
 
@@ -358,8 +356,9 @@ public final class Simulator {
         run(until: limit) { self.activeDepartures.isEmpty }
     }
 
-    private var startsPending: Int = -1
-    private var allStarted: Bool { startsPending == 0 }
+    private var startsPending: Int
+    /// Whether every node's first start has happened.
+    public var allStarted: Bool { startsPending == 0 }
 
     public func schedule(_ action: SimAction, at time: UInt64) {
         actions.append(action)
@@ -384,7 +383,8 @@ public final class Simulator {
         var out: [Int] = []
         while out.count < k, !pool.isEmpty {
             let j = Int(scenarioRNG.next() % UInt64(pool.count))
-            out.append(pool.swapAt(j, pool.count - 1, returning: ()))
+            pool.swapAt(j, pool.count - 1)
+            out.append(pool.removeLast())
         }
         return out
     }
@@ -457,10 +457,6 @@ public final class Simulator {
             departures[d].pending -= 1
             departures[d].survivors -= 1
         }
-        for d in activeDepartures where departures[d].knownAt[i] < Departure.notSurvivor {
-            departures[d].knownAt[i] = Departure.notSurvivor
-            departures[d].survivors -= 1
-        }
         closeFinishedDepartures()
         liveSetChanged()
     }
@@ -492,7 +488,7 @@ public final class Simulator {
         for j in 0..<count where j != i && status[j] == .running {
             d.survivors += 1
             if knows(j, departed: addresses[i], incarnation: incarnation) {
-                d.knownAt[j] = now
+                d.knownAt[j] = Departure.neverKnewMark
                 d.neverKnew += 1
             } else {
                 d.knownAt[j] = Departure.pendingMark
@@ -530,9 +526,7 @@ public final class Simulator {
     private func handle(_ e: SimEvent) {
         switch e.kind {
         case .start:
-            if startsPending < 0 { startsPending = count }
             startsPending -= 1
-            lastStartTime = now
             let i = Int(e.a)
             if status[i] == .notStarted { launch(i) }
 
@@ -553,7 +547,7 @@ public final class Simulator {
             let bytes = payloads[Int(e.c)]
             payloads[Int(e.c)] = []
             freePayloads.append(e.c)
-            deliver(bytes, to: Int(e.a), from: Int(e.b & 0xFFFF_FFF), heartbeat: e.b < 0, tag: UInt64(e.c))
+            deliver(bytes, to: Int(e.a), from: Int(e.b & Int32.max), heartbeat: e.b < 0, tag: UInt64(e.c))
 
         case .fanout:
             let r = Int(e.a)
@@ -772,8 +766,8 @@ public final class Simulator {
             converged[j] = ok
             if ok { convergedCount += 1 }
         }
-        if let last = epochs.last, last.convergedAt == nil, last.since == now {
-            // Several changes at one instant make one epoch.
+        if let last = epochs.last, last.convergedAt == nil {
+            // A change before convergence extends the current epoch.
         } else {
             epochs.append(ConvergenceEpoch(since: now, convergedAt: nil))
         }
@@ -820,7 +814,7 @@ public final class Simulator {
             if fresh > learnedDeaths { findFalseDeaths(observer: i, map: map) }
         }
 
-        if convergedCount == liveCount, liveCount > 0, now >= nextVerify, epochs.last?.convergedAt == nil {
+        if convergedCount == liveCount, liveCount > 0, allStarted, now >= nextVerify, epochs.last?.convergedAt == nil {
             if membersEqualLiveSet() {
                 epochs[epochs.count - 1].convergedAt = now
                 if !windowSet, allStarted { resetTrafficWindow() }
@@ -878,12 +872,5 @@ public final class Simulator {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-    }
-}
-
-extension Array {
-    fileprivate mutating func swapAt(_ i: Int, _ j: Int, returning: Void) -> Element {
-        swapAt(i, j)
-        return removeLast()
     }
 }

@@ -239,7 +239,25 @@ enum Main {
         if args.first == "simulate" {
             await SimulateCommand.main(Array(args.dropFirst()))
         } else {
-            await DiscdCommand.main(args)
+            await runOneLineErrors(DiscdCommand.self, args)
         }
+    }
+}
+
+/// Parses and runs a command; a usage error is one line on stderr (`discd: …`) and exit code 64,
+/// help and version requests print as usual.
+func runOneLineErrors<C: AsyncParsableCommand>(_ type: C.Type, _ args: [String]) async {
+    do {
+        var cmd = try type.parseAsRoot(args)
+        if var a = cmd as? AsyncParsableCommand {
+            try await a.run()
+        } else {
+            try cmd.run()
+        }
+    } catch {
+        if type.exitCode(for: error) == .success { type.exit(withError: error) }
+        let msg = type.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+        writeStderr("discd: \(msg)\n")
+        Glibc.exit(type.exitCode(for: error).rawValue)
     }
 }

@@ -1,9 +1,311 @@
 import ArgumentParser
+import Cluster
+import Detector
+import Discovery
+import Glibc
+import NodeMap
+import Simulator
 
+/// `discd simulate`: the protocol of N nodes (the daemon's own `ClusterNode`) on a simulated LAN in
+/// virtual time, for capacity planning and to check what the configuration promises.
 struct SimulateCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "discd simulate", abstract: "Simulate a cluster in virtual time (capacity planning).")
+        commandName: "discd simulate",
+        abstract: "Simulate a cluster in virtual time (capacity planning).",
+        discussion: """
+            Starts --nodes nodes at random times within --start-spread, runs until every live map \
+            holds exactly the live nodes, waits --settle, crashes --crash random nodes (and stops \
+            --stop others cleanly), and runs until --duration of virtual time. Prints the convergence \
+            time, how long each survivor took to learn of each crash (p50/p90/p99/max) against the \
+            bound the configuration promises, false deaths, network load per node and memory. \
+            Same seed, same run. Progress goes to stderr. See docs/SIMULATOR.md.
+            """)
+
+    @Option(help: "Number of nodes.")
+    var nodes = 1000
+
+    @Option(help: "Seed of the run (network, faults, nodes' own randomness).")
+    var seed: UInt64 = 1
+
+    @Option(help: "Virtual time to run.")
+    var duration = "30s"
+
+    @Option(help: "Probability that a copy of a datagram is lost (0-1).")
+    var loss = 0.0
+
+    @Option(help: "Probability that a copy of a datagram is delivered twice (0-1).")
+    var duplication = 0.0
+
+    @Option(help: "One-way latency range MIN..MAX.")
+    var latency = "200us..2ms"
+
+    @Option(name: .customLong("latency-dist"), help: "Latency distribution: uniform, or lognormal[:SIGMA] (median at a quarter of the range, long tail cut at MAX).")
+    var latencyDist = "uniform"
+
+    @Option(help: "Heartbeat period η.")
+    var period = "100ms"
+
+    @Option(help: "Heartbeat timeout δ (at least 3η).")
+    var timeout = "500ms"
+
+    @Option(help: "Indirect probers asked to confirm a suspicion.")
+    var confirmations = 3
+
+    @Option(name: .customLong("confirm-window"), help: "How long probes may take before a suspect is declared dead.")
+    var confirmWindow = "400ms"
+
+    @Flag(name: .customLong("no-detector"), help: "Discovery only (deaths found by announce expiry).")
+    var noDetector = false
+
+    @Option(name: .customLong("announce-interval"), help: "Announce interval of a small cluster.")
+    var announceInterval = "1s"
+
+    @Option(name: .customLong("announce-rate"), help: "Cluster-wide announce budget per second (the interval stretches to N / rate).")
+    var announceRate = 100.0
+
+    @Option(name: .customLong("start-spread"), help: "Nodes start at random times within this.")
+    var startSpread = "1s"
+
+    @Option(help: "Nodes to crash once the cluster has converged and settled.")
+    var crash = 1
+
+    @Option(help: "Nodes to stop cleanly (leave) at the same time.")
+    var stop = 0
+
+    @Option(name: .customLong("crash-at"), help: "Virtual time of the crash (default: convergence + --settle).")
+    var crashAt: String?
+
+    @Option(help: "Wait after convergence before the crash (default: the detector's startup grace + 1s).")
+    var settle: String?
+
+    @Option(name: .customLong("restart-after"), help: "Restart crashed and stopped nodes (new incarnation) after this.")
+    var restartAfter: String?
+
+    @Option(help: "Process pauses of this length (GC, descheduling); see --pause-every.")
+    var pause: String?
+
+    @Option(name: .customLong("pause-every"), help: "Mean interval between two pauses of one node.")
+    var pauseEvery = "10s"
+
+    @Option(help: "Partition AT+DURATION (e.g. 10s+5s): the network splits in two, then heals.")
+    var partition: String?
+
+    @Option(name: .customLong("partition-fraction"), help: "Share of the nodes on the smaller side of the partition.")
+    var partitionFraction = 0.5
+
+    @Option(help: "Nodes whose address collides in its last two octets (derived ID) with another's.")
+    var collisions = 0
+
+    @Option(name: .customLong("socket-buffer"), help: "Receive buffer per socket in bytes (overflows during pauses).")
+    var socketBuffer = 212_992
+
+    @Option(name: .customLong("progress"), help: "Progress line on stderr every this many wall seconds (0: none).")
+    var progressSeconds = 5.0
+
+    @Option(name: .customLong("log-level"), help: "Print the nodes' log lines at this level and above to stderr (debug, info, notice, warning, error; default: none).")
+    var logLevel: String?
+
+    @Flag(help: "Print the report as JSON.")
+    var json = false
+
+    func validate() throws {
+        guard nodes >= 1, nodes <= 65_535 else { throw ValidationError("--nodes must be 1-65535") }
+        guard crash >= 0, stop >= 0, crash + stop < nodes else {
+            throw ValidationError("--crash + --stop must leave at least one node running")
+        }
+        guard (0...16).contains(confirmations) else { throw ValidationError("--confirmations must be 0-16") }
+        guard partitionFraction > 0, partitionFraction <= 0.5 else {
+            throw ValidationError("--partition-fraction must be in (0, 0.5]")
+        }
+        guard announceRate > 0 else { throw ValidationError("--announce-rate must be positive") }
+    }
+
     func run() async throws {
-        throw ValidationError("the simulator is not built yet")
+        do {
+            try simulate()
+        } catch let e as ValidationError {
+            throw e
+        } catch {
+            simStderr("discd simulate: \(error)\n")
+            throw ExitCode(2)
+        }
+    }
+
+    private func parseLatency() throws -> LatencyModel {
+        let range = latency.components(separatedBy: "..")
+        let lo: UInt64
+        let hi: UInt64
+        if range.count == 2 {
+            lo = try DurationText.parse(range[0])
+            hi = try DurationText.parse(range[1])
+        } else if let v = try? DurationText.parse(latency) {
+            lo = v
+            hi = v
+        } else {
+            throw ValidationError("--latency \(latency): expected MIN..MAX, e.g. 200us..2ms")
+        }
+        var jitter = LatencyModel.Jitter.uniform
+        if latencyDist.hasPrefix("lognormal") {
+            let sigma = latencyDist.split(separator: ":").dropFirst().first.flatMap { Double($0) } ?? 0.6
+            jitter = .lognormal(sigma: sigma)
+        } else if latencyDist != "uniform" {
+            throw ValidationError("--latency-dist must be uniform or lognormal[:SIGMA]")
+        }
+        return try LatencyModel(base: lo, max: hi, jitter: jitter, buckets: jitter == .uniform ? 16 : 32)
+    }
+
+    private func simulate() throws {
+        let until = try DurationText.parse(duration)
+        let detector: DetectorSettings? =
+            noDetector
+            ? nil
+            : try DetectorSettings(
+                period: try DurationText.parse(period), timeout: try DurationText.parse(timeout),
+                confirmations: confirmations, confirmWindow: try DurationText.parse(confirmWindow),
+                logLevel: logLevel == nil ? .warning : .debug)
+        let discovery = try DiscoverySettings(
+            baseInterval: try DurationText.parse(announceInterval), aggregateRate: announceRate)
+        let level = try logLevel.map { try Self.level($0) }
+        var config = SimConfig(
+            nodes: nodes, seed: seed, latency: try parseLatency(), loss: loss, duplication: duplication,
+            discovery: discovery, detector: detector, startSpread: try DurationText.parse(startSpread),
+            collisions: collisions, socketBuffer: socketBuffer, logLevel: level ?? .warning)
+        if let p = pause {
+            config.pauses = PauseModel(length: try DurationText.parse(p), meanInterval: try DurationText.parse(pauseEvery))
+        }
+        let settleTime =
+            try settle.map { try DurationText.parse($0) }
+            ?? ((detector?.startupGrace(memberCount: nodes) ?? 0) + 1_000_000_000)
+        let fixedCrash = try crashAt.map { try DurationText.parse($0) }
+        let restartDelay = try restartAfter.map { try DurationText.parse($0) }
+        var partitionWindow: (at: UInt64, end: UInt64)?
+        if let p = partition {
+            let parts = p.split(separator: "+").map(String.init)
+            guard parts.count == 2 else { throw ValidationError("--partition \(p): expected AT+DURATION, e.g. 10s+5s") }
+            let at = try DurationText.parse(parts[0])
+            partitionWindow = (at, at + (try DurationText.parse(parts[1])))
+        }
+
+        let sim = try Simulator(config: config)
+        if let level {
+            sim.logSink = { t, i, l, line in
+                guard l >= level else { return }
+                simStderr("[\(ms(t))] node \(i) \(l): \(line)\n")
+            }
+        }
+        if progressSeconds > 0 {
+            sim.progressInterval = progressSeconds
+            sim.progress = { p in
+                let rss = ProcessMemory.currentRSSBytes().map { " rss \($0 / 1_048_576) MiB" } ?? ""
+                simStderr(
+                    "simulate: virtual \(ms(p.virtualTime)), \(p.running) running, \(p.converged) maps complete, "
+                        + "\(p.events) events, wall \(Int(p.wallSeconds)) s\(rss)\n")
+            }
+        }
+        func note(_ s: String) {
+            if progressSeconds > 0 { simStderr("simulate: [\(ms(sim.now))] \(s)\n") }
+        }
+
+        // The timeline: fixed items, and the crash once the cluster has converged (unless --crash-at).
+        var crashTime = fixedCrash
+        var crashed = false
+        var restartTime: UInt64?
+        var departed: [Int] = []
+        var partitionApplied = false
+        var healed = false
+        while sim.now < until {
+            var next = until
+            if let c = crashTime, !crashed { next = min(next, c) }
+            if let r = restartTime { next = min(next, r) }
+            if let w = partitionWindow {
+                if !partitionApplied { next = min(next, w.at) } else if !healed { next = min(next, w.end) }
+            }
+            if crashTime == nil, crash + stop > 0 {
+                sim.run(until: next) { sim.allStarted && sim.convergedAt != nil }
+                if let c = sim.convergedAt, sim.allStarted {
+                    note("converged: every live map holds the \(sim.liveCount) live nodes")
+                    crashTime = c + settleTime
+                    continue
+                }
+            } else {
+                sim.run(until: next)
+            }
+            if let c = crashTime, !crashed, sim.now >= c {
+                crashed = true
+                let victims = sim.pickRunning(crash + stop)
+                for (k, v) in victims.enumerated() {
+                    if k < crash { sim.crash(v) } else { sim.stop(v) }
+                }
+                departed = victims
+                note("crashed \(victims.prefix(crash).map { "\(sim.addresses[$0])" }.joined(separator: ", "))"
+                    + (stop > 0 ? "; stopped \(victims.dropFirst(crash).map { "\(sim.addresses[$0])" }.joined(separator: ", "))" : ""))
+                if let d = restartDelay { restartTime = sim.now + d }
+            }
+            if let r = restartTime, sim.now >= r {
+                restartTime = nil
+                for v in departed { sim.restart(v) }
+                note("restarted \(departed.count) node(s) with new incarnations")
+            }
+            if let w = partitionWindow {
+                if !partitionApplied, sim.now >= w.at {
+                    partitionApplied = true
+                    let k = max(1, Int(Double(nodes) * partitionFraction))
+                    sim.partition(sim.pickRunning(k))
+                    note("partition: \(k) nodes cut off")
+                } else if partitionApplied, !healed, sim.now >= w.end {
+                    healed = true
+                    sim.heal()
+                    note("partition healed")
+                }
+            }
+        }
+        if let c = crashTime, !crashed {
+            note("warning: the crash was due at \(ms(c)), after --duration; nothing was crashed")
+        }
+        if crashTime == nil, crash + stop > 0 { note("warning: never converged; nothing was crashed") }
+
+        let report = SimReport(sim)
+        print(json ? report.json() : report.text(), terminator: "")
+        if let b = config.detectionBound(members: nodes), !json, crash > 0 {
+            print(
+                "bound = δ + confirm window + (ceil(log2 N) + 2) × max latency = \(ms(b)) "
+                    + "(δ \(ms(detector!.timeout)), window \(ms(detector!.confirmWindow)), latency ≤ \(ms(config.latency.max)))")
+        }
+    }
+
+    static func level(_ s: String) throws -> LogLevel {
+        switch s {
+        case "debug": .debug
+        case "info": .info
+        case "notice": .notice
+        case "warning": .warning
+        case "error": .error
+        default: throw ValidationError("--log-level must be debug, info, notice, warning or error")
+        }
+    }
+}
+
+/// Writes to file descriptor 2 (the `stderr` global is not concurrency-safe in Swift 6).
+private func simStderr(_ text: String) {
+    var t = text
+    t.withUTF8 { b in _ = write(2, b.baseAddress, b.count) }
+}
+
+private func ms(_ ns: UInt64) -> String {
+    let v = Double(ns) / 1e6
+    if v >= 10_000 { return "\((v / 10).rounded() / 100) s" }
+    return "\((v * 10).rounded() / 10) ms"
+}
+
+extension String {
+    fileprivate func components(separatedBy sep: String) -> [String] {
+        var out: [String] = []
+        var rest = Substring(self)
+        while let r = rest.firstRange(of: sep) {
+            out.append(String(rest[..<r.lowerBound]))
+            rest = rest[r.upperBound...]
+        }
+        out.append(String(rest))
+        return out
     }
 }

@@ -1,0 +1,237 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Cluster
+import Detector
+import NodeMap
+import Wire
+
+/// Nearest-rank percentiles of a sample.
+public struct Percentiles: Sendable, Equatable {
+    public var count: Int
+    public var p50: UInt64
+    public var p90: UInt64
+    public var p99: UInt64
+    public var max: UInt64
+
+    public init?(_ values: [UInt64]) {
+        guard !values.isEmpty else { return nil }
+        let s = values.sorted()
+        func rank(_ p: Double) -> UInt64 {
+            let r = Int((p * Double(s.count)).rounded(.up))
+            return s[Swift.min(Swift.max(r, 1), s.count) - 1]
+        }
+        count = s.count
+        p50 = rank(0.5)
+        p90 = rank(0.9)
+        p99 = rank(0.99)
+        max = s[s.count - 1]
+    }
+}
+
+/// What a run showed: the checked properties and the measured load.
+public struct SimReport: Sendable {
+    public struct DepartureSummary: Sendable {
+        public var kind: Departure.Kind
+        public var node: Int
+        public var address: IPAddress
+        public var at: UInt64
+        public var survivors: Int
+        public var known: Int
+        public var neverKnew: Int
+        public var latency: Percentiles?
+        /// δ + confirm window + (ceil(log2 N) + 2) × max latency (crashes with a detector only).
+        public var bound: UInt64?
+        /// Survivors that learned later than `bound`, or not at all.
+        public var overBound: Int
+        public var complete: Bool
+    }
+
+    public var nodes: Int
+    public var seed: UInt64
+    public var virtualTime: UInt64
+    public var wallSeconds: Double
+    public var events: Int
+    public var running: Int
+    public var startupConvergence: UInt64?
+    public var convergedAtEnd: Bool
+    public var departures: [DepartureSummary]
+    public var falseDeaths: Int
+    public var falseDeathsAcrossPartition: Int
+    public var falseDeathMarks: Int
+    public var detector: DetectorStats
+    public var pauses: Int
+    /// Measuring window of the traffic figures.
+    public var window: (from: UInt64, to: UInt64)
+    public var traffic: TrafficCounters
+    public var totalTraffic: TrafficCounters
+    public var peakRSSBytes: Int?
+    public var traceHash: UInt64
+
+    public var windowSeconds: Double { Double(window.to - window.from) / 1e9 }
+    /// Per node and second over the window.
+    public var sentPerNode: (messages: Double, bytes: Double) { perNode(traffic.sent, traffic.sentBytes) }
+    public var receivedPerNode: (messages: Double, bytes: Double) {
+        perNode(traffic.delivered, traffic.deliveredBytes)
+    }
+    /// Announces sent per second by the whole cluster over the window.
+    public var announceRate: Double {
+        windowSeconds > 0 ? Double(traffic.sentByType[Int(MessageType.announce.rawValue)]) / windowSeconds : 0
+    }
+
+    private func perNode(_ m: Int, _ b: Int) -> (messages: Double, bytes: Double) {
+        let d = windowSeconds * Double(Swift.max(running, 1))
+        return d > 0 ? (Double(m) / d, Double(b) / d) : (0, 0)
+    }
+
+    public init(_ sim: Simulator) {
+        nodes = sim.nodeCount
+        seed = sim.config.seed
+        virtualTime = sim.now
+        wallSeconds = sim.wallSeconds
+        events = sim.events
+        running = sim.liveCount
+        startupConvergence = sim.startupConvergence
+        convergedAtEnd = sim.membersEqualLiveSet()
+        departures = sim.departures.map { d in
+            let lat = d.latencies
+            let bound = d.kind == .crash ? sim.config.detectionBound(members: d.survivors + 1) : nil
+            let late = bound.map { b in lat.filter { $0 > b }.count } ?? 0
+            return DepartureSummary(
+                kind: d.kind, node: d.node, address: d.address, at: d.time, survivors: d.survivors,
+                known: d.survivors - d.pending, neverKnew: d.neverKnew, latency: Percentiles(lat), bound: bound,
+                overBound: late + d.pending, complete: d.pending == 0)
+        }
+        falseDeaths = sim.falseDeaths.filter { !$0.acrossPartition }.count
+        falseDeathsAcrossPartition = sim.falseDeaths.count - falseDeaths
+        falseDeathMarks = sim.falseDeathMarks
+        detector = sim.detectorTotals()
+        pauses = sim.pausesApplied
+        window = (sim.windowStart.time, sim.now)
+        traffic = sim.traffic - sim.windowStart.traffic
+        totalTraffic = sim.traffic
+        peakRSSBytes = ProcessMemory.peakRSSBytes()
+        traceHash = sim.traceHash
+    }
+
+    // MARK: Rendering
+
+    public func text() -> String {
+        var l: [String] = []
+        let conv = startupConvergence.map { ms($0) } ?? "not reached"
+        l.append("nodes \(nodes) (running \(running)), seed \(seed), virtual time \(ms(virtualTime)), \(events) events, wall \(fmt(wallSeconds, 2)) s")
+        l.append("convergence (every live map == live set): \(conv) after the first start; at the end: \(convergedAtEnd ? "yes" : "NO")")
+        for d in departures {
+            var s = "\(d.kind) of node \(d.node) (\(d.address)) at \(ms(d.at)): known by \(d.known)/\(d.survivors) survivors"
+            if d.neverKnew > 0 { s += " (\(d.neverKnew) never had it)" }
+            if let p = d.latency {
+                s += "; latency p50 \(ms(p.p50)) p90 \(ms(p.p90)) p99 \(ms(p.p99)) max \(ms(p.max))"
+            }
+            if let b = d.bound { s += "; bound \(ms(b)), over bound \(d.overBound)" }
+            l.append(s)
+        }
+        l.append(
+            "false deaths (live node marked dead): \(falseDeaths) nodes, \(falseDeathMarks) marks"
+                + (falseDeathsAcrossPartition > 0 ? "; across the partition (expected): \(falseDeathsAcrossPartition)" : ""))
+        l.append(
+            "detector: \(detector.suspicions) suspicions, \(detector.refutedSuspicions) cleared, \(detector.refutations) refutations, "
+                + "\(detector.deathsDeclared) deaths declared, \(detector.lateTicks) late ticks; pauses \(pauses)")
+        let s = sentPerNode
+        let r = receivedPerNode
+        l.append(
+            "load over \(ms(window.from))..\(ms(window.to)) per node: sent \(fmt(s.messages, 1)) msg/s \(fmt(s.bytes, 0)) B/s, "
+                + "received \(fmt(r.messages, 1)) msg/s \(fmt(r.bytes, 0)) B/s; cluster announces \(fmt(announceRate, 1))/s")
+        var byType: [String] = []
+        for t in MessageType.allCases where traffic.sentByType[Int(t.rawValue)] > 0 {
+            byType.append("\(t) \(traffic.sentByType[Int(t.rawValue)])")
+        }
+        l.append("sent by type in window: " + byType.joined(separator: ", "))
+        l.append(
+            "network total: \(totalTraffic.sent) sent, \(totalTraffic.delivered) delivered, \(totalTraffic.lost) lost, "
+                + "\(totalTraffic.duplicated) duplicated, \(totalTraffic.partitionDrops) cut by partition, "
+                + "\(totalTraffic.bufferOverflows) socket-buffer overflows, \(totalTraffic.unroutable) unroutable")
+        l.append("memory: peak RSS \(peakRSSBytes.map { fmt(Double($0) / 1048576, 1) + " MiB" } ?? "unknown")")
+        l.append("trace hash \(hex(traceHash))")
+        return l.joined(separator: "\n") + "\n"
+    }
+
+    public func json() -> String {
+        func opt(_ v: UInt64?) -> String { v.map { String(Double($0) / 1e6) } ?? "null" }
+        func pct(_ p: Percentiles?) -> String {
+            guard let p else { return "null" }
+            return "{\"p50_ms\": \(Double(p.p50) / 1e6), \"p90_ms\": \(Double(p.p90) / 1e6), \"p99_ms\": \(Double(p.p99) / 1e6), \"max_ms\": \(Double(p.max) / 1e6)}"
+        }
+        let deps = departures.map { d in
+            "{\"kind\": \"\(d.kind.rawValue)\", \"node\": \(d.node), \"address\": \"\(d.address)\", \"at_ms\": \(Double(d.at) / 1e6), "
+                + "\"survivors\": \(d.survivors), \"known\": \(d.known), \"never_knew\": \(d.neverKnew), "
+                + "\"latency\": \(pct(d.latency)), \"bound_ms\": \(opt(d.bound)), \"over_bound\": \(d.overBound), "
+                + "\"complete\": \(d.complete)}"
+        }
+        let s = sentPerNode
+        let r = receivedPerNode
+        let fields: [(String, String)] = [
+            ("nodes", "\(nodes)"), ("running", "\(running)"), ("seed", "\(seed)"),
+            ("virtual_time_ms", "\(Double(virtualTime) / 1e6)"), ("wall_seconds", "\(wallSeconds)"),
+            ("events", "\(events)"), ("convergence_ms", opt(startupConvergence)),
+            ("converged_at_end", "\(convergedAtEnd)"), ("departures", "[" + deps.joined(separator: ", ") + "]"),
+            ("false_deaths", "\(falseDeaths)"), ("false_death_marks", "\(falseDeathMarks)"),
+            ("deaths_across_partition", "\(falseDeathsAcrossPartition)"),
+            ("suspicions", "\(detector.suspicions)"), ("suspicions_cleared", "\(detector.refutedSuspicions)"),
+            ("refutations", "\(detector.refutations)"), ("late_ticks", "\(detector.lateTicks)"),
+            ("pauses", "\(pauses)"),
+            ("window_ms", "[\(Double(window.from) / 1e6), \(Double(window.to) / 1e6)]"),
+            ("sent_msgs_per_node_s", "\(s.messages)"), ("sent_bytes_per_node_s", "\(s.bytes)"),
+            ("received_msgs_per_node_s", "\(r.messages)"), ("received_bytes_per_node_s", "\(r.bytes)"),
+            ("cluster_announces_per_s", "\(announceRate)"),
+            ("lost", "\(totalTraffic.lost)"), ("duplicated", "\(totalTraffic.duplicated)"),
+            ("partition_drops", "\(totalTraffic.partitionDrops)"),
+            ("buffer_overflows", "\(totalTraffic.bufferOverflows)"),
+            ("peak_rss_bytes", peakRSSBytes.map { "\($0)" } ?? "null"), ("trace_hash", "\"\(hex(traceHash))\""),
+        ]
+        return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}\n"
+    }
+}
+
+func ms(_ ns: UInt64) -> String {
+    let v = Double(ns) / 1e6
+    return v >= 10_000 ? fmt(v / 1000, 2) + " s" : fmt(v, 1) + " ms"
+}
+
+func fmt(_ v: Double, _ digits: Int) -> String {
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let r = (v * scale).rounded() / scale
+    if digits == 0 { return String(Int(r)) }
+    let whole = Int(r.rounded(.towardZero))
+    var frac = String(Int((abs(r - Double(whole)) * scale).rounded()))
+    while frac.count < digits { frac = "0" + frac }
+    return (r < 0 && whole == 0 ? "-" : "") + "\(whole).\(frac)"
+}
+
+func hex(_ v: UInt64) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: 16 - s.count) + s
+}
+
+/// Memory of this process, from /proc/self/status (Linux).
+public enum ProcessMemory {
+    /// VmHWM: the peak resident set size.
+    public static func peakRSSBytes() -> Int? { field("VmHWM:") }
+    /// VmRSS: the current resident set size.
+    public static func currentRSSBytes() -> Int? { field("VmRSS:") }
+
+    static func field(_ name: String) -> Int? {
+        guard let f = fopen("/proc/self/status", "r") else { return nil }
+        defer { fclose(f) }
+        var buf = [CChar](repeating: 0, count: 256)
+        while fgets(&buf, Int32(buf.count), f) != nil {
+            let line = String(cString: buf)
+            guard line.hasPrefix(name) else { continue }
+            let digits = line.dropFirst(name.count).filter { $0.isNumber }
+            return Int(digits).map { $0 * 1024 }
+        }
+        return nil
+    }
+}

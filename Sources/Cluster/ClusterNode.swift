@@ -165,6 +165,12 @@ public struct ClusterNode: Sendable {
             apply(discovery.receive(m, now: now, map: &map), now: now)
         case .heartbeat, .watch, .probe, .probeAck, .probeRequest, .suspect, .dead:
             if m.header.type != .dead { map.touch(m.header.origin, now: now) }
+            if detector == nil, case .suspect(let target, let inc) = m.body, target == config.me.address,
+                inc >= discovery.incarnation
+            {
+                // Without a detector a suspicion of us is still refuted, so that stale deaths heal.
+                apply(discovery.refute(now: now, map: &map), now: now)
+            }
             if detector != nil {
                 let o = detector!.receive(
                     m.body, from: m.header.origin, originIncarnation: m.header.incarnation, now: now, map: &map)

@@ -273,6 +273,14 @@ public struct DiscoveryCore: Sendable {
                 address: h.origin, preferredID: h.flags.contains(.explicitID) ? NodeID(rawValue: h.senderID) : nil,
                 explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
                 hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
+            if let known = map[h.origin], !known.state.isMember, known.incarnation == h.incarnation,
+                known.state == .dead
+            {
+                // We hold a live node dead (a lost-message expiry, or a notice it missed): tell it, so
+                // that it refutes with a higher incarnation and every map revives it.
+                out.append(.unicast(.suspect(target: h.origin, targetIncarnation: h.incarnation), to: h.origin))
+                stats.revivalsRequested += 1
+            }
             let c = map.observe(claim, now: now)
             if !c.isEmpty { out.append(.changes(c)) }
             if case .join = m.body {
@@ -340,4 +348,6 @@ public struct DiscoveryStats: Sendable, Equatable {
     public var duplicates = 0
     public var expired = 0
     public var refutations = 0
+    /// Announces heard from nodes our map holds dead at the same incarnation (answered with `suspect`).
+    public var revivalsRequested = 0
 }

@@ -54,13 +54,20 @@ public struct SimReport: Sendable {
     public var virtualTime: UInt64
     public var wallSeconds: Double
     public var events: Int
+    /// Full O(N²) map comparisons run to confirm convergence.
+    public var verifications: Int
     public var running: Int
     public var startupConvergence: UInt64?
     public var convergedAtEnd: Bool
+    /// Each change of the live set or the network (start, crash, stop, restart, partition, heal) and
+    /// when every live map next equalled the live set.
+    public var epochs: [ConvergenceEpoch]
     public var departures: [DepartureSummary]
     public var falseDeaths: Int
     public var falseDeathsAcrossPartition: Int
     public var falseDeathMarks: Int
+    /// False deaths (not across a partition) by how the first marker came to it.
+    public var falseDeathCauses: [FalseDeath.Cause: Int]
     public var detector: DetectorStats
     public var pauses: Int
     /// Measuring window of the traffic figures.
@@ -92,9 +99,11 @@ public struct SimReport: Sendable {
         virtualTime = sim.now
         wallSeconds = sim.wallSeconds
         events = sim.events
+        verifications = sim.verifications
         running = sim.liveCount
         startupConvergence = sim.startupConvergence
         convergedAtEnd = sim.membersEqualLiveSet()
+        epochs = sim.epochs
         departures = sim.departures.map { d in
             let lat = d.latencies
             let bound = d.kind == .crash ? sim.config.detectionBound(members: d.survivors + 1) : nil
@@ -107,6 +116,9 @@ public struct SimReport: Sendable {
         falseDeaths = sim.falseDeaths.filter { !$0.acrossPartition }.count
         falseDeathsAcrossPartition = sim.falseDeaths.count - falseDeaths
         falseDeathMarks = sim.falseDeathMarks
+        var causes: [FalseDeath.Cause: Int] = [:]
+        for f in sim.falseDeaths where !f.acrossPartition { causes[f.cause, default: 0] += 1 }
+        falseDeathCauses = causes
         detector = sim.detectorTotals()
         pauses = sim.pausesApplied
         window = (sim.windowStart.time, sim.now)
@@ -121,8 +133,12 @@ public struct SimReport: Sendable {
     public func text() -> String {
         var l: [String] = []
         let conv = startupConvergence.map { ms($0) } ?? "not reached"
-        l.append("nodes \(nodes) (running \(running)), seed \(seed), virtual time \(ms(virtualTime)), \(events) events, wall \(fmt(wallSeconds, 2)) s")
+        l.append("nodes \(nodes) (running \(running)), seed \(seed), virtual time \(ms(virtualTime)), \(events) events (\(verifications) full map comparisons), wall \(fmt(wallSeconds, 2)) s")
         l.append("convergence (every live map == live set): \(conv) after the first start; at the end: \(convergedAtEnd ? "yes" : "NO")")
+        if epochs.count > 1 {
+            let e = epochs.map { e in "\(ms(e.since)) -> " + (e.convergedAt.map { "\(ms($0)) (+\(ms($0 - e.since)))" } ?? "never") }
+            l.append("reconvergence after each change: " + e.joined(separator: "; "))
+        }
         for d in departures {
             var s = "\(d.kind) of node \(d.node) (\(d.address)) at \(ms(d.at)): known by \(d.known)/\(d.survivors) survivors"
             if d.neverKnew > 0 { s += " (\(d.neverKnew) never had it)" }
@@ -134,6 +150,7 @@ public struct SimReport: Sendable {
         }
         l.append(
             "false deaths (live node marked dead): \(falseDeaths) nodes, \(falseDeathMarks) marks"
+                + (falseDeaths > 0 ? " (first marked by: " + causeText + ")" : "")
                 + (falseDeathsAcrossPartition > 0 ? "; across the partition (expected): \(falseDeathsAcrossPartition)" : ""))
         l.append(
             "detector: \(detector.suspicions) suspicions, \(detector.refutedSuspicions) cleared, \(detector.refutations) refutations, "
@@ -157,6 +174,12 @@ public struct SimReport: Sendable {
         return l.joined(separator: "\n") + "\n"
     }
 
+    private var causeText: String {
+        [FalseDeath.Cause.declared, .expired, .learned].compactMap { c in
+            falseDeathCauses[c].map { "\(c.rawValue) \($0)" }
+        }.joined(separator: ", ")
+    }
+
     public func json() -> String {
         func opt(_ v: UInt64?) -> String { v.map { String(Double($0) / 1e6) } ?? "null" }
         func pct(_ p: Percentiles?) -> String {
@@ -175,8 +198,12 @@ public struct SimReport: Sendable {
             ("nodes", "\(nodes)"), ("running", "\(running)"), ("seed", "\(seed)"),
             ("virtual_time_ms", "\(Double(virtualTime) / 1e6)"), ("wall_seconds", "\(wallSeconds)"),
             ("events", "\(events)"), ("convergence_ms", opt(startupConvergence)),
-            ("converged_at_end", "\(convergedAtEnd)"), ("departures", "[" + deps.joined(separator: ", ") + "]"),
+            ("converged_at_end", "\(convergedAtEnd)"),
+            ("epochs", "[" + epochs.map { "{\"since_ms\": \(Double($0.since) / 1e6), \"converged_ms\": \(opt($0.convergedAt))}" }.joined(separator: ", ") + "]"), ("departures", "[" + deps.joined(separator: ", ") + "]"),
             ("false_deaths", "\(falseDeaths)"), ("false_death_marks", "\(falseDeathMarks)"),
+            ("false_deaths_declared", "\(falseDeathCauses[.declared] ?? 0)"),
+            ("false_deaths_expired", "\(falseDeathCauses[.expired] ?? 0)"),
+            ("false_deaths_learned", "\(falseDeathCauses[.learned] ?? 0)"),
             ("deaths_across_partition", "\(falseDeathsAcrossPartition)"),
             ("suspicions", "\(detector.suspicions)"), ("suspicions_cleared", "\(detector.refutedSuspicions)"),
             ("refutations", "\(detector.refutations)"), ("late_ticks", "\(detector.lateTicks)"),
@@ -227,7 +254,8 @@ public enum ProcessMemory {
         defer { fclose(f) }
         var buf = [CChar](repeating: 0, count: 256)
         while fgets(&buf, Int32(buf.count), f) != nil {
-            let line = String(cString: buf)
+            let len = buf.firstIndex(of: 0) ?? buf.count
+            let line = String(decoding: buf[..<len].map { UInt8(bitPattern: $0) }, as: UTF8.self)
             guard line.hasPrefix(name) else { continue }
             let digits = line.dropFirst(name.count).filter { $0.isNumber }
             return Int(digits).map { $0 * 1024 }

@@ -66,6 +66,17 @@ public struct FalseDeath: Sendable, Equatable {
     public let firstMarkedBy: Int
     /// The two were on different sides of a partition (the death is expected there).
     public let acrossPartition: Bool
+    /// How the first marker came to it.
+    public let cause: Cause
+
+    public enum Cause: String, Sendable {
+        /// Its detector declared it dead (confirm window ran out).
+        case declared
+        /// Discovery expiry: no announce or other datagram from it for `expiryFactor` intervals.
+        case expired
+        /// A death notice from another node.
+        case learned
+    }
 }
 
 /// Datagrams and bytes the simulated network carried.
@@ -182,7 +193,11 @@ public final class Simulator {
     private var converged: [Bool]
     private var convergedCount = 0
     public private(set) var liveCount = 0
-    private var deathMarks: [Int]
+    /// Running nodes on each side of the partition (all on side 0 when there is none).
+    private var liveOnSide = [0, 0]
+    private var deathMarks: [(declared: Int, learned: Int, expired: Int)]
+    /// Each node's member count after its previous input (a death always lowers it).
+    private var lastMembers: [Int]
 
     private var queue = EventQueue()
     private var netRNG: SplitMix64
@@ -209,6 +224,8 @@ public final class Simulator {
     public private(set) var pausesApplied = 0
     public private(set) var partitioned = false
     private var nextVerify: UInt64 = 0
+    /// Full O(N²) checks of the maps run so far (each when every count matched).
+    public private(set) var verifications = 0
     public private(set) var wallStart: Double
     private var lastProgressWall: Double
     /// Traffic counters and time where the measuring window starts (see `resetTrafficWindow`).
@@ -244,7 +261,8 @@ public final class Simulator {
         self.lastIncarnation = Array(repeating: 0, count: n)
         self.processes = Array(repeating: 0, count: n)
         self.converged = Array(repeating: false, count: n)
-        self.deathMarks = Array(repeating: 0, count: n)
+        self.deathMarks = Array(repeating: (0, 0, 0), count: n)
+        self.lastMembers = Array(repeating: 0, count: n)
         self.netRNG = SplitMix64(seed: Self.mix(config.seed, 0x6E65_7477_6F72_6B))
         self.scenarioRNG = SplitMix64(seed: Self.mix(config.seed, 0x7363_656E_6172_696F))
         self.lossThreshold = UInt64((config.loss * 4_294_967_296).rounded())
@@ -269,7 +287,8 @@ public final class Simulator {
     public func index(of address: IPAddress) -> Int? { indexOf[address].map(Int.init) }
     public var runningNodes: [Int] { (0..<count).filter { status[$0] == .running } }
     public func isPaused(_ i: Int) -> Bool { pausedUntil[i] > now }
-    /// First time every live map equalled the live set since the live set last changed.
+    /// First time every live map equalled the live set (during a partition: its side's live nodes)
+    /// since the live set or the network last changed.
     public var convergedAt: UInt64? { epochs.last?.convergedAt }
     /// The first convergence after every node started (measured from time 0).
     public var startupConvergence: UInt64? { epochs.first?.convergedAt }
@@ -278,6 +297,25 @@ public final class Simulator {
     /// Whether every running node's map has exactly the running nodes as members (alive or suspect).
     public func membersEqualLiveSet() -> Bool {
         let live = runningNodes
+        for i in live {
+            let m = slots[i]!.node.map
+            guard m.memberCount == live.count else { return false }
+            for j in live where m[addresses[j]]?.state.isMember != true { return false }
+        }
+        return true
+    }
+
+    /// During a partition: whether each side's maps hold exactly that side's running nodes.
+    public func membersEqualOwnSide() -> Bool {
+        let a = (0..<count).filter { side[$0] == 0 }
+        let b = (0..<count).filter { side[$0] == 1 }
+        return membersEqual(group: a) && membersEqual(group: b)
+    }
+
+    /// Whether every running node of `group` has exactly the running nodes of `group` as members
+    /// (one side of a partition).
+    public func membersEqual(group: [Int]) -> Bool {
+        let live = group.filter { status[$0] == .running }
         for i in live {
             let m = slots[i]!.node.map
             guard m.memberCount == live.count else { return false }
@@ -435,12 +473,21 @@ public final class Simulator {
         for i in 0..<count { side[i] = 0 }
         for i in sideB { side[i] = 1 }
         partitioned = !sideB.isEmpty
+        beginEpoch()
     }
 
     public func heal() {
         trace(11, 0)
         for i in 0..<count { side[i] = 0 }
         partitioned = false
+        beginEpoch()
+    }
+
+    /// The network changed under a constant live set: convergence is measured afresh from now.
+    private func beginEpoch() {
+        recount()
+        epochs.append(ConvergenceEpoch(since: now, convergedAt: nil))
+        nextVerify = now
     }
 
     private func takeDown(_ i: Int) {
@@ -473,7 +520,8 @@ public final class Simulator {
         slots[i] = slot
         status[i] = .running
         startIncarnation[i] = incarnation
-        deathMarks[i] = 0
+        deathMarks[i] = (0, 0, 0)
+        lastMembers[i] = 0
         liveCount += 1
         liveSetChanged()
         trace(5, UInt64(i) << 32 ^ incarnation)
@@ -760,12 +808,7 @@ public final class Simulator {
     // MARK: Watching the maps
 
     private func liveSetChanged() {
-        convergedCount = 0
-        for j in 0..<count {
-            let ok = status[j] == .running && slots[j]!.node.map.memberCount == liveCount
-            converged[j] = ok
-            if ok { convergedCount += 1 }
-        }
+        recount()
         if let last = epochs.last, last.convergedAt == nil {
             // A change before convergence extends the current epoch.
         } else {
@@ -774,9 +817,21 @@ public final class Simulator {
         nextVerify = now
     }
 
+    /// Recomputes which maps hold as many members as their side has running nodes.
+    private func recount() {
+        liveOnSide = [0, 0]
+        for j in 0..<count where status[j] == .running { liveOnSide[Int(side[j])] += 1 }
+        convergedCount = 0
+        for j in 0..<count {
+            let ok = status[j] == .running && slots[j]!.node.map.memberCount == liveOnSide[Int(side[j])]
+            converged[j] = ok
+            if ok { convergedCount += 1 }
+        }
+    }
+
     private func watch(_ i: Int, _ slot: Slot) {
-        let map = slot.node.map
-        let ok = map.memberCount == liveCount
+        let members = slot.node.map.memberCount
+        let ok = members == liveOnSide[Int(side[i])]
         if ok != converged[i] {
             converged[i] = ok
             convergedCount += ok ? 1 : -1
@@ -789,7 +844,7 @@ public final class Simulator {
             for d in activeDepartures where departures[d].knownAt[i] == Departure.pendingMark {
                 let a = departures[d].address
                 let known: Bool
-                if let n = map[a] {
+                if let n = slot.node.map[a] {
                     known = !n.state.isMember || n.incarnation > departures[d].incarnation
                     if n.state == .dead { learnedDeaths += 1 }
                 } else {
@@ -805,26 +860,42 @@ public final class Simulator {
         }
 
         // Deaths this node marked (declared, learned from a notice, expired): any not explained by a
-        // departure it just learned of is checked against the live set.
-        let det = slot.node.detector?.stats
-        let marks = (det?.deathsDeclared ?? 0) + (det?.deathsLearned ?? 0) + slot.node.discovery.stats.expired
-        if marks != deathMarks[i] {
-            let fresh = marks - deathMarks[i]
-            deathMarks[i] = marks
-            if fresh > learnedDeaths { findFalseDeaths(observer: i, map: map) }
-        }
+        // departure it just learned of is checked against the live set. A death turns a member into
+        // a non-member, and no single input both adds a member and marks one dead, so the counters
+        // need reading only when the member count fell.
+        let fell = members < lastMembers[i]
+        lastMembers[i] = members
+        if fell { checkDeathMarks(i, slot, learnedDeaths: learnedDeaths) }
 
         if convergedCount == liveCount, liveCount > 0, allStarted, now >= nextVerify, epochs.last?.convergedAt == nil {
-            if membersEqualLiveSet() {
+            verifications += 1
+            if partitioned ? membersEqualOwnSide() : membersEqualLiveSet() {
                 epochs[epochs.count - 1].convergedAt = now
-                if !windowSet, allStarted { resetTrafficWindow() }
+                if !windowSet { resetTrafficWindow() }
             } else {
                 nextVerify = now + 10_000_000
             }
         }
     }
 
-    private func findFalseDeaths(observer i: Int, map: NodeMap) {
+    private func checkDeathMarks(_ i: Int, _ slot: Slot, learnedDeaths: Int) {
+        let det = slot.node.detector?.stats
+        let marks = (
+            declared: det?.deathsDeclared ?? 0, learned: det?.deathsLearned ?? 0,
+            expired: slot.node.discovery.stats.expired
+        )
+        let old = deathMarks[i]
+        guard marks != old else { return }
+        let fresh = marks.declared + marks.learned + marks.expired - old.declared - old.learned - old.expired
+        deathMarks[i] = marks
+        if fresh > learnedDeaths {
+            let cause: FalseDeath.Cause =
+                marks.declared > old.declared ? .declared : marks.expired > old.expired ? .expired : .learned
+            findFalseDeaths(observer: i, map: slot.node.map, cause: cause)
+        }
+    }
+
+    private func findFalseDeaths(observer i: Int, map: NodeMap, cause: FalseDeath.Cause) {
         for n in map.nodes where n.state == .dead {
             guard let t32 = indexOf[n.address] else { continue }
             let t = Int(t32)
@@ -837,7 +908,7 @@ public final class Simulator {
                 falseDeaths.append(
                     FalseDeath(
                         time: now, target: t, incarnation: n.incarnation, firstMarkedBy: i,
-                        acrossPartition: side[i] != side[t]))
+                        acrossPartition: side[i] != side[t], cause: cause))
             }
         }
     }

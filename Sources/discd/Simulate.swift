@@ -63,6 +63,9 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(name: .customLong("announce-rate"), help: "Cluster-wide announce budget per second (the interval stretches to N / rate).")
     var announceRate = 100.0
 
+    @Option(name: .customLong("purge-after"), help: "Dead and left nodes are purged from maps this long after last heard.")
+    var purgeAfter = "60s"
+
     @Option(name: .customLong("start-spread"), help: "Nodes start at random times within this.")
     var startSpread = "1s"
 
@@ -164,7 +167,8 @@ struct SimulateCommand: AsyncParsableCommand {
                 confirmations: confirmations, confirmWindow: try DurationText.parse(confirmWindow),
                 logLevel: logLevel == nil ? .warning : .debug)
         let discovery = try DiscoverySettings(
-            baseInterval: try DurationText.parse(announceInterval), aggregateRate: announceRate)
+            baseInterval: try DurationText.parse(announceInterval), aggregateRate: announceRate,
+            purgeAfter: try DurationText.parse(purgeAfter))
         let level = try logLevel.map { try Self.level($0) }
         var config = SimConfig(
             nodes: nodes, seed: seed, latency: try parseLatency(), loss: loss, duplication: duplication,

@@ -172,6 +172,26 @@ struct TestNet {
         #expect(net.nodes[1].map[IPAddress("10.0.0.3")!]?.state == .dead)
     }
 
+    @Test func liveNodeHeldDeadIsToldAndRevivedEverywhere() {
+        var net = TestNet()
+        for i in 1...3 { _ = net.add("10.0.0.\(i)") }
+        for i in 0..<3 { net.start(i) }
+        let b = IPAddress("10.0.0.2")!
+        let inc = net.nodes[1].incarnation
+        // b's messages are lost long enough for the others to expire it, then get through again.
+        net.down.insert(1)
+        net.advance(by: 5_000_000_000)
+        #expect(net.nodes[0].map[b]?.state == .dead)
+        #expect(net.nodes[2].map[b]?.state == .dead)
+        net.down.remove(1)
+        net.advance(by: 3_000_000_000)
+        // Its next announce is answered with `suspect`; it refutes with a higher incarnation.
+        #expect(net.nodes[1].incarnation > inc)
+        #expect(net.nodes[0].map[b]?.state == .alive)
+        #expect(net.nodes[2].map[b]?.state == .alive)
+        #expect(net.nodes[0].discovery.stats.revivalsRequested >= 1)
+    }
+
     /// LAN 0: a1, a2; LAN 1: b1, b2; gateways g1 and g2 on both.
     private func twoGatewayNet() -> TestNet {
         var net = TestNet()

@@ -1,0 +1,34 @@
+import Cluster
+import Detector
+import Discovery
+import NodeMap
+@testable import Simulator
+
+/// Settings shared by the simulator tests: the daemon's defaults (η 100 ms, δ 500 ms, k 3,
+/// window 400 ms, announce 1 s), LAN latency 200 us..2 ms, warnings only.
+enum Scenario {
+    static let ms: UInt64 = 1_000_000
+    static let s: UInt64 = 1_000_000_000
+
+    static func detector() -> DetectorSettings {
+        try! DetectorSettings(logLevel: .warning)
+    }
+
+    static func config(
+        nodes: Int, seed: UInt64 = 7, loss: Double = 0, pauses: PauseModel? = nil, collisions: Int = 0,
+        startSpread: UInt64 = 500_000_000
+    ) -> SimConfig {
+        SimConfig(
+            nodes: nodes, seed: seed, loss: loss, detector: detector(), startSpread: startSpread,
+            collisions: collisions, pauses: pauses)
+    }
+
+    /// A simulator run to its first convergence (fails the test if it does not converge within `limit`).
+    static func converged(_ config: SimConfig, limit: UInt64 = 30 * s) throws -> Simulator {
+        let sim = try Simulator(config: config)
+        guard sim.runUntilConverged(limit: limit) != nil else { throw NotConverged(at: sim.now) }
+        return sim
+    }
+
+    struct NotConverged: Error { let at: UInt64 }
+}

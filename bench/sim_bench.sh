@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Benchmark of the deterministic cluster simulator (docs/SIMULATOR.md): builds discd in release and
+# runs `discd simulate` at 1,000 and 10,000 nodes (one crash each), printing the report of each run
+# plus wall time and peak RSS from /usr/bin/time. Also checks that a run is reproducible across
+# processes (same seed, same trace hash).
+#
+#   bench/sim_bench.sh                 # 1,000 and 10,000 nodes
+#   SIM_SIZES="1000 3000" bench/sim_bench.sh
+#   SIM_ARGS="--loss 0.02 --pause 200ms" bench/sim_bench.sh
+#
+# 10,000 nodes need about 15 GB of memory (every node holds a full map: N² entries) and most of an
+# hour of one core on the 2-core build machine; see docs/SIMULATOR.md for measured figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCRATCH=${SIM_SCRATCH:-.build-sim}
+SIZES=${SIM_SIZES:-"1000 10000"}
+ARGS=${SIM_ARGS:-}
+OUT=${SIM_OUT:-/tmp/discd-sim-bench}
+mkdir -p "$OUT"
+
+echo "== building discd (release, scratch $SCRATCH)"
+swift build -c release --scratch-path "$SCRATCH" --product discd 2>&1 | grep -E "error|Compiling discd|Build" || true
+BIN="$SCRATCH/release/discd"
+[ -x "$BIN" ] || { echo "no binary at $BIN" >&2; exit 1; }
+
+TIME=/usr/bin/time
+[ -x "$TIME" ] || TIME=""
+
+for n in $SIZES; do
+    echo
+    echo "== $n nodes: discd simulate --nodes $n --crash 1 --duration 30s $ARGS"
+    log="$OUT/sim-$n"
+    if [ -n "$TIME" ]; then
+        # shellcheck disable=SC2086
+        "$TIME" -v "$BIN" simulate --nodes "$n" --crash 1 --duration 30s --progress 30 $ARGS >"$log.txt" 2>"$log.err"
+    else
+        # shellcheck disable=SC2086
+        "$BIN" simulate --nodes "$n" --crash 1 --duration 30s --progress 30 $ARGS >"$log.txt" 2>"$log.err"
+    fi
+    cat "$log.txt"
+    if [ -n "$TIME" ]; then
+        grep -E "Elapsed \(wall clock\)|Maximum resident set size|User time" "$log.err" | sed 's/^\s*/  time: /'
+    fi
+done
+
+echo
+echo "== reproducibility across processes (200 nodes, loss, duplication, pauses, seed 99, twice)"
+h1=$("$BIN" simulate --nodes 200 --seed 99 --loss 0.05 --duplication 0.01 --pause 100ms --duration 10s --progress 0 --json | sed 's/.*"trace_hash": "\([0-9a-f]*\)".*/\1/')
+h2=$("$BIN" simulate --nodes 200 --seed 99 --loss 0.05 --duplication 0.01 --pause 100ms --duration 10s --progress 0 --json | sed 's/.*"trace_hash": "\([0-9a-f]*\)".*/\1/')
+echo "trace hashes: $h1 $h2"
+if [ "$h1" = "$h2" ]; then echo "reproducible: yes"; else echo "reproducible: NO"; exit 1; fi

@@ -69,9 +69,7 @@ public struct DetectorCore: Sendable {
     private var successorAddress: IPAddress?
     private var watchers: [Watcher] = []
     private var relays: [Relay] = []
-    private var deadSeen: Set<DeadKey> = []
-    private var deadOrder: [DeadKey] = []
-    private var deadHead = 0
+    private var deadSeen = RecentSet<DeadKey>(capacity: DetectorCore.deadCacheSize)
     /// Suspects we stopped observing (the ring moved): put back to alive at the next tick, since nobody
     /// else would ever clear them in this map.
     private var orphans: [IPAddress] = []
@@ -587,14 +585,7 @@ public struct DetectorCore: Sendable {
     }
 
     private mutating func remember(_ key: DeadKey) {
-        guard deadSeen.insert(key).inserted else { return }
-        if deadOrder.count < Self.deadCacheSize {
-            deadOrder.append(key)
-        } else {
-            deadSeen.remove(deadOrder[deadHead])
-            deadOrder[deadHead] = key
-            deadHead = (deadHead + 1) % Self.deadCacheSize
-        }
+        deadSeen.insert(key)
     }
 
     // MARK: Circulant (binomial) graph

@@ -95,9 +95,7 @@ public struct DiscoveryCore: Sendable {
     private var rng: SplitMix64
     private var nextAnnounce: UInt64 = 0
     private var nextScan: UInt64 = 0
-    private var seen: Set<SeenKey> = []
-    private var seenOrder: [SeenKey] = []
-    private var seenHead = 0
+    private var seen: RecentSet<SeenKey>
     private var relaysSeen = false
     public private(set) var stats = DiscoveryStats()
 
@@ -113,6 +111,7 @@ public struct DiscoveryCore: Sendable {
         self.me = me
         self.incarnation = incarnation
         self.rng = SplitMix64(seed: seed)
+        self.seen = RecentSet(capacity: settings.seenCacheSize)
     }
 
     /// The claim this node makes about itself.
@@ -239,27 +238,15 @@ public struct DiscoveryCore: Sendable {
         let key = SeenKey(
             origin: m.header.origin, incarnation: m.header.incarnation, messageID: m.header.messageID,
             type: m.header.type.rawValue)
-        if seen.contains(key) {
+        guard seen.insert(key) else {
             stats.duplicates += 1
             return (false, nil)
         }
-        remember(key)
         guard settings.relay, m.header.hops < Wire.maxHops else { return (true, nil) }
         var fwd = m
         fwd.header.hops += 1
         stats.relayed += 1
         return (true, .relay(fwd, except: interface))
-    }
-
-    private mutating func remember(_ key: SeenKey) {
-        seen.insert(key)
-        if seenOrder.count < settings.seenCacheSize {
-            seenOrder.append(key)
-        } else {
-            seen.remove(seenOrder[seenHead])
-            seenOrder[seenHead] = key
-            seenHead = (seenHead + 1) % seenOrder.count
-        }
     }
 
     /// Handles announce, join, leave and map-sync messages (already admitted).

@@ -80,7 +80,8 @@ public struct ClusterNode: Sendable {
         self.config = config
         self.map = NodeMap(timeBaseUnixNanos: config.timeBaseUnixNanos)
         self.discovery = DiscoveryCore(
-            settings: config.discovery, me: config.me, incarnation: config.incarnation, seed: config.seed)
+            settings: config.discovery, me: config.me, incarnation: config.incarnation, seed: config.seed,
+            detectorRunning: config.detector != nil)
         if var d = config.detector {
             // The detector's own log filter follows the node's, so no string is built for nothing.
             d.logLevel = config.logLevel <= .debug ? .debug : config.logLevel <= .notice ? .info : .warning

@@ -9,8 +9,11 @@ public struct DiscoverySettings: Sendable, Equatable {
     /// max(baseInterval, N / aggregateRate) seconds, as RTCP scales its report interval.
     public var aggregateRate: Double
     /// A member not heard from for `expiryFactor` announce intervals is declared dead by discovery
-    /// (the detector usually finds it much sooner).
+    /// when no failure detector runs.
     public var expiryFactor: Double
+    /// The same while the detector runs: expiry is then only a backstop for nodes no observer
+    /// watches, so it waits long enough that lost announces cannot trigger it.
+    public var detectorExpiryFactor: Double = 10
     /// Dead and left nodes stay in the map this long after they were last heard, then are removed.
     public var purgeAfter: UInt64
     /// Whether this node relays multicast between its interfaces (several `-i` interfaces, no `-m`).
@@ -106,8 +109,15 @@ public struct DiscoveryCore: Sendable {
         var type: UInt8
     }
 
-    public init(settings: DiscoverySettings = .default, me: SelfInfo, incarnation: UInt64, seed: UInt64) {
+    /// Whether a failure detector runs beside discovery (expiry is then only a backstop).
+    public let detectorRunning: Bool
+
+    public init(
+        settings: DiscoverySettings = .default, me: SelfInfo, incarnation: UInt64, seed: UInt64,
+        detectorRunning: Bool = false
+    ) {
         self.settings = settings
+        self.detectorRunning = detectorRunning
         self.me = me
         self.incarnation = incarnation
         self.rng = SplitMix64(seed: seed)
@@ -176,7 +186,7 @@ public struct DiscoveryCore: Sendable {
         }
         if now >= nextScan {
             let iv = interval(members: map.memberCount)
-            let expiry = UInt64(Double(iv) * settings.expiryFactor)
+            let expiry = UInt64(Double(iv) * (detectorRunning ? settings.detectorExpiryFactor : settings.expiryFactor))
             var changes: [NodeMapChange] = []
             for n in map.nodes where n.address != me.address {
                 let silent = now > n.lastHeard ? now - n.lastHeard : 0

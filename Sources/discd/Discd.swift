@@ -139,9 +139,7 @@ struct DiscdCommand: AsyncParsableCommand {
                 period: try DurationText.parse(period), timeout: try DurationText.parse(timeout),
                 confirmations: confirmations, confirmWindow: try DurationText.parse(confirmWindow))
         let discovery = try DiscoverySettings(
-            baseInterval: try DurationText.parse(announceInterval),
-            // With the detector on, discovery expiry is only a backstop (nodes no observer watches).
-            expiryFactor: noDetector ? 3.5 : 10, relay: !routed && active.count > 1)
+            baseInterval: try DurationText.parse(announceInterval), relay: !routed && active.count > 1)
         let hbPort = heartbeatPort ?? port + 1
         guard hbPort <= 65535, hbPort != port else { throw ConfigError("heartbeat port \(hbPort) is not usable") }
         let me = SelfInfo(

@@ -62,6 +62,8 @@ public struct SimReport: Sendable {
     /// Each change of the live set or the network (start, crash, stop, restart, partition, heal) and
     /// when every live map next equalled the live set.
     public var epochs: [ConvergenceEpoch]
+    /// Up to five running nodes whose map was incomplete at the end, with what they lacked.
+    public var incomplete: [(node: Int, missing: [Int], extra: [IPAddress])]
     public var departures: [DepartureSummary]
     public var falseDeaths: Int
     public var falseDeathsAcrossPartition: Int
@@ -74,6 +76,8 @@ public struct SimReport: Sendable {
     public var window: (from: UInt64, to: UInt64)
     public var traffic: TrafficCounters
     public var totalTraffic: TrafficCounters
+    /// Traffic from time 0 to the first convergence (the start storm), if the window starts there.
+    public var startupTraffic: TrafficCounters?
     public var peakRSSBytes: Int?
     public var traceHash: UInt64
 
@@ -104,6 +108,7 @@ public struct SimReport: Sendable {
         startupConvergence = sim.startupConvergence
         convergedAtEnd = sim.membersEqualLiveSet()
         epochs = sim.epochs
+        incomplete = convergedAtEnd ? [] : sim.incompleteMaps()
         departures = sim.departures.map { d in
             let lat = d.latencies
             let bound = d.kind == .crash ? sim.config.detectionBound(members: d.survivors + 1) : nil
@@ -124,6 +129,7 @@ public struct SimReport: Sendable {
         window = (sim.windowStart.time, sim.now)
         traffic = sim.traffic - sim.windowStart.traffic
         totalTraffic = sim.traffic
+        startupTraffic = sim.startupConvergence == sim.windowStart.time ? sim.windowStart.traffic : nil
         peakRSSBytes = ProcessMemory.peakRSSBytes()
         traceHash = sim.traceHash
     }
@@ -135,6 +141,11 @@ public struct SimReport: Sendable {
         let conv = startupConvergence.map { ms($0) } ?? "not reached"
         l.append("nodes \(nodes) (running \(running)), seed \(seed), virtual time \(ms(virtualTime)), \(events) events (\(verifications) full map comparisons), wall \(fmt(wallSeconds, 2)) s")
         l.append("convergence (every live map == live set): \(conv) after the first start; at the end: \(convergedAtEnd ? "yes" : "NO")")
+        for m in incomplete {
+            l.append(
+                "  map of node \(m.node) lacks \(m.missing.count) live node(s) \(m.missing.prefix(5).map { String($0) }.joined(separator: ","))"
+                    + (m.extra.isEmpty ? "" : ", holds \(m.extra.count) non-live member(s)"))
+        }
         if epochs.count > 1 {
             let e = epochs.map { e in "\(ms(e.since)) -> " + (e.convergedAt.map { "\(ms($0)) (+\(ms($0 - e.since)))" } ?? "never") }
             l.append("reconvergence after each change: " + e.joined(separator: "; "))
@@ -160,6 +171,14 @@ public struct SimReport: Sendable {
         l.append(
             "load over \(ms(window.from))..\(ms(window.to)) per node: sent \(fmt(s.messages, 1)) msg/s \(fmt(s.bytes, 0)) B/s, "
                 + "received \(fmt(r.messages, 1)) msg/s \(fmt(r.bytes, 0)) B/s; cluster announces \(fmt(announceRate, 1))/s")
+        if let st = startupTraffic, let c = startupConvergence, c > 0 {
+            let d = Double(c) / 1e9 * Double(nodes)
+            l.append(
+                "start storm 0..\(ms(c)) per node: sent \(fmt(Double(st.sent) / d, 1)) msg/s, received "
+                    + "\(fmt(Double(st.delivered) / d, 1)) msg/s \(fmt(Double(st.deliveredBytes) / d, 0)) B/s "
+                    + "(joins \(st.sentByType[Int(MessageType.join.rawValue)]), announces "
+                    + "\(st.sentByType[Int(MessageType.announce.rawValue)]), map-sync \(st.sentByType[Int(MessageType.mapSync.rawValue)]))")
+        }
         var byType: [String] = []
         for t in MessageType.allCases where traffic.sentByType[Int(t.rawValue)] > 0 {
             byType.append("\(t) \(traffic.sentByType[Int(t.rawValue)])")
@@ -212,6 +231,7 @@ public struct SimReport: Sendable {
             ("sent_msgs_per_node_s", "\(s.messages)"), ("sent_bytes_per_node_s", "\(s.bytes)"),
             ("received_msgs_per_node_s", "\(r.messages)"), ("received_bytes_per_node_s", "\(r.bytes)"),
             ("cluster_announces_per_s", "\(announceRate)"),
+            ("startup_received_msgs_per_node_s", startupTraffic.flatMap { st in startupConvergence.map { c in "\(Double(st.delivered) / (Double(c) / 1e9 * Double(nodes)))" } } ?? "null"),
             ("lost", "\(totalTraffic.lost)"), ("duplicated", "\(totalTraffic.duplicated)"),
             ("partition_drops", "\(totalTraffic.partitionDrops)"),
             ("buffer_overflows", "\(totalTraffic.bufferOverflows)"),

@@ -159,6 +159,12 @@ public final class Simulator {
     /// Called about every `progressInterval` wall seconds while running.
     public var progress: ((SimProgress) -> Void)?
     public var progressInterval: Double = 5
+    /// Follow what node `observer`'s map says about node `target`: every change of the entry, and
+    /// every multicast `target` sends, is described in `diagnosis` (for explaining an odd map).
+    public var diagnose: (observer: Int, target: Int)?
+    public private(set) var diagnosis: [String] = []
+    private var diagnosedState: String = "absent"
+    private var lastInput: String = ""
 
     final class Slot {
         var node: ClusterNode
@@ -303,6 +309,24 @@ public final class Simulator {
             for j in live where m[addresses[j]]?.state.isMember != true { return false }
         }
         return true
+    }
+
+    /// Running nodes whose map differs from the live set of their side: which live nodes each lacks
+    /// and which non-running addresses it still holds as members (at most `limit` nodes).
+    public func incompleteMaps(limit: Int = 5) -> [(node: Int, missing: [Int], extra: [IPAddress])] {
+        var out: [(node: Int, missing: [Int], extra: [IPAddress])] = []
+        for i in 0..<count where status[i] == .running && !converged[i] {
+            let m = slots[i]!.node.map
+            let missing = (0..<count).filter { j in
+                status[j] == .running && side[j] == side[i] && m[addresses[j]]?.state.isMember != true
+            }
+            let extra = m.nodes.filter { n in
+                n.state.isMember && (indexOf[n.address].map { status[Int($0)] != .running || side[Int($0)] != side[i] } ?? true)
+            }.map(\.address)
+            out.append((i, missing, extra))
+            if out.count >= limit { break }
+        }
+        return out
     }
 
     /// During a partition: whether each side's maps hold exactly that side's running nodes.
@@ -526,6 +550,10 @@ public final class Simulator {
         liveSetChanged()
         trace(5, UInt64(i) << 32 ^ incarnation)
         let effects = slot.node.start(now: now)
+        if let d = diagnose, d.observer == i || d.target == i {
+            lastInput = "start"
+            diagnosis.append("\(now) ns: node \(i) starts (\(i == d.observer ? "observer" : "target"))")
+        }
         afterInput(i, effects)
     }
 
@@ -585,6 +613,7 @@ public final class Simulator {
             guard status[i] == .running, pausedUntil[i] <= now, let slot = slots[i] else { return }
             if now >= slot.node.nextDeadline {
                 trace(1, UInt64(i))
+                if diagnose?.observer == i { lastInput = "tick" }
                 let effects = slot.node.tick(now: now)
                 afterInput(i, effects)
             } else {
@@ -677,6 +706,9 @@ public final class Simulator {
             return
         }
         trace(2, UInt64(j) << 32 ^ tag)
+        if diagnose?.observer == j {
+            lastInput = "type \(bytes.count > 3 ? bytes[3] : 0) from node \(i)"
+        }
         receive(bytes, at: j)
     }
 
@@ -691,6 +723,7 @@ public final class Simulator {
     // MARK: Outputs
 
     private func afterInput(_ i: Int, _ effects: [Effect]) {
+        if let d = diagnose { diagnoseInput(i, effects, d) }
         if !effects.isEmpty { send(effects, from: i) }
         guard status[i] == .running, let slot = slots[i] else { return }
         rearm(i, slot)
@@ -875,6 +908,24 @@ public final class Simulator {
             } else {
                 nextVerify = now + 10_000_000
             }
+        }
+    }
+
+    private func diagnoseInput(_ i: Int, _ effects: [Effect], _ d: (observer: Int, target: Int)) {
+        if i == d.target {
+            for e in effects {
+                if case .multicast(let b, _) = e {
+                    diagnosis.append(
+                        "\(now) ns: target \(d.target) multicasts type \(b[3]); observer \(d.observer) is \(status[d.observer])")
+                }
+            }
+        }
+        guard i == d.observer, let slot = slots[i] else { return }
+        let n = slot.node.map[addresses[d.target]]
+        let state = n.map { "\($0.state) inc \($0.incarnation) id \($0.id)" } ?? "absent"
+        if state != diagnosedState {
+            diagnosis.append("\(now) ns: observer \(i) map: target \(diagnosedState) -> \(state) after \(lastInput)")
+            diagnosedState = state
         }
     }
 

@@ -27,7 +27,7 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(help: "Seed of the run (network, faults, nodes' own randomness).")
     var seed: UInt64 = 1
 
-    @Option(help: "Virtual time to run.")
+    @Option(help: "Virtual time to run (longer if a crash is still being learned of at the end).")
     var duration = "30s"
 
     @Option(help: "Probability that a copy of a datagram is lost (0-1).")
@@ -62,6 +62,9 @@ struct SimulateCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("announce-rate"), help: "Cluster-wide announce budget per second (the interval stretches to N / rate).")
     var announceRate = 100.0
+
+    @Option(name: .customLong("expiry-factor"), help: "Announce intervals of silence before discovery declares a node dead (default: the core's, 10 while the detector runs, 3.5 without).")
+    var expiryFactor: Double?
 
     @Option(name: .customLong("purge-after"), help: "Dead and left nodes are purged from maps this long after last heard.")
     var purgeAfter = "60s"
@@ -107,6 +110,9 @@ struct SimulateCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("log-level"), help: "Print the nodes' log lines at this level and above to stderr (debug, info, notice, warning, error; default: none).")
     var logLevel: String?
+
+    @Option(help: "OBSERVER:TARGET: print every change of node OBSERVER's map entry for node TARGET, and TARGET's multicasts (stderr).")
+    var diagnose: String?
 
     @Flag(help: "Print the report as JSON.")
     var json = false
@@ -166,9 +172,14 @@ struct SimulateCommand: AsyncParsableCommand {
                 period: try DurationText.parse(period), timeout: try DurationText.parse(timeout),
                 confirmations: confirmations, confirmWindow: try DurationText.parse(confirmWindow),
                 logLevel: logLevel == nil ? .warning : .debug)
-        let discovery = try DiscoverySettings(
+        var discovery = try DiscoverySettings(
             baseInterval: try DurationText.parse(announceInterval), aggregateRate: announceRate,
             purgeAfter: try DurationText.parse(purgeAfter))
+        if let f = expiryFactor {
+            guard f >= 2 else { throw ValidationError("--expiry-factor must be at least 2") }
+            discovery.expiryFactor = f
+            discovery.detectorExpiryFactor = f
+        }
         let level = try logLevel.map { try Self.level($0) }
         var config = SimConfig(
             nodes: nodes, seed: seed, latency: try parseLatency(), loss: loss, duplication: duplication,
@@ -191,6 +202,13 @@ struct SimulateCommand: AsyncParsableCommand {
         }
 
         let sim = try Simulator(config: config)
+        if let d = diagnose {
+            let p = d.split(separator: ":").compactMap { Int($0) }
+            guard p.count == 2, p.allSatisfy({ (0..<nodes).contains($0) }) else {
+                throw ValidationError("--diagnose expects OBSERVER:TARGET node indices")
+            }
+            sim.diagnose = (p[0], p[1])
+        }
         if let level {
             sim.logSink = { t, i, l, line in
                 guard l >= level else { return }
@@ -263,11 +281,17 @@ struct SimulateCommand: AsyncParsableCommand {
                 }
             }
         }
+        // A departure near the end: keep going until every survivor knows (or 60 s more).
+        if crashed, !sim.departures.allSatisfy({ $0.pending == 0 }) {
+            note("running on until every survivor knows of the departures (at most 60 s more)")
+            sim.runUntilDeparturesKnown(limit: sim.now + 60_000_000_000)
+        }
         if let c = crashTime, !crashed {
             note("warning: the crash was due at \(ms(c)), after --duration; nothing was crashed")
         }
         if crashTime == nil, crash + stop > 0 { note("warning: never converged; nothing was crashed") }
 
+        for line in sim.diagnosis { simStderr("diagnose: \(line)\n") }
         let report = SimReport(sim)
         print(json ? report.json() : report.text(), terminator: "")
         if let b = config.detectionBound(members: nodes), !json, crash > 0 {

@@ -14,12 +14,15 @@ enum Scenario {
         try! DetectorSettings(logLevel: .warning)
     }
 
+    /// Discovery as the daemon configures it (the core applies 10-interval expiry while the detector runs).
+    static func discovery() -> DiscoverySettings { .default }
+
     static func config(
         nodes: Int, seed: UInt64 = 7, loss: Double = 0, pauses: PauseModel? = nil, collisions: Int = 0,
         startSpread: UInt64 = 500_000_000
     ) -> SimConfig {
         SimConfig(
-            nodes: nodes, seed: seed, loss: loss, detector: detector(), startSpread: startSpread,
+            nodes: nodes, seed: seed, loss: loss, discovery: discovery(), detector: detector(), startSpread: startSpread,
             collisions: collisions, pauses: pauses)
     }
 

@@ -28,25 +28,28 @@ let package = Package(
 
         // Pure protocol cores: no sockets, no sleeps, no wall clock.
         .target(name: "NodeMap"),
+        // Typed events (levels, fields, the one JSON writer) and the one duration formatter.
+        .target(name: "Events", dependencies: ["NodeMap"]),
         // The datagram format shared by every transport (UDP multicast/unicast, RDMA multicast).
         .target(name: "Wire", dependencies: ["NodeMap"]),
-        .target(name: "Discovery", dependencies: ["NodeMap", "Wire"]),
-        .target(name: "Detector", dependencies: ["NodeMap", "Wire"]),
+        .target(name: "Discovery", dependencies: ["NodeMap", "Wire", "Events"]),
+        .target(name: "Detector", dependencies: ["NodeMap", "Wire", "Events"]),
         // One node's protocol: Discovery and Detector over one NodeMap, fed datagrams and ticks.
         // The daemon and the simulator both run exactly this.
-        .target(name: "Cluster", dependencies: ["NodeMap", "Wire", "Discovery", "Detector"]),
+        .target(name: "Cluster", dependencies: ["NodeMap", "Wire", "Events", "Discovery", "Detector"]),
         // Deterministic cluster simulator driving the very same cores in virtual time.
-        .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire"]),
+        .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire", "Events"]),
 
         .executableTarget(
             name: "discd",
             dependencies: [
-                "NodeMap", "Wire", "Discovery", "Detector", "Cluster", "Simulator", "CSystemd", "CVerbs",
+                "NodeMap", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "CSystemd", "CVerbs",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         .executableTarget(
             name: "showmap",
@@ -57,8 +60,8 @@ let package = Package(
 
         .testTarget(name: "NodeMapTests", dependencies: ["NodeMap"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "NodeMap"]),
-        .testTarget(name: "DiscoveryTests", dependencies: ["Discovery", "Cluster", "Wire", "NodeMap"]),
-        .testTarget(name: "DetectorTests", dependencies: ["Detector", "Wire", "NodeMap"]),
-        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Cluster", "NodeMap"]),
+        .testTarget(name: "DiscoveryTests", dependencies: ["Discovery", "Cluster", "Wire", "NodeMap", "Events"]),
+        .testTarget(name: "DetectorTests", dependencies: ["Detector", "Wire", "NodeMap", "Events"]),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Cluster", "NodeMap", "Events"]),
     ]
 )

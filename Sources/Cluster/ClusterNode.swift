@@ -3,20 +3,6 @@ import Discovery
 import NodeMap
 import Wire
 
-public enum LogLevel: Int, Comparable, Sendable, CustomStringConvertible {
-    case debug = 0, info, notice, warning, error
-    public static func < (a: LogLevel, b: LogLevel) -> Bool { a.rawValue < b.rawValue }
-    public var description: String {
-        switch self {
-        case .debug: "debug"
-        case .info: "info"
-        case .notice: "notice"
-        case .warning: "warning"
-        case .error: "error"
-        }
-    }
-}
-
 public struct ClusterConfig: Sendable {
     public var cluster: String
     public var me: SelfInfo
@@ -26,7 +12,7 @@ public struct ClusterConfig: Sendable {
     /// nil disables the failure detector (discovery expiry still declares silent nodes dead).
     public var detector: DetectorSettings?
     public var seed: UInt64
-    /// Least severe log effect produced (the simulator asks for warnings only: strings cost time).
+    /// Least severe event produced (the simulator asks for warnings only).
     public var logLevel: LogLevel
     public var timeBaseUnixNanos: Int64
 
@@ -53,12 +39,13 @@ public enum Effect: Sendable, Equatable {
     case unicast([UInt8], to: IPAddress)
     /// A datagram for a node's heartbeat port (detector traffic).
     case heartbeat([UInt8], to: IPAddress, port: UInt16)
-    case log(LogLevel, String)
+    /// Something happened (at or above the node's `eventLevel`): the shell logs it, publishes it.
+    case event(ClusterEvent)
 }
 
 public struct ClusterCounters: Sendable, Equatable {
     public var datagramsReceived = 0
-    public var drops: [String: Int] = [:]
+    public var drops: [DropReason: Int] = [:]
     public var multicastSent = 0
     public var unicastSent = 0
     public var heartbeatDatagramsSent = 0
@@ -82,11 +69,17 @@ public struct ClusterNode: Sendable {
         self.discovery = DiscoveryCore(
             settings: config.discovery, me: config.me, incarnation: config.incarnation, seed: config.seed,
             detectorRunning: config.detector != nil)
+        self.eventLevel = config.logLevel
         if var d = config.detector {
-            // The detector's own log filter follows the node's, so no string is built for nothing.
-            d.logLevel = config.logLevel <= .debug ? .debug : config.logLevel <= .notice ? .info : .warning
+            d.eventLevel = config.logLevel
             self.detector = DetectorCore(settings: d, selfAddress: config.me.address, now: now)
         }
+    }
+
+    /// Events below this level are not produced (no value, no text): the daemon lowers it to debug
+    /// while debug logging is on.
+    public var eventLevel: LogLevel {
+        didSet { detector?.eventLevel = eventLevel }
     }
 
     public var address: IPAddress { config.me.address }
@@ -134,22 +127,31 @@ public struct ClusterNode: Sendable {
         let m: Message
         do {
             m = try Message.decode(bytes)
+        } catch let e as DecodeError {
+            drop(DropReason(e), from: nil)
+            return flush()
         } catch {
-            drop(error.counterName)
-            if config.logLevel <= .debug { out.append(.log(.debug, "dropped datagram: \(error)")) }
+            drop(.malformed, from: nil)
             return flush()
         }
-        guard m.header.cluster == config.cluster else {
-            drop("other_cluster")
+        let h = m.header
+        guard h.cluster == config.cluster else {
+            drop(.otherCluster, from: h.origin)
             return flush()
         }
-        if m.header.flags.contains(.authenticated) {
+        if h.flags.contains(.authenticated) {
             // Cluster keys are not built yet: a tagged datagram cannot be verified, so it is refused.
-            drop("unverifiable_tag")
+            drop(.unverifiableTag, from: h.origin)
             return flush()
         }
-        guard m.header.origin != config.me.address else {
-            drop("own")
+        guard h.origin != config.me.address else {
+            inOurName(m, now: now)
+            return flush()
+        }
+        if let known = map[h.origin], h.incarnation < known.incarnation, !h.type.speaksForItself {
+            // An older life of the sender (a delayed datagram, a replay): it says nothing about the
+            // node now, and must neither refresh it nor clear a suspicion of it.
+            drop(.staleIncarnation, from: h.origin)
             return flush()
         }
         let (process, relay) = discovery.admit(m, interface: interface, now: now)
@@ -158,37 +160,68 @@ public struct ClusterNode: Sendable {
             counters.multicastSent += 1
         }
         guard process else { return flush() }
-        if config.logLevel <= .debug && m.header.type != .heartbeat {
-            out.append(.log(.debug, "rx \(m.header.type) from \(m.header.origin) hops=\(m.header.hops) incarnation=\(m.header.incarnation) on interface \(interface)"))
+        if eventLevel <= .debug && h.type != .heartbeat {
+            emit(.received(type: h.type, origin: h.origin, hops: h.hops, incarnation: h.incarnation, interface: interface))
         }
         switch m.body {
         case .announce, .join, .leave, .mapSync:
             apply(discovery.receive(m, now: now, map: &map), now: now)
         case .heartbeat, .watch, .probe, .probeAck, .probeRequest, .suspect, .dead:
-            if m.header.type != .dead { map.touch(m.header.origin, now: now) }
-            if detector == nil, case .suspect(let target, let inc) = m.body, target == config.me.address,
-                inc >= discovery.incarnation
-            {
-                // Without a detector a suspicion of us is still refuted, so that stale deaths heal.
-                apply(discovery.refute(now: now, map: &map), now: now)
-            }
+            if h.type != .dead { map.touch(h.origin, now: now) }
             if detector != nil {
-                let o = detector!.receive(
-                    m.body, from: m.header.origin, originIncarnation: m.header.incarnation, now: now, map: &map)
+                let o = detector!.receive(m.body, from: h.origin, originIncarnation: h.incarnation, now: now, map: &map)
                 applyDetector(o, now: now)
+            } else {
+                // Without a detector an accusation of us is still refuted, so that stale deaths heal.
+                switch m.body {
+                case .suspect(let target, let inc) where target == config.me.address && inc >= discovery.incarnation:
+                    refute(.suspect, by: h.origin, past: inc, now: now)
+                case .dead(let target, let inc, _) where target == config.me.address && inc >= discovery.incarnation:
+                    refute(.dead, by: h.origin, past: inc, now: now)
+                default:
+                    break
+                }
             }
         case .processExit(let p):
-            if config.logLevel <= .notice {
-                out.append(.log(.notice, "process \(p.pid) (\(p.name)) on \(p.node) exited with status \(p.status)"))
-            }
+            emit(.processExited(p))
         }
         return flush()
     }
 
+    /// A datagram with our own address as its origin. Our own multicast that came back through a
+    /// gateway is dropped; anything that speaks for us and that we did not say (a leave while we
+    /// run, an announce at an incarnation we never had) is contradicted at once: we refute past it,
+    /// so that no map keeps it for more than a round trip.
+    private mutating func inOurName(_ m: Message, now: UInt64) {
+        let h = m.header
+        switch m.body {
+        case .leave where h.incarnation >= discovery.incarnation:
+            refute(.leave, by: nil, past: h.incarnation, now: now)
+        case .announce where h.incarnation > discovery.incarnation,
+            .join where h.incarnation > discovery.incarnation:
+            refute(.impersonation, by: nil, past: h.incarnation, now: now)
+        default:
+            drop(.own, from: h.origin)
+        }
+    }
+
+    private mutating func refute(
+        _ accusation: DetectorEvent.Accusation, by: IPAddress?, past: UInt64, now: UInt64
+    ) {
+        let before = discovery.incarnation
+        apply(discovery.refute(past: past, now: now, map: &map), now: now)
+        emit(.refuted(accusation: accusation, by: by, past: past, from: before, to: discovery.incarnation))
+    }
+
     // MARK: Plumbing
 
-    private mutating func drop(_ reason: String) {
+    private mutating func drop(_ reason: DropReason, from: IPAddress?) {
         counters.drops[reason, default: 0] += 1
+        if eventLevel <= .debug { emit(.dropped(reason, from: from)) }
+    }
+
+    private mutating func emit(_ e: ClusterEvent) {
+        if e.level >= eventLevel { out.append(.event(e)) }
     }
 
     private mutating func flush() -> [Effect] {
@@ -210,7 +243,7 @@ public struct ClusterNode: Sendable {
         do {
             return try m.encode()
         } catch {
-            out.append(.log(.error, "cannot encode \(body.type): \(error)"))
+            emit(.encodeFailed(type: body.type, reason: "\(error)"))
             return nil
         }
     }
@@ -235,6 +268,8 @@ public struct ClusterNode: Sendable {
                 }
             case .changes(let c):
                 mapChanged(c, now: now)
+            case .event(let e):
+                emit(.discovery(e))
             }
         }
     }
@@ -254,16 +289,10 @@ public struct ClusterNode: Sendable {
                 }
             case .changes(let c):
                 mapChanged(c, now: now, fromDetector: true)
-            case .refute:
-                apply(discovery.refute(now: now, map: &map), now: now)
-            case .log(let l):
-                let level: LogLevel =
-                    switch l.level {
-                    case .debug: .debug
-                    case .info: .info
-                    case .warning: .warning
-                    }
-                if config.logLevel <= level { out.append(.log(level, l.message)) }
+            case .refute(let accusation, let by, let past):
+                refute(accusation, by: by, past: past, now: now)
+            case .event(let e):
+                emit(.detector(e))
             }
         }
     }
@@ -271,9 +300,7 @@ public struct ClusterNode: Sendable {
     private mutating func mapChanged(_ changes: [NodeMapChange], now: UInt64, fromDetector: Bool = false) {
         guard !changes.isEmpty else { return }
         counters.mapChanges += changes.count
-        if config.logLevel <= .info {
-            for c in changes { out.append(.log(c.level, c.logLine)) }
-        }
+        for c in changes { emit(.member(c)) }
         let ringChanged = changes.contains { c in
             switch c {
             case .updated: return false
@@ -286,31 +313,14 @@ public struct ClusterNode: Sendable {
     }
 }
 
-extension NodeMapChange {
-    var level: LogLevel {
+extension MessageType {
+    /// Messages in which a node speaks for itself, whatever incarnation it had before: a restarted
+    /// node's announce and join (its incarnation may be below what peers remember, and discovery
+    /// answers those), and its leave.
+    var speaksForItself: Bool {
         switch self {
-        case .stateChanged(_, _, _, let to, _): to == .dead || to == .suspect ? .notice : .info
-        case .collision: .warning
-        case .updated: .debug
-        default: .info
-        }
-    }
-
-    /// One log line per change, in the format the tests and benchmarks read.
-    public var logLine: String {
-        switch self {
-        case .added(let n):
-            return "member \(n.address) id=\(n.id) joined incarnation=\(n.incarnation) hops=\(n.hops)"
-        case .removed(let n):
-            return "member \(n.address) id=\(n.id) removed"
-        case .stateChanged(let a, let id, let from, let to, let inc):
-            return "member \(a) id=\(id) \(from) -> \(to) incarnation=\(inc)"
-        case .updated(let n):
-            return "member \(n.address) id=\(n.id) updated incarnation=\(n.incarnation) aliases=\(n.aliases.map { "\($0.address)" })"
-        case .idChanged(let a, let from, let to):
-            return "member \(a) id changed \(from) -> \(to)"
-        case .collision(let id, let w, let l):
-            return "id collision on \(id): \(w) keeps it, \(l) gets a substitute"
+        case .announce, .join, .leave: true
+        default: false
         }
     }
 }

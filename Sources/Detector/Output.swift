@@ -1,3 +1,4 @@
+import Events
 import NodeMap
 import Wire
 
@@ -9,43 +10,11 @@ public enum DetectorOutput: Hashable, Sendable {
     case multicast(Body)
     /// Map changes the detector made (suspect / alive / dead), in the order they were made.
     case changes([NodeMapChange])
-    /// Someone suspects or declared *this* node: the shell bumps its own incarnation and announces at once.
-    case refute
-    /// A structured log line.
-    case log(DetectorLog)
-}
-
-/// One log line: every line says when it happened relative to the detector's start and carries the
-/// numbers behind a decision (grace left, drift, time since last heard), so that a false suspicion can
-/// be explained from the log alone.
-public struct DetectorLog: Hashable, Sendable, CustomStringConvertible {
-    public enum Level: UInt8, Sendable, Comparable, CustomStringConvertible {
-        case debug = 0
-        case info = 1
-        case warning = 2
-
-        public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
-        public var description: String {
-            switch self {
-            case .debug: "debug"
-            case .info: "info"
-            case .warning: "warning"
-            }
-        }
-    }
-
-    public var level: Level
-    /// Nanoseconds since the detector was created.
-    public var sinceStart: UInt64
-    public var message: String
-
-    public init(level: Level, sinceStart: UInt64, message: String) {
-        self.level = level
-        self.sinceStart = sinceStart
-        self.message = message
-    }
-
-    public var description: String { "\(formatSinceStart(sinceStart)) \(level): \(message)" }
+    /// `by` suspects or declared *this* node at incarnation `past`: the node takes an incarnation
+    /// above it and announces at once (the shell reports it as `node.refuted`).
+    case refute(DetectorEvent.Accusation, by: IPAddress, past: UInt64)
+    /// What the detector noticed or decided (only events at or above `settings.eventLevel`).
+    case event(DetectorEvent)
 }
 
 /// Counters of one detector (exported by the daemon, summed by the simulator).

@@ -1,3 +1,5 @@
+import Events
+
 /// Timing of the failure detector. All durations are nanoseconds of the caller's monotonic clock.
 ///
 /// The invariants are checked by `init` (and `validate()`), each with the reason in its message:
@@ -31,8 +33,8 @@ public struct DetectorSettings: Sendable, Equatable {
 
     /// How often an observer re-sends `.watch`.
     public var watchRefresh: UInt64 { max(watchLifetime / 3, period) }
-    /// Log lines below this level are not emitted (the simulator runs thousands of cores).
-    public var logLevel: DetectorLog.Level
+    /// Events below this level are not emitted (the simulator runs thousands of cores).
+    public var eventLevel: LogLevel
 
     public enum Error: Swift.Error, Equatable, CustomStringConvertible {
         case periodOutOfRange(period: UInt64)
@@ -59,15 +61,16 @@ public struct DetectorSettings: Sendable, Equatable {
             }
         }
 
-        static func ms(_ ns: UInt64) -> String { formatMillis(ns) }
+        static func ms(_ ns: UInt64) -> String { DurationText.format(ns) }
     }
 
-    /// Checked settings. Defaults: η = 100 ms, δ = 500 ms, k = 3, confirm window = 400 ms,
-    /// startup slack = 1 s, drift tolerance = η/2, watch lifetime = 3δ.
+    /// Checked settings. The defaults are the `lan` preset's, the daemon's: η = 150 ms, δ = 450 ms,
+    /// k = 3, confirm window = 600 ms, startup slack = 1 s, drift tolerance = η/2,
+    /// watch lifetime = max(3δ, 6 s).
     public init(
-        period: UInt64 = 100 * millisecond, timeout: UInt64 = 500 * millisecond, confirmations: Int = 3,
-        confirmWindow: UInt64 = 400 * millisecond, startupSlack: UInt64 = second, driftTolerance: UInt64? = nil,
-        watchLifetime: UInt64? = nil, logLevel: DetectorLog.Level = .info
+        period: UInt64 = 150 * millisecond, timeout: UInt64 = 450 * millisecond, confirmations: Int = 3,
+        confirmWindow: UInt64 = 600 * millisecond, startupSlack: UInt64 = second, driftTolerance: UInt64? = nil,
+        watchLifetime: UInt64? = nil, eventLevel: LogLevel = .info
     ) throws {
         self.period = period
         self.timeout = timeout
@@ -76,9 +79,19 @@ public struct DetectorSettings: Sendable, Equatable {
         self.startupSlack = startupSlack
         self.driftTolerance = driftTolerance ?? period / 2
         self.watchLifetime = watchLifetime ?? max(timeout.multipliedReportingOverflow(by: 3).partialValue, 6 * Self.second)
-        self.logLevel = logLevel
+        self.eventLevel = eventLevel
         try validate()
     }
+
+    /// One switched LAN (the daemon's default): detection in about 1 s at about Serf's packet budget.
+    public static let lan = try! DetectorSettings()
+    /// Routed or congested networks: η = 1 s, δ = 5 s, confirm window 3 s (memberlist's WAN spirit).
+    public static let wan = try! DetectorSettings(
+        period: second, timeout: 5 * second, confirmations: 3, confirmWindow: 3 * second, startupSlack: 2 * second)
+    /// The named presets, for `--preset`.
+    public static let presets: [(name: String, settings: DetectorSettings)] = [("lan", .lan), ("wan", .wan)]
+    /// The daemon's defaults.
+    public static let `default` = lan
 
     /// Throws the first broken invariant (for settings whose fields were changed after `init`).
     public func validate() throws {
@@ -116,18 +129,3 @@ public func ceilLog2(_ n: Int) -> Int {
     n <= 1 ? 0 : Int.bitWidth - (n - 1).leadingZeroBitCount
 }
 
-/// "230 ms", "1.5 ms", "2300 ms": durations in log lines and error messages.
-func formatMillis(_ ns: UInt64) -> String {
-    let ms = ns / DetectorSettings.millisecond
-    if ms >= 10 || ns % DetectorSettings.millisecond == 0 { return "\(ms) ms" }
-    let tenths = (ns % DetectorSettings.millisecond) / 100_000
-    return "\(ms).\(tenths) ms"
-}
-
-/// "+12.345 s": time since the detector started, as ULFM prefixes its log lines.
-func formatSinceStart(_ ns: UInt64) -> String {
-    let s = ns / DetectorSettings.second
-    let frac = (ns % DetectorSettings.second) / DetectorSettings.millisecond
-    let f = String(frac)
-    return "+\(s).\(String(repeating: "0", count: 3 - f.count))\(f) s"
-}

@@ -1,3 +1,4 @@
+import Events
 import NodeMap
 import Wire
 
@@ -26,7 +27,7 @@ public struct DiscoverySettings: Sendable, Equatable {
     }
 
     public init(
-        baseInterval: UInt64 = 1_000_000_000, aggregateRate: Double = 100, expiryFactor: Double = 3.5,
+        baseInterval: UInt64 = 3_000_000_000, aggregateRate: Double = 100, expiryFactor: Double = 3.5,
         purgeAfter: UInt64 = 60_000_000_000, relay: Bool = false, seenCacheSize: Int = 4096
     ) throws {
         guard baseInterval >= 10_000_000 else { throw Invalid(description: "announce interval must be at least 10ms") }
@@ -81,6 +82,48 @@ public enum DiscoveryOutput: Hashable, Sendable {
     /// Forward a received message (hops already incremented) on every interface but `except`.
     case relay(Message, except: Int)
     case changes([NodeMapChange])
+    case event(DiscoveryEvent)
+}
+
+/// What discovery noticed (stable names, see `Event`).
+public enum DiscoveryEvent: Event, Hashable {
+    /// A member silent for `silent` (longer than the expiry) is declared dead by discovery.
+    case expired(address: IPAddress, id: NodeID, silent: UInt64)
+    /// A node spoke at an incarnation our map will not take (`held` is what we hold): it was told.
+    case revivalRequested(address: IPAddress, held: UInt64, theirs: UInt64)
+
+    public var name: String {
+        switch self {
+        case .expired: "discovery.expired"
+        case .revivalRequested: "discovery.revival_requested"
+        }
+    }
+    public var level: LogLevel {
+        switch self {
+        case .expired: .notice
+        case .revivalRequested: .info
+        }
+    }
+    public func fields(into f: inout EventFields) {
+        switch self {
+        case .expired(let a, let id, let silent):
+            f.add("address", a)
+            f.add("id", id.rawValue)
+            f.add("silent", duration: silent)
+        case .revivalRequested(let a, let held, let theirs):
+            f.add("address", a)
+            f.add("held_incarnation", held)
+            f.add("their_incarnation", theirs)
+        }
+    }
+    public var text: String {
+        switch self {
+        case .expired(let a, let id, let silent):
+            "member \(a) id=\(id) expired: silent for \(DurationText.format(silent))"
+        case .revivalRequested(let a, let held, let theirs):
+            "\(a) speaks at incarnation \(theirs) but this map holds \(held): told it to refute"
+        }
+    }
 }
 
 /// The discovery protocol of one node (after omdiscd): periodic announces with jitter whose
@@ -193,6 +236,7 @@ public struct DiscoveryCore: Sendable {
                 if n.state.isMember && silent > expiry {
                     changes += map.setState(n.address, to: .dead, incarnation: n.incarnation)
                     stats.expired += 1
+                    out.append(.event(.expired(address: n.address, id: n.id, silent: silent)))
                 } else if !n.state.isMember && silent > settings.purgeAfter {
                     changes += map.remove(n.address)
                 }
@@ -204,9 +248,12 @@ public struct DiscoveryCore: Sendable {
         return out
     }
 
-    /// Announce at once with a higher incarnation: refutes a suspicion or a death notice about us.
-    public mutating func refute(now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
-        incarnation += 1
+    /// Announce at once with an incarnation above both ours and the accusation's: refutes a
+    /// suspicion, a death notice or a leave about us (memberlist's `refute` jumps the same way), and
+    /// recovers from a restart whose clock-derived incarnation fell below what peers remember.
+    public mutating func refute(past accusation: UInt64, now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+        let base = max(incarnation, accusation)
+        incarnation = base == .max ? base : base + 1
         stats.refutations += 1
         var out: [DiscoveryOutput] = []
         let c = map.observe(selfClaim, now: now)
@@ -270,12 +317,15 @@ public struct DiscoveryCore: Sendable {
                 address: h.origin, preferredID: h.flags.contains(.explicitID) ? NodeID(rawValue: h.senderID) : nil,
                 explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
                 hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
-            if let known = map[h.origin], !known.state.isMember, known.incarnation == h.incarnation,
-                known.state == .dead
+            if let known = map[h.origin],
+                (!known.state.isMember && known.incarnation == h.incarnation) || known.incarnation > h.incarnation
             {
-                // We hold a live node dead (a lost-message expiry, or a notice it missed): tell it, so
-                // that it refutes with a higher incarnation and every map revives it.
-                out.append(.unicast(.suspect(target: h.origin, targetIncarnation: h.incarnation), to: h.origin))
+                // The node speaks at an incarnation our map will not take: we hold it dead or left at
+                // this incarnation (a lost-message expiry, a notice it missed, a forged leave), or we
+                // know a higher one (it restarted after its clock stepped back). Tell it what we hold,
+                // so that it refutes past it and every map takes it back.
+                out.append(.unicast(.suspect(target: h.origin, targetIncarnation: known.incarnation), to: h.origin))
+                out.append(.event(.revivalRequested(address: h.origin, held: known.incarnation, theirs: h.incarnation)))
                 stats.revivalsRequested += 1
             }
             let c = map.observe(claim, now: now)
@@ -283,7 +333,7 @@ public struct DiscoveryCore: Sendable {
             if case .join = m.body {
                 stats.joinsReceived += 1
                 if shouldAnswerJoin(of: h.origin, map: map) {
-                    for body in mapSync(map) { out.append(.unicast(body, to: h.origin)) }
+                    for body in mapSync(map, now: now) { out.append(.unicast(body, to: h.origin)) }
                     stats.syncsSent += 1
                 }
             }
@@ -294,13 +344,17 @@ public struct DiscoveryCore: Sendable {
             }
         case .mapSync(_, _, let entries):
             var changes: [NodeMapChange] = []
+            // The sender's distance to each entry plus ours to the sender; heard as long ago as the
+            // sender last heard it, not now (a sync must not lend a silent node a fresh lifetime).
+            let senderHops = Int(map[h.origin]?.hops ?? h.hops)
             for e in entries where e.address != me.address && e.state.isMember {
                 if let known = map[e.address], known.incarnation >= e.incarnation { continue }
                 let claim = NodeClaim(
                     address: e.address, preferredID: e.explicitID ? NodeID(rawValue: e.preferredID) : nil,
                     explicitID: e.explicitID, aliases: e.aliases, incarnation: e.incarnation,
-                    hops: h.hops, heartbeatPort: e.heartbeatPort)
-                changes += map.observe(claim, now: now)
+                    hops: UInt8(clamping: Int(e.hops) + senderHops), heartbeatPort: e.heartbeatPort)
+                let age = UInt64(e.ageMillis) * 1_000_000
+                changes += map.observe(claim, now: now > age ? now - age : 0)
             }
             if !changes.isEmpty { out.append(.changes(changes)) }
         default:
@@ -318,12 +372,12 @@ public struct DiscoveryCore: Sendable {
     }
 
     /// Our members, split into datagram-sized map-sync messages.
-    public func mapSync(_ map: NodeMap, clusterNameLength: Int = Wire.maxClusterName) -> [Body] {
+    public func mapSync(_ map: NodeMap, now: UInt64, clusterNameLength: Int = Wire.maxClusterName) -> [Body] {
         let room = Message.mapSyncCapacity(nameLength: clusterNameLength)
         var parts: [[SyncEntry]] = [[]]
         var used = 0
         for n in map.nodes where n.state.isMember {
-            let e = SyncEntry(n)
+            let e = SyncEntry(n, now: now)
             if used + e.encodedSize > room {
                 parts.append([])
                 used = 0

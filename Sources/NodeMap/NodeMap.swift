@@ -60,6 +60,12 @@ public struct NodeMap: Sendable {
     /// Bitmap of IDs whose node is a member (alive or suspect): the detector's ring.
     private var memberBits: [UInt64] = []
     public private(set) var memberCount = 0
+    /// Claims of new nodes refused because every ID is taken (65535 nodes): counted, never a trap.
+    public private(set) var refusedFull = 0
+    /// Losers whose substitute ID was (re)computed by probing: the cost of the ID assignment.
+    public private(set) var loserProbes = 0
+    /// The most nodes a map holds: one per ID.
+    public static let capacity = 65535
 
     public init(timeBaseUnixNanos: Int64 = 0) {
         self.timeBaseUnixNanos = timeBaseUnixNanos
@@ -158,6 +164,11 @@ public struct NodeMap: Sendable {
         guard !claim.address.isUnspecified else { return [] }
         var changes: [NodeMapChange] = []
         guard let slot = index[claim.address] else {
+            guard storage.count < Self.capacity else {
+                // Remote input must not crash the daemon: a 65536th node is refused and counted.
+                refusedFull += 1
+                return []
+            }
             insert(claim, now: now, changes: &changes)
             bump(changes)
             return changes
@@ -306,12 +317,13 @@ public struct NodeMap: Sendable {
 
     /// The node in `slot` gives up its ID (owner entry and ring bit); its `id` field keeps the old
     /// value until `take` so that an ID change can be reported.
-    private mutating func release(_ slot: Int32) {
+    @discardableResult
+    private mutating func release(_ slot: Int32) -> UInt16? {
         let id = storage[Int(slot)].id
-        if owner[id.rawValue] == slot {
-            owner[id.rawValue] = nil
-            setMemberBit(id, false)
-        }
+        guard owner[id.rawValue] == slot else { return nil }
+        owner[id.rawValue] = nil
+        setMemberBit(id, false)
+        return id.rawValue
     }
 
     private mutating func take(
@@ -330,7 +342,7 @@ public struct NodeMap: Sendable {
         let node = storage[Int(slot)]
         guard let p = node.preferredID else {
             insertLoser(node.address)
-            reassignLosers(changes: &changes, newcomer: newcomer)
+            reassignLosers(changed: [], changes: &changes, newcomer: newcomer)
             return
         }
         guard let o = owner[p.rawValue] else {
@@ -340,10 +352,10 @@ public struct NodeMap: Sendable {
         }
         let holder = storage[Int(o)]
         if holder.preferredID != p {
-            // A substitute holder yields to a real claim.
+            // A substitute holder yields to a real claim: it probes again; p stays taken.
             release(o)
             take(slot, p, changes: &changes, newcomer: newcomer)
-            reassignLosers(changes: &changes, newcomer: newcomer)
+            reassignLosers(changed: [], changes: &changes, newcomer: newcomer)
             return
         }
         var claimants = contested[p.rawValue] ?? [holder.address]
@@ -359,29 +371,32 @@ public struct NodeMap: Sendable {
             insertLoser(node.address)
             changes.append(.collision(id: p, winner: holder.address, loser: node.address))
         }
-        reassignLosers(changes: &changes, newcomer: newcomer)
+        reassignLosers(changed: [], changes: &changes, newcomer: newcomer)
     }
 
     /// Takes the claim of the node in `slot` out of the assignment (before removal or a claim change).
     private mutating func removeClaim(slot: Int32, changes: inout [NodeMapChange]) {
         let node = storage[Int(slot)]
-        release(slot)
+        var changed: [UInt16] = []
+        if let freed = release(slot) { changed.append(freed) }
         if let p = node.preferredID, var c = contested[p.rawValue] {
             c.removeAll { $0 == node.address }
             contested[p.rawValue] = c.count > 1 ? c : nil
             if let i = losers.firstIndex(of: node.address) {
                 losers.remove(at: i)
             } else if let next = c.first {
-                // The winner leaves: the next claimant in rank takes the ID.
+                // The winner leaves: the next claimant in rank takes the ID (p stays taken; the
+                // substitute it held is freed).
                 losers.removeAll { $0 == next }
                 let ns = index[next]!
-                release(ns)
+                if let freed = release(ns) { changed.append(freed) }
                 take(ns, p, changes: &changes, newcomer: nil)
+                changed.removeAll { $0 == p.rawValue }
             }
         } else if let i = losers.firstIndex(of: node.address) {
             losers.remove(at: i)
         }
-        reassignLosers(changes: &changes, newcomer: nil)
+        reassignLosers(changed: changed, changes: &changes, newcomer: nil)
     }
 
     private mutating func insertLoser(_ address: IPAddress) {
@@ -397,21 +412,39 @@ public struct NodeMap: Sendable {
 
     /// Gives every loser, in address order, the first free ID on its probe path: starting at a hash of
     /// its address, stepping by one, skipping IDs held by winners and by earlier losers.
-    private mutating func reassignLosers(changes: inout [NodeMapChange], newcomer: IPAddress?) {
+    ///
+    /// Incremental: `changed` lists the IDs whose holder changed outside the losers (freed or taken);
+    /// a loser is probed again only when it holds no ID, or when an ID that changed (there, or through
+    /// an earlier loser's move) lies on its path up to the ID it holds: otherwise its first free ID is
+    /// the same as before. A flood of colliding claims costs O(losers) cheap checks per insert, not
+    /// O(losers) probes.
+    private mutating func reassignLosers(changed: [UInt16], changes: inout [NodeMapChange], newcomer: IPAddress?) {
         guard !losers.isEmpty else { return }
-        for a in losers { release(index[a]!) }
+        var changed = changed
         for a in losers {
             let s = index[a]!
-            var candidate = Int(Self.probeStart(a))
+            let start = Self.probeStart(a)
+            let held = storage[Int(s)].id.rawValue
+            if owner[held] == s, !changed.contains(where: { Self.onPath($0, from: start, to: held) }) { continue }
+            if let freed = release(s) { changed.append(freed) }
+            loserProbes += 1
+            var candidate = Int(start)
             var steps = 0
             while owner[UInt16(candidate)] != nil && steps < 65535 {
                 candidate = candidate % 65535 + 1
                 steps += 1
             }
-            // 65535 nodes with distinct IDs fill the space; a 65536th node cannot be numbered.
-            precondition(steps < 65535, "node ID space exhausted (65535 nodes)")
+            // The map holds at most `capacity` nodes, each holding one ID, and this one holds none
+            // now: a free ID exists. Were it ever not so, the node keeps no ID rather than trap.
+            guard steps < 65535 else { continue }
             take(s, NodeID(candidate)!, changes: &changes, newcomer: newcomer)
+            changed.append(UInt16(candidate))
         }
+    }
+
+    /// Whether `id` lies on the cyclic probe path start, start+1, ..., end (IDs 1...65535).
+    static func onPath(_ id: UInt16, from start: UInt16, to end: UInt16) -> Bool {
+        start <= end ? (id >= start && id <= end) : (id >= start || id <= end)
     }
 
     /// Where a loser's probe for a substitute ID starts: a fixed hash of its address (the same on

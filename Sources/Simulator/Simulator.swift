@@ -155,7 +155,7 @@ public final class Simulator {
     public private(set) var now: UInt64 = 0
     public let addresses: [IPAddress]
     /// Called with every log line the nodes produce (at `config.logLevel` or above).
-    public var logSink: ((_ time: UInt64, _ node: Int, _ level: LogLevel, _ line: String) -> Void)?
+    public var logSink: ((_ time: UInt64, _ node: Int, _ event: ClusterEvent) -> Void)?
     /// Called about every `progressInterval` wall seconds while running.
     public var progress: ((SimProgress) -> Void)?
     public var progressInterval: Double = 5
@@ -751,8 +751,8 @@ public final class Simulator {
                     continue
                 }
                 unicast(bytes, from: i, to: to, heartbeat: true)
-            case .log(let level, let line):
-                logSink?(now, i, level, line)
+            case .event(let e):
+                logSink?(now, i, e)
             }
         }
     }

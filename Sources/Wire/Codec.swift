@@ -60,6 +60,8 @@ extension Message {
                 w.u8(e.state.rawValue)
                 w.u64(e.incarnation)
                 w.u16(e.heartbeatPort)
+                w.u8(e.hops)
+                w.u32(e.ageMillis)
                 writeAliases(e.aliases, &w)
             }
         case .heartbeat(let seq, let period):
@@ -174,7 +176,7 @@ extension Message {
             let parts = try r.u16()
             let n = Int(try r.u16())
             guard parts >= 1, part < parts else { throw DecodeError.malformedBody("part \(part) of \(parts)") }
-            guard n <= Wire.maxDatagram / 31 else { throw DecodeError.malformedBody("\(n) entries") }
+            guard n <= Wire.maxDatagram / SyncEntry.minEncodedSize else { throw DecodeError.malformedBody("\(n) entries") }
             var entries: [SyncEntry] = []
             entries.reserveCapacity(n)
             for _ in 0..<n {
@@ -184,12 +186,14 @@ extension Message {
                 guard let st = NodeState(rawValue: try r.u8()) else { throw DecodeError.malformedBody("state") }
                 let inc = try r.u64()
                 let port = try r.u16()
+                let hops = try r.u8()
+                let age = try r.u32()
                 let al = try readAliases(&r)
                 guard flags & ~1 == 0 else { throw DecodeError.malformedBody("entry flags") }
                 entries.append(
                     SyncEntry(
                         address: a, preferredID: pref, explicitID: flags & 1 != 0, state: st, incarnation: inc,
-                        heartbeatPort: port, aliases: al))
+                        heartbeatPort: port, aliases: al, hops: hops, ageMillis: age))
             }
             return .mapSync(part: part, parts: parts, entries: entries)
         case .heartbeat:
@@ -221,5 +225,15 @@ extension Message {
     /// Room left for map-sync entries in one datagram for a cluster name of `nameLength` bytes.
     public static func mapSyncCapacity(nameLength: Int) -> Int {
         Wire.maxDatagram - Wire.fixedHeader - nameLength - 6 - Wire.tagLength
+    }
+}
+
+extension Message {
+    /// The origin field of a datagram's header, read without decoding or checking anything else
+    /// (nil when the datagram is shorter than the fixed header). For the shell's bookkeeping only.
+    public static func peekOrigin(_ bytes: [UInt8]) -> IPAddress? {
+        guard bytes.count >= Wire.fixedHeader else { return nil }
+        var r = ByteReader(bytes, offset: Wire.fixedHeader - 16, end: Wire.fixedHeader)
+        return try? r.address()
     }
 }

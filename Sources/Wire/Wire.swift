@@ -110,8 +110,18 @@ public struct SyncEntry: Hashable, Sendable {
     public var incarnation: UInt64
     public var heartbeatPort: UInt16
     public var aliases: [Alias]
+    /// Gateway hops between the sender and the node when the sender last heard it.
+    public var hops: UInt8
+    /// How long ago the sender last heard the node (ms, saturating): the receiver stamps the entry
+    /// as heard that long ago, not now, so a sync cannot lend a silent node a fresh lifetime.
+    public var ageMillis: UInt32
 
-    public init(address: IPAddress, preferredID: UInt16, explicitID: Bool, state: NodeState, incarnation: UInt64, heartbeatPort: UInt16, aliases: [Alias]) {
+    public init(
+        address: IPAddress, preferredID: UInt16, explicitID: Bool, state: NodeState, incarnation: UInt64,
+        heartbeatPort: UInt16, aliases: [Alias], hops: UInt8 = 0, ageMillis: UInt32 = 0
+    ) {
+        self.hops = hops
+        self.ageMillis = ageMillis
         self.address = address
         self.preferredID = preferredID
         self.explicitID = explicitID
@@ -121,14 +131,20 @@ public struct SyncEntry: Hashable, Sendable {
         self.aliases = aliases
     }
 
-    public init(_ n: Node) {
+    /// The entry for `n` as seen at `now` (same clock as `n.lastHeard`).
+    public init(_ n: Node, now: UInt64) {
+        let age = now > n.lastHeard ? (now - n.lastHeard) / 1_000_000 : 0
         self.init(
             address: n.address, preferredID: n.preferredID?.rawValue ?? 0, explicitID: n.explicitID, state: n.state,
-            incarnation: n.incarnation, heartbeatPort: n.heartbeatPort, aliases: n.aliases)
+            incarnation: n.incarnation, heartbeatPort: n.heartbeatPort, aliases: n.aliases, hops: n.hops,
+            ageMillis: UInt32(clamping: age))
     }
 
-    /// Encoded size: address 16, preferred 2, flags 1, state 1, incarnation 8, port 2, aliasCount 1, aliases 17 each.
-    public var encodedSize: Int { 31 + 17 * aliases.count }
+    /// Smallest encoded entry (no aliases).
+    public static let minEncodedSize = 36
+    /// Encoded size: address 16, preferred 2, flags 1, state 1, incarnation 8, port 2, hops 1, age 4,
+    /// aliasCount 1, aliases 17 each.
+    public var encodedSize: Int { Self.minEncodedSize + 17 * aliases.count }
 }
 
 /// A process on `node` that opted in has exited (design for the process-failure issue).

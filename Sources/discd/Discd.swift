@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSystemd
 import Cluster
 import Detector
 import Discovery
@@ -7,6 +8,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NodeMap
+import ServiceLifecycle
 import UnixSignals
 
 struct DiscdCommand: AsyncParsableCommand {
@@ -16,8 +18,10 @@ struct DiscdCommand: AsyncParsableCommand {
         discussion: """
             Announces this node by multicast on the cluster interfaces, keeps the node map in --map \
             (read it with showmap), and detects dead nodes with ring heartbeats.
-            Signals: SIGUSR1 toggles debug logging; SIGTERM/SIGINT say leave, write the map and exit.
-            Capacity planning: discd simulate --help.
+            Without -n, discd detaches once it runs (the command returns 0 when the daemon is up, or \
+            prints why it could not start and returns 1) and logs to the journal, or to syslog.
+            Signals: SIGUSR1 toggles debug logging; SIGTERM/SIGINT say leave, write the map and exit 0.
+            Capacity planning with the same protocol options: discd simulate --help.
             """)
 
     @Flag(name: [.short, .customLong("nodaemon")], help: "Stay in the foreground and log to stderr.")
@@ -56,23 +60,11 @@ struct DiscdCommand: AsyncParsableCommand {
     @Option(name: .customLong("node-id"), help: "Explicit node ID (1-65535) instead of the one derived from the address.")
     var nodeID: Int?
 
-    @Option(name: .customLong("announce-interval"), help: "Announce interval of a small cluster (stretches with size).")
-    var announceInterval = "3s"
+    @OptionGroup(title: "Protocol")
+    var proto: ProtocolOptions
 
-    @Option(help: "Heartbeat period η.")
-    var period = "150ms"
-
-    @Option(help: "Heartbeat timeout δ (at least 3η).")
-    var timeout = "450ms"
-
-    @Option(help: "Indirect probers asked to confirm a suspicion.")
-    var confirmations = 3
-
-    @Option(name: .customLong("confirm-window"), help: "How long probes may take before a suspect is declared dead.")
-    var confirmWindow = "600ms"
-
-    @Flag(name: .customLong("no-detector"), help: "Disable the heartbeat failure detector.")
-    var noDetector = false
+    @Option(name: .customLong("log-format"), help: "Log lines as text or as JSON lines (one event per line).")
+    var logFormat = "text"
 
     @Flag(help: "Start with debug logging on.")
     var debug = false
@@ -87,33 +79,50 @@ struct DiscdCommand: AsyncParsableCommand {
         if let f = family, AddressFamily(rawValue: f) == nil { throw ValidationError("--family must be ipv4 or ipv6") }
         let c = cluster.utf8.count
         guard c >= 1, c <= 32 else { throw ValidationError("--cluster must be 1-32 bytes") }
-        guard confirmations >= 0, confirmations <= 16 else { throw ValidationError("--confirmations must be 0-16") }
+        guard LogSink.Format(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
     }
 
     func run() async throws {
+        let detached = Detach.readyFD()
         do {
-            try await runDaemon()
-        } catch let e as ConfigError {
-            fail(e.description)
-        } catch let e as DurationText.Invalid {
-            fail(e.description)
-        } catch let e as DetectorSettings.Error {
-            fail("\(e)")
-        } catch let e as DiscoverySettings.Invalid {
-            fail(e.description)
+            let setup = try resolve()
+            if !nodaemon && detached == nil {
+                // The parent: everything was checked; start the daemon and wait until it says ready.
+                Glibc.exit(try Detach.spawnAndWait())
+            }
+            try await serve(setup, readyFD: detached)
+        } catch {
+            let message: String =
+                switch error {
+                case let e as ConfigError: e.description
+                case let e as DurationText.Invalid: e.description
+                case let e as DetectorSettings.Error: e.description
+                case let e as DiscoverySettings.Invalid: e.description
+                default: "\(error)"
+                }
+            if let fd = detached { Detach.report(fd, "ERR " + message) }
+            writeStderr("discd: \(message)\n")
+            Glibc.exit(1)
         }
     }
 
-    private func fail(_ message: String) -> Never {
-        writeStderr("discd: \(message)\n")
-        Glibc.exit(1)
+    /// Everything the daemon needs, resolved and checked before it starts (or detaches).
+    struct Setup {
+        var config: ClusterConfig
+        var family: AddressFamily
+        var active: [ClusterInterface]
+        var names: [String]
+        var group: IPAddress
+        var heartbeatPort: Int
+        var aliasSource: AliasSource
+        var aliases: [Alias]
+        var detectorText: String
+        var startNanos: UInt64
     }
 
-    func runDaemon() async throws {
-        // Everything that can be wrong with the configuration is checked before detaching.
-        let startNanos = Engine.now()
-        let names = (interface ?? "").split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
-        var ifNames = names
+    func resolve() throws -> Setup {
+        let startNanos = NodeDriver.now()
+        var ifNames = (interface ?? "").split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
         if ifNames.isEmpty {
             guard let d = Interfaces.defaultRouteInterface() else {
                 throw ConfigError("no default route: name the cluster interface with -i")
@@ -132,71 +141,78 @@ struct DiscdCommand: AsyncParsableCommand {
         let aliases = try Interfaces.otherAddresses(on: ifNames, family: fam, excluding: primary).map {
             Alias($0, source: aliasSource)
         }
-        let detector: DetectorSettings? =
-            noDetector
-            ? nil
-            : try DetectorSettings(
-                period: try DurationText.parse(period), timeout: try DurationText.parse(timeout),
-                confirmations: confirmations, confirmWindow: try DurationText.parse(confirmWindow))
-        let discovery = try DiscoverySettings(
-            baseInterval: try DurationText.parse(announceInterval), relay: !routed && active.count > 1)
+        let detector = try proto.detector(eventLevel: .info)
+        let discovery = try proto.discovery(relay: !routed && active.count > 1)
         let hbPort = heartbeatPort ?? port + 1
         guard hbPort <= 65535, hbPort != port else { throw ConfigError("heartbeat port \(hbPort) is not usable") }
         let me = SelfInfo(
             address: primary, preferredID: nodeID.flatMap { NodeID($0) }, explicitID: nodeID != nil,
             aliases: aliases, heartbeatPort: UInt16(hbPort))
+        try checkWritable(map)
+        if let s = status { try checkWritable(s) }
 
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         let wallNanos = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
         let config = ClusterConfig(
-            cluster: cluster, me: me, incarnation: UInt64(wallNanos / 1_000_000), discovery: discovery,
-            detector: detector, seed: UInt64(bitPattern: wallNanos) ^ UInt64(getpid()),
-            logLevel: .debug, timeBaseUnixNanos: wallNanos - Int64(startNanos))
-        let shell = ShellSettings(
-            family: fam, interfaces: active, group: group, port: port, heartbeatPort: hbPort, ttl: multicastTTL,
-            mapPath: map, statusPath: status)
+            cluster: cluster, me: me, incarnation: Self.startIncarnation(wallNanos: wallNanos, mapPath: map, me: primary),
+            discovery: discovery, detector: detector, seed: UInt64(bitPattern: wallNanos) ^ UInt64(getpid()),
+            logLevel: .info, timeBaseUnixNanos: wallNanos - Int64(startNanos))
+        let detText =
+            detector.map {
+                "η=\(DurationText.format($0.period)) δ=\(DurationText.format($0.timeout)) k=\($0.confirmations) "
+                    + "confirm=\(DurationText.format($0.confirmWindow))"
+            } ?? "off"
+        return Setup(
+            config: config, family: fam, active: active, names: ifNames, group: group, heartbeatPort: hbPort,
+            aliasSource: aliasSource, aliases: aliases, detectorText: detText, startNanos: startNanos)
+    }
 
-        // The map path must be writable before we promise anything.
-        try checkWritable(map)
-        if let s = status { try checkWritable(s) }
-
-        if !nodaemon {
-            guard daemon(0, 0) == 0 else { throw ConfigError("cannot detach: \(String(cString: strerror(errno)))") }
+    /// A new life's incarnation: wall-clock milliseconds, but above the one this node had in its
+    /// last map file, so a clock stepped back across a restart cannot make it go down. (Peers that
+    /// remember a higher one still tell the node, which then refutes past it.)
+    static func startIncarnation(wallNanos: Int64, mapPath: String, me: IPAddress) -> UInt64 {
+        let wall = UInt64(max(wallNanos, 0) / 1_000_000)
+        guard let old = try? MapFile.read(path: mapPath), let mine = old.nodes.first(where: { $0.address == me }) else {
+            return wall
         }
+        return max(wall, mine.incarnation &+ 1)
+    }
+
+    func serve(_ s: Setup, readyFD: Int32?) async throws {
+        let daemonMode = !nodaemon
         let target: LogSink.Target =
-            nodaemon ? .stderr : (access("/run/systemd/journal/socket", F_OK) == 0 ? .journal : .syslog)
-        let sink = LogSink(target: target, debug: debug, startNanos: startNanos)
+            !daemonMode ? .stderr : (access("/run/systemd/journal/socket", F_OK) == 0 ? .journal : .syslog)
+        let sink = LogSink(
+            target: target, format: LogSink.Format(rawValue: logFormat) ?? .text, debug: debug, startNanos: s.startNanos)
         LoggingSystem.bootstrap { _ in SinkLogHandler(sink: sink) }
+        let logger = Logger(label: "discd")
 
         let elg = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let node = ClusterNode(config: config, now: Engine.now())
-        let engine = try Engine(loop: elg.next(), node: node, shell: shell, sink: sink)
-        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sigusr1)
-        try engine.start(group: elg)
-        engine.watchInterfaces(
-            names: ifNames, family: fam, primary: primary, initial: aliases.map(\.address), source: aliasSource, every: 5)
-        sink.write(
-            .notice,
-            "discd started: node \(primary) on \(active.map { $0.name }.joined(separator: ",")) group \(group):\(port) "
-                + "heartbeat port \(hbPort) cluster \(cluster)"
-                + (routed ? " ttl \(multicastTTL!)" : "") + (discovery.relay ? " relaying" : "")
-                + (detector.map { " detector η=\(DurationText.format($0.period)) δ=\(DurationText.format($0.timeout)) k=\($0.confirmations)" } ?? " detector off"))
-        _ = discd_notify("READY=1")
-
-        for await sig in signals {
-            if sig == .sigusr1 {
-                let on = sink.toggleDebug()
-                sink.write(.notice, "debug logging \(on ? "on" : "off") (SIGUSR1)")
-                continue
-            }
-            sink.write(.notice, "stopping on \(sig): sending leave")
-            _ = discd_notify("STOPPING=1")
-            engine.stop()
-            break
-        }
+        let loop = elg.next()
+        let udp = try UDPTransport(
+            loop: loop, family: s.family, interfaces: s.active, group: s.group, port: port,
+            heartbeatPort: s.heartbeatPort, ttl: multicastTTL, sink: sink)
+        let publisher = MapPublisher(mapPath: map, statusPath: status, sink: sink)
+        let driver = NodeDriver(
+            loop: loop, node: ClusterNode(config: s.config, now: NodeDriver.now()), transports: [udp],
+            publisher: publisher, sink: sink)
+        let watcher = InterfaceWatcher(
+            loop: loop, names: s.names, family: s.family, primary: s.config.me.address,
+            initial: s.aliases.map(\.address), source: s.aliasSource, sink: sink, driver: driver)
+        let started = DaemonEvent.started(
+            node: s.config.me.address, interfaces: s.active.map(\.name), group: s.group.description, port: port,
+            heartbeatPort: s.heartbeatPort, cluster: cluster, ttl: multicastTTL,
+            relay: s.config.discovery.relay, detector: s.detectorText, incarnation: s.config.incarnation,
+            pid: getpid(), daemon: daemonMode)
+        let node = NodeService(driver: driver, watcher: watcher, sink: sink, started: started, readyFD: readyFD)
+        let debugToggle = DebugSignalService(sink: sink, driver: driver)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: node), .init(service: debugToggle)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
         try? await elg.shutdownGracefully()
-        sink.write(.notice, "discd stopped")
     }
 
     private func checkWritable(_ path: String) throws {
@@ -221,7 +237,42 @@ struct DiscdCommand: AsyncParsableCommand {
     }
 }
 
-import CSystemd
+/// The node: transports up, protocol running, interfaces watched; on graceful shutdown (SIGTERM,
+/// SIGINT) it says leave, writes the final map and returns.
+struct NodeService: Service {
+    let driver: NodeDriver
+    let watcher: InterfaceWatcher
+    let sink: LogSink
+    let started: DaemonEvent
+    let readyFD: Int32?
+
+    func run() async throws {
+        try await driver.start()
+        watcher.start(every: .seconds(5))
+        sink.write(started)
+        if let fd = readyFD { Detach.report(fd, "READY") }
+        _ = discd_notify("READY=1")
+        try? await gracefulShutdown()
+        sink.write(DaemonEvent.stopping(signal: "SIGTERM/SIGINT"))
+        _ = discd_notify("STOPPING=1")
+        watcher.stop()
+        await driver.stop()
+    }
+}
+
+/// SIGUSR1 toggles debug logging on the running daemon.
+struct DebugSignalService: Service {
+    let sink: LogSink
+    let driver: NodeDriver
+
+    func run() async throws {
+        for await _ in await UnixSignalsSequence(trapping: .sigusr1).cancelOnGracefulShutdown() {
+            let on = sink.toggleDebug()
+            driver.setDebug(on)
+            sink.write(DaemonEvent.debugToggled(on: on))
+        }
+    }
+}
 
 extension String {
     var trimmed: String {

@@ -3,7 +3,7 @@ import NIOCore
 import NodeMap
 
 /// A cluster interface as the daemon uses it.
-struct ClusterInterface {
+struct ClusterInterface: Sendable {
     let name: String
     let index: Int
     /// The address of the chosen family this node uses on the interface.
@@ -27,7 +27,7 @@ enum Interfaces {
         if let text = try? readText("/proc/net/route") {
             for line in text.split(separator: "\n").dropFirst() {
                 let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-                if f.count > 3, f[1] == "00000000", f[7] == "00000000" { return String(f[0]) }
+                if f.count >= 8, f[1] == "00000000", f[7] == "00000000" { return String(f[0]) }
             }
         }
         if let text = try? readText("/proc/net/ipv6_route") {

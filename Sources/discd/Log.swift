@@ -4,22 +4,27 @@ import Glibc
 import Logging
 import Synchronization
 
-/// Where log lines go and how verbose: stderr with `-n`, the journal (or syslog) as a daemon.
-/// SIGUSR1 flips `debug` on a running daemon; the flag is read by every log call.
+/// Where events and log lines go and how: stderr with `-n` (text, or JSON lines with
+/// `--log-format json`), the journal (with the event's fields as journal fields) or syslog as a
+/// daemon. SIGUSR1 flips `debug` on a running daemon. Nothing is formatted for a disabled level.
 final class LogSink: Sendable {
     enum Target: Sendable { case stderr, journal, syslog }
+    enum Format: String, Sendable, CaseIterable { case text, json }
     let target: Target
+    let format: Format
     let startNanos: UInt64
     private let debugOn: Atomic<Bool>
 
-    init(target: Target, debug: Bool, startNanos: UInt64) {
+    init(target: Target, format: Format, debug: Bool, startNanos: UInt64) {
         self.target = target
+        self.format = format
         self.debugOn = Atomic(debug)
         self.startNanos = startNanos
         if target == .syslog { openlog(strdup("discd"), LOG_PID | LOG_NDELAY, LOG_DAEMON) }
     }
 
     var debug: Bool { debugOn.load(ordering: .relaxed) }
+    var level: LogLevel { debug ? .debug : .info }
 
     /// Flips debug logging; returns the new setting.
     func toggleDebug() -> Bool {
@@ -28,23 +33,55 @@ final class LogSink: Sendable {
         return new
     }
 
-    func enabled(_ level: LogLevel) -> Bool { level > .debug || debug }
+    func enabled(_ level: LogLevel) -> Bool { level >= self.level }
 
-    func write(_ level: LogLevel, _ message: String) {
-        guard enabled(level) else { return }
+    private func sinceStart() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return (UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)) &- startNanos
+    }
+
+    /// Writes one event (if its level is enabled).
+    func write(_ e: some Event) {
+        guard enabled(e.level) else { return }
+        let t = sinceStart()
         switch target {
         case .stderr:
-            var ts = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &ts)
-            let now = UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-            let rel = Double(now &- startNanos) / 1e9
-            let line = "+\(fixed3(rel))s \(level): \(message)\n"
-            writeStderr(line)
+            writeStderr(format == .json ? e.jsonLine(sinceStart: t) + "\n" : textLine(e.level, e.text, t))
         case .journal:
-            _ = discd_journal_print(priority(level), message, "discd")
+            var f = EventFields()
+            e.fields(into: &f)
+            var items = [
+                "MESSAGE=" + (format == .json ? e.jsonLine(sinceStart: t) : e.text),
+                "PRIORITY=\(priority(e.level))", "SYSLOG_IDENTIFIER=discd", "DISCD_EVENT=\(e.name)",
+            ]
+            for (k, v) in f.items {
+                let value: String =
+                    switch v {
+                    case .string(let s): s
+                    default: JSON.value(v)
+                    }
+                items.append("DISCD_" + k.uppercased() + "=" + value)
+            }
+            journal(items)
         case .syslog:
-            message.withCString { p in withVaList([p]) { vsyslog(priority(level), "%s", $0) } }
+            syslogLine(e.level, format == .json ? e.jsonLine(sinceStart: t) : e.text)
         }
+    }
+
+    private func textLine(_ level: LogLevel, _ message: String, _ t: UInt64) -> String {
+        "+\(JSON.fixed(Double(t) / 1e9, digits: 3))s \(level): \(message)\n"
+    }
+
+    private func journal(_ items: [String]) {
+        let cstrs = items.map { strdup($0)! }
+        defer { cstrs.forEach { free($0) } }
+        var iov = cstrs.map { iovec(iov_base: UnsafeMutableRawPointer($0), iov_len: strlen($0)) }
+        _ = iov.withUnsafeMutableBufferPointer { discd_journal_sendv($0.baseAddress, Int32($0.count)) }
+    }
+
+    private func syslogLine(_ level: LogLevel, _ message: String) {
+        message.withCString { p in withVaList([p]) { vsyslog(priority(level), "%s", $0) } }
     }
 
     private func priority(_ l: LogLevel) -> Int32 {
@@ -56,12 +93,6 @@ final class LogSink: Sendable {
         case .error: LOG_ERR
         }
     }
-}
-
-func fixed3(_ v: Double) -> String {
-    let ms = Int((v * 1000).rounded())
-    let frac = ms % 1000
-    return "\(ms / 1000)." + (frac < 10 ? "00" : frac < 100 ? "0" : "") + "\(frac)"
 }
 
 /// swift-log handler over the sink, so library code logging through swift-log lands in the same place.
@@ -88,7 +119,7 @@ struct SinkLogHandler: LogHandler {
             case .warning: .warning
             case .error, .critical: .error
             }
-        sink.write(l, "\(message)")
+        sink.write(DaemonEvent.library(level: l, source: source, message: "\(message)"))
     }
 }
 

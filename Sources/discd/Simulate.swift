@@ -42,32 +42,17 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(name: .customLong("latency-dist"), help: "Latency distribution: uniform, or lognormal[:SIGMA] (median at a quarter of the range, long tail cut at MAX).")
     var latencyDist = "uniform"
 
-    @Option(help: "Heartbeat period η.")
-    var period = "100ms"
-
-    @Option(help: "Heartbeat timeout δ (at least 3η).")
-    var timeout = "500ms"
-
-    @Option(help: "Indirect probers asked to confirm a suspicion.")
-    var confirmations = 3
-
-    @Option(name: .customLong("confirm-window"), help: "How long probes may take before a suspect is declared dead.")
-    var confirmWindow = "400ms"
-
-    @Flag(name: .customLong("no-detector"), help: "Discovery only (deaths found by announce expiry).")
-    var noDetector = false
-
-    @Option(name: .customLong("announce-interval"), help: "Announce interval of a small cluster.")
-    var announceInterval = "1s"
+    @OptionGroup(title: "Protocol (the daemon's options, with the daemon's defaults)")
+    var proto: ProtocolOptions
 
     @Option(name: .customLong("announce-rate"), help: "Cluster-wide announce budget per second (the interval stretches to N / rate).")
-    var announceRate = 100.0
+    var announceRate = ProtocolOptions.discoveryDefaults.aggregateRate
 
     @Option(name: .customLong("expiry-factor"), help: "Announce intervals of silence before discovery declares a node dead (default: the core's, 10 while the detector runs, 3.5 without).")
     var expiryFactor: Double?
 
     @Option(name: .customLong("purge-after"), help: "Dead and left nodes are purged from maps this long after last heard.")
-    var purgeAfter = "60s"
+    var purgeAfter = DurationText.format(ProtocolOptions.discoveryDefaults.purgeAfter)
 
     @Option(name: .customLong("start-spread"), help: "Nodes start at random times within this.")
     var startSpread = "1s"
@@ -122,7 +107,6 @@ struct SimulateCommand: AsyncParsableCommand {
         guard crash >= 0, stop >= 0, crash + stop < nodes else {
             throw ValidationError("--crash + --stop must leave at least one node running")
         }
-        guard (0...16).contains(confirmations) else { throw ValidationError("--confirmations must be 0-16") }
         guard partitionFraction > 0, partitionFraction <= 0.5 else {
             throw ValidationError("--partition-fraction must be in (0, 0.5]")
         }
@@ -165,16 +149,8 @@ struct SimulateCommand: AsyncParsableCommand {
 
     private func simulate() throws {
         let until = try DurationText.parse(duration)
-        let detector: DetectorSettings? =
-            noDetector
-            ? nil
-            : try DetectorSettings(
-                period: try DurationText.parse(period), timeout: try DurationText.parse(timeout),
-                confirmations: confirmations, confirmWindow: try DurationText.parse(confirmWindow),
-                logLevel: logLevel == nil ? .warning : .debug)
-        var discovery = try DiscoverySettings(
-            baseInterval: try DurationText.parse(announceInterval), aggregateRate: announceRate,
-            purgeAfter: try DurationText.parse(purgeAfter))
+        let detector = try proto.detector(eventLevel: logLevel == nil ? .warning : .debug)
+        var discovery = try proto.discovery(aggregateRate: announceRate, purgeAfter: try DurationText.parse(purgeAfter))
         if let f = expiryFactor {
             guard f >= 2 else { throw ValidationError("--expiry-factor must be at least 2") }
             discovery.expiryFactor = f
@@ -210,9 +186,9 @@ struct SimulateCommand: AsyncParsableCommand {
             sim.diagnose = (p[0], p[1])
         }
         if let level {
-            sim.logSink = { t, i, l, line in
-                guard l >= level else { return }
-                simStderr("[\(ms(t))] node \(i) \(l): \(line)\n")
+            sim.logSink = { t, i, e in
+                guard e.level >= level else { return }
+                simStderr("[\(ms(t))] node \(i) \(e.level): \(e.text)\n")
             }
         }
         if progressSeconds > 0 {

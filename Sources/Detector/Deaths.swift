@@ -1,0 +1,133 @@
+import Events
+import NodeMap
+import Wire
+
+/// Declaring a death and spreading it: multicast plus ULFM's binomial-graph broadcast, each node
+/// forwarding the first notice of a (node, incarnation) it sees.
+extension DetectorCore {
+    // MARK: Deaths
+
+    mutating func declareDead(
+        _ node: Node, suspicion s: Suspicion, now: UInt64, map: inout NodeMap, out: inout [DetectorOutput]
+    ) {
+        let c = map.setState(node.address, to: .dead, incarnation: s.incarnation)
+        observedNode!.suspicion = nil
+        guard !c.isEmpty else {
+            // The map knows better (a higher incarnation, or it already left): start over.
+            observedNode!.deadline = now + settings.timeout
+            seenGeneration = map.generation
+            emit(&out, .deathRefused(address: node.address, state: map[node.address]?.state ?? node.state))
+            return
+        }
+        out.append(.changes(c))
+        stats.deathsDeclared += 1
+        remember(DeadKey(target: node.address, incarnation: s.incarnation))
+        emit(
+            &out,
+            .declaredDead(
+                address: node.address, id: node.id, incarnation: s.incarnation,
+                lastHeardAgo: observedNode!.lastHeard.map { now - $0 }, suspectedFor: now - s.since, rounds: s.rounds,
+                helpers: s.helpers.count))
+        let notice = Body.dead(target: node.address, targetIncarnation: s.incarnation, targetID: node.id.rawValue)
+        out.append(.multicast(notice))
+        refreshRing(map, now: now, out: &out)
+        for n in bmgNeighbours(in: map) where send(notice, to: n, map: map, out: &out) {
+            stats.deadNoticesSent += 1
+        }
+    }
+
+    mutating func receiveDead(
+        target: IPAddress, incarnation: UInt64, targetID: UInt16, from origin: IPAddress, now: UInt64,
+        map: inout NodeMap, out: inout [DetectorOutput]
+    ) {
+        let key = DeadKey(target: target, incarnation: incarnation)
+        guard !deadSeen.contains(key) else {
+            stats.duplicateDeadNotices += 1
+            return
+        }
+        remember(key)
+        if target == selfAddress {
+            // Never forward a notice of our own death: refute it.
+            if incarnation >= ownIncarnation(map) {
+                accused(.dead, by: origin, incarnation: incarnation, now: now, out: &out)
+            }
+            return
+        }
+        if let n = map[target], n.incarnation > incarnation {
+            emit(&out, .staleDeathNotice(address: target, incarnation: incarnation, known: n.incarnation))
+            return
+        }
+        let c = map.setState(target, to: .dead, incarnation: incarnation)
+        if !c.isEmpty {
+            out.append(.changes(c))
+            stats.deathsLearned += 1
+            if observedNode?.address == target { observedNode!.suspicion = nil }
+            emit(&out, .learnedDead(address: target, id: targetID, incarnation: incarnation, from: origin))
+            refreshRing(map, now: now, out: &out)
+        }
+        let notice = Body.dead(target: target, targetIncarnation: incarnation, targetID: targetID)
+        for n in bmgNeighbours(in: map) where n != origin && send(notice, to: n, map: map, out: &out) {
+            stats.deadNoticesSent += 1
+        }
+    }
+
+    mutating func remember(_ key: DeadKey) {
+        deadSeen.insert(key)
+    }
+
+    // MARK: Circulant (binomial) graph
+
+    /// Ranks of the neighbours of `rank` among `count` members in ULFM's binomial graph:
+    /// rank ± 2^i (mod count) for i in 0..<ceil(log2 count), without `rank` itself and without repeats.
+    /// At most 2·ceil(log2 count) of them; the graph has diameter O(log count) and stays connected
+    /// after any ceil(log2 count) − 1 failures.
+    public static func bmgNeighbourRanks(of rank: Int, count: Int) -> [Int] {
+        guard count > 1, (0..<count).contains(rank) else { return [] }
+        var out: [Int] = []
+        out.reserveCapacity(2 * ceilLog2(count))
+        var step = 1
+        while step < count {
+            for r in [(rank + step) % count, (rank - step + count) % count] where r != rank && !out.contains(r) {
+                out.append(r)
+            }
+            step <<= 1
+        }
+        return out
+    }
+
+    /// This node's neighbours in the binomial graph over the current members of `map` (dead and left
+    /// nodes are not members, so they are skipped). O(N): used only when a death is spread.
+    public func bmgNeighbours(in map: NodeMap) -> [IPAddress] {
+        guard let me = map[selfAddress], me.state.isMember else { return [] }
+        let ids = map.memberIDs()
+        var lo = 0
+        var hi = ids.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if ids[mid] < me.id { lo = mid + 1 } else { hi = mid }
+        }
+        guard lo < ids.count, ids[lo] == me.id else { return [] }
+        return Self.bmgNeighbourRanks(of: lo, count: ids.count).compactMap { map.node(id: ids[$0])?.address }
+    }
+
+
+    // MARK: Helpers
+
+    func ownIncarnation(_ map: NodeMap) -> UInt64 { map[selfAddress]?.incarnation ?? 0 }
+
+    /// Appends a unicast to `to`'s heartbeat port; false (and counted) when the map has no port for it.
+    mutating func send(_ body: Body, to: IPAddress, map: NodeMap, out: inout [DetectorOutput]) -> Bool {
+        guard to != selfAddress, let port = map[to]?.heartbeatPort, port != 0 else {
+            stats.unroutable += 1
+            return false
+        }
+        out.append(.send(body, to: to, port: port))
+        return true
+    }
+
+    /// Appends `event` when its level is enabled (making the value is cheap; no text is built here).
+    func emit(_ out: inout [DetectorOutput], _ event: DetectorEvent) {
+        guard event.level >= eventLevel else { return }
+        out.append(.event(event))
+    }
+}

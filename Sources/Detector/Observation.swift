@@ -1,0 +1,131 @@
+import Events
+import NodeMap
+import Wire
+
+/// Heartbeats out, deadlines and suspicion of the observed node in.
+extension DetectorCore {
+    func heartbeatBody() -> Body {
+        .heartbeat(sequence: sequence, periodMillis: settings.periodMillis)
+    }
+
+    mutating func sendHeartbeats(now: UInt64, map: NodeMap, out: inout [DetectorOutput]) {
+        let lateness = now - nextHeartbeat
+        if lateness > settings.period / 2, sequence > 0 {
+            stats.lateHeartbeats += 1
+            emit(&out, .lateHeartbeat(late: lateness, sequence: sequence &+ 1, period: settings.period))
+        }
+        sequence &+= 1
+        let body = heartbeatBody()
+        if let s = successorAddress, s != selfAddress {
+            stats.heartbeatsSent += send(body, to: s, map: map, out: &out) ? 1 : 0
+        }
+        if !watchers.isEmpty {
+            let life = settings.watchLifetime
+            watchers.removeAll { now > $0.at + life }
+            for w in watchers where w.address != successorAddress {
+                stats.heartbeatsSent += send(body, to: w.address, map: map, out: &out) ? 1 : 0
+            }
+        }
+        nextHeartbeat = now + settings.period
+    }
+
+    mutating func signOfLife(
+        now: UInt64, map: inout NodeMap, out: inout [DetectorOutput], reason: DetectorEvent.ClearReason
+    ) {
+        guard var o = observedNode else { return }
+        o.deadline = max(o.deadline, now + settings.timeout)
+        o.lastHeard = now
+        let s = o.suspicion
+        o.suspicion = nil
+        observedNode = o
+        if let s {
+            clearSuspicion(o.address, since: s.since, now: now, map: &map, out: &out, reason: reason)
+        }
+    }
+
+    mutating func clearSuspicion(
+        _ address: IPAddress, since: UInt64, now: UInt64, map: inout NodeMap, out: inout [DetectorOutput],
+        reason: DetectorEvent.ClearReason
+    ) {
+        stats.refutedSuspicions += 1
+        if map[address]?.state == .suspect {
+            let c = map.setState(address, to: .alive)
+            if !c.isEmpty { out.append(.changes(c)) }
+        }
+        seenGeneration = map.generation
+        emit(&out, .suspicionCleared(address: address, after: now - since, reason: reason))
+    }
+
+    mutating func checkObserved(now: UInt64, map: inout NodeMap, out: inout [DetectorOutput]) {
+        guard var o = observedNode else { return }
+        if now >= o.nextWatch {
+            if send(.watch, to: o.address, map: map, out: &out) { stats.watchesSent += 1 }
+            o.nextWatch = now + settings.watchRefresh
+            observedNode = o
+        }
+        guard let node = map[o.address] else { return }
+
+        guard var s = o.suspicion else {
+            guard now >= o.deadline else { return }
+            // An announce (or any datagram the shell touched the node for) also counts.
+            let heardBy = node.lastHeard + settings.timeout
+            if heardBy > now {
+                observedNode!.deadline = heardBy
+                return
+            }
+            suspect(node, now: now, map: &map, out: &out)
+            return
+        }
+
+        if node.state == .alive || node.incarnation > s.incarnation || node.lastHeard > s.since {
+            observedNode!.suspicion = nil
+            observedNode!.deadline = now + settings.timeout
+            clearSuspicion(
+                node.address, since: s.since, now: now, map: &map, out: &out,
+                reason: node.lastHeard > s.since
+                    ? .heard(ago: now - node.lastHeard) : .mapAlive(incarnation: node.incarnation))
+            return
+        }
+        if now >= s.confirmBy {
+            declareDead(node, suspicion: s, now: now, map: &map, out: &out)
+            return
+        }
+        if now >= s.nextProbe {
+            s.rounds += 1
+            s.nextProbe = now + max(settings.period / 2, 1)
+            observedNode!.suspicion = s
+            probeRound(node.address, s, map: map, out: &out)
+        }
+    }
+
+    mutating func suspect(_ node: Node, now: UInt64, map: inout NodeMap, out: inout [DetectorOutput]) {
+        let c = map.setState(node.address, to: .suspect, incarnation: node.incarnation)
+        if !c.isEmpty { out.append(.changes(c)) }
+        seenGeneration = map.generation
+        stats.suspicions += 1
+        nonceCounter &+= 1
+        let s = Suspicion(
+            incarnation: node.incarnation, nonce: nonceCounter, since: now, confirmBy: now + settings.confirmWindow,
+            nextProbe: now + max(settings.period / 2, 1), helpers: helpers(excluding: node.address, map: map),
+            rounds: 1)
+        let o = observedNode!
+        observedNode!.suspicion = s
+        emit(
+            &out,
+            .suspected(
+                address: node.address, id: node.id, incarnation: node.incarnation,
+                lastHeardAgo: o.lastHeard.map { now - $0 }, deadlinePassedBy: now - o.deadline,
+                observedFor: now - o.since, helpers: s.helpers.count, confirmWindow: settings.confirmWindow))
+        _ = send(.suspect(target: node.address, targetIncarnation: node.incarnation), to: node.address, map: map, out: &out)
+        probeRound(node.address, s, map: map, out: &out)
+    }
+
+    /// This node was accused at `incarnation`: refute past it.
+    mutating func accused(
+        _ accusation: DetectorEvent.Accusation, by: IPAddress, incarnation: UInt64, now: UInt64,
+        out: inout [DetectorOutput]
+    ) {
+        stats.refutations += 1
+        out.append(.refute(accusation, by: by, past: incarnation))
+    }
+}

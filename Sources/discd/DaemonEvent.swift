@@ -1,0 +1,98 @@
+import Cluster
+import NodeMap
+
+/// What the daemon shell itself reports (stable names, like the cores' events).
+enum DaemonEvent: Event {
+    case started(
+        node: IPAddress, interfaces: [String], group: String, port: Int, heartbeatPort: Int, cluster: String,
+        ttl: Int?, relay: Bool, detector: String, incarnation: UInt64, pid: Int32, daemon: Bool)
+    case stopping(signal: String)
+    case stopped(incarnation: UInt64)
+    case debugToggled(on: Bool)
+    case aliasesChanged(aliases: [IPAddress])
+    case primaryAddressGone(address: IPAddress, interfaces: [String])
+    case sendFailed(to: String, error: String, total: Int)
+    case socketError(error: String)
+    case mapWriteFailed(path: String, error: String)
+    case library(level: LogLevel, source: String, message: String)
+
+    var name: String {
+        switch self {
+        case .started: "daemon.started"
+        case .stopping: "daemon.stopping"
+        case .stopped: "daemon.stopped"
+        case .debugToggled: "daemon.debug_toggled"
+        case .aliasesChanged: "daemon.aliases_changed"
+        case .primaryAddressGone: "daemon.primary_address_gone"
+        case .sendFailed: "transport.send_failed"
+        case .socketError: "transport.socket_error"
+        case .mapWriteFailed: "map.write_failed"
+        case .library: "library.log"
+        }
+    }
+
+    var level: LogLevel {
+        switch self {
+        case .started, .stopping, .stopped, .debugToggled, .aliasesChanged: .notice
+        case .primaryAddressGone, .sendFailed: .warning
+        case .socketError: .debug
+        case .mapWriteFailed: .error
+        case .library(let l, _, _): l
+        }
+    }
+
+    func fields(into f: inout EventFields) {
+        switch self {
+        case .started(let node, let ifs, let group, let port, let hb, let cluster, let ttl, let relay, let det, let inc, let pid, let daemon):
+            f.add("node", node)
+            f.add("interfaces", .strings(ifs))
+            f.add("group", group)
+            f.add("port", port)
+            f.add("heartbeat_port", hb)
+            f.add("cluster", cluster)
+            f.add("ttl", ttl.map { .int(Int64($0)) } ?? .null)
+            f.add("relay", relay)
+            f.add("detector", det)
+            f.add("incarnation", inc)
+            f.add("pid", Int(pid))
+            f.add("daemon", daemon)
+        case .stopping(let s): f.add("signal", s)
+        case .stopped(let inc): f.add("incarnation", inc)
+        case .debugToggled(let on): f.add("debug", on)
+        case .aliasesChanged(let a): f.add("aliases", .strings(a.map(\.description)))
+        case .primaryAddressGone(let a, let ifs):
+            f.add("address", a)
+            f.add("interfaces", .strings(ifs))
+        case .sendFailed(let to, let e, let total):
+            f.add("to", to)
+            f.add("error", e)
+            f.add("total", total)
+        case .socketError(let e): f.add("error", e)
+        case .mapWriteFailed(let p, let e):
+            f.add("path", p)
+            f.add("error", e)
+        case .library(_, let source, let m):
+            f.add("source", source)
+            f.add("message", m)
+        }
+    }
+
+    var text: String {
+        switch self {
+        case .started(let node, let ifs, let group, let port, let hb, let cluster, let ttl, let relay, let det, let inc, _, let daemon):
+            "discd started\(daemon ? " (daemon)" : ""): node \(node) on \(ifs.joined(separator: ",")) group \(group):\(port) "
+                + "heartbeat port \(hb) cluster \(cluster) incarnation \(inc)" + (ttl.map { " ttl \($0)" } ?? "")
+                + (relay ? " relaying" : "") + " detector \(det)"
+        case .stopping(let s): "stopping on \(s): sending leave"
+        case .stopped: "discd stopped"
+        case .debugToggled(let on): "debug logging \(on ? "on" : "off") (SIGUSR1)"
+        case .aliasesChanged(let a): "interface addresses changed: aliases now \(a.map(\.description))"
+        case .primaryAddressGone(let a, let ifs):
+            "primary address \(a) is gone from \(ifs.joined(separator: ",")); peers will declare this node dead"
+        case .sendFailed(let to, let e, let total): "send to \(to) failed: \(e) (\(total) send errors so far)"
+        case .socketError(let e): "socket error: \(e)"
+        case .mapWriteFailed(let p, let e): "cannot write map file \(p): \(e)"
+        case .library(_, let source, let m): "\(source): \(m)"
+        }
+    }
+}

@@ -1,0 +1,175 @@
+import Cluster
+import NIOCore
+import NodeMap
+import Wire
+
+/// Runs one `ClusterNode` on one event loop: feeds it the transports' datagrams and its timer,
+/// carries out its effects through the transports, hands the map to the publisher when it changed
+/// and renders its events. Everything here happens on `loop`.
+final class NodeDriver: @unchecked Sendable {
+    let loop: EventLoop
+    let sink: LogSink
+    let transports: [any Transport]
+    let publisher: MapPublisher
+    private(set) var node: ClusterNode
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: UInt64 = .max
+    private var statusTimer: RepeatedTask?
+    private var publishedGeneration: UInt64 = .max
+    private var stopped = false
+    /// With two transports the same datagram can arrive twice: each is handled once.
+    private var recent = RecentSet<UInt64>(capacity: 4096)
+    private(set) var duplicatesAcrossTransports = 0
+    /// The link each IPv6 link-local origin was last heard on.
+    private var links: [IPAddress: Int] = [:]
+
+    init(loop: EventLoop, node: ClusterNode, transports: [any Transport], publisher: MapPublisher, sink: LogSink) {
+        self.loop = loop
+        self.node = node
+        self.transports = transports
+        self.publisher = publisher
+        self.sink = sink
+        self.node.eventLevel = sink.level
+        for t in transports {
+            if let u = t as? UDPTransport { u.linkOf = { [unowned self] a in self.links[a] } }
+        }
+    }
+
+    static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
+
+    func start() async throws {
+        for t in transports {
+            try await t.start { d in self.loop.execute { self.received(d) } }
+        }
+        try await loop.submit {
+            self.perform(self.node.start(now: Self.now()))
+            self.afterInput()
+            self.statusTimer = self.loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+                self.publisher.status(self.statusJSON())
+            }
+        }.get()
+    }
+
+    /// Leave, final map and status, close the transports.
+    func stop() async {
+        let (map, status) = try! await loop.submit { () -> (NodeMap, String) in
+            self.stopped = true
+            self.timer?.cancel()
+            self.statusTimer?.cancel()
+            self.perform(self.node.stop(now: Self.now()))
+            return (self.node.map, self.statusJSON())
+        }.get()
+        // Give the leave a moment to be written before the sockets close.
+        try? await Task.sleep(for: .milliseconds(50))
+        await publisher.final(map: map, selfAddress: node.address, status: status)
+        for t in transports { await t.close() }
+        sink.write(DaemonEvent.stopped(incarnation: node.incarnation))
+    }
+
+    func setDebug(_ on: Bool) {
+        loop.execute { self.node.eventLevel = on ? .debug : .info }
+    }
+
+    func interfacesChanged(_ aliases: [Alias]) {
+        loop.execute {
+            guard !self.stopped else { return }
+            self.perform(self.node.interfacesChanged(aliases: aliases, now: Self.now()))
+            self.afterInput()
+        }
+    }
+
+    private func received(_ d: Datagram) {
+        guard !stopped else { return }
+        if transports.count > 1 {
+            var h: UInt64 = 0xCBF2_9CE4_8422_2325
+            for b in d.bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
+            guard recent.insert(h) else {
+                duplicatesAcrossTransports += 1
+                return
+            }
+        }
+        if let origin = Message.peekOrigin(d.bytes), origin.isLinkLocalV6 { links[origin] = d.link }
+        perform(node.receive(d.bytes, interface: d.link, now: Self.now()))
+        afterInput()
+    }
+
+    private func fire() {
+        guard !stopped else { return }
+        timerDeadline = .max
+        perform(node.tick(now: Self.now()))
+        afterInput()
+    }
+
+    /// Reschedules the timer; hands the map to the publisher when it changed (and only then).
+    private func afterInput() {
+        let now = Self.now()
+        let next = min(node.nextDeadline, now + 1_000_000_000)
+        if next < timerDeadline {
+            timer?.cancel()
+            timerDeadline = next
+            timer = loop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(next)) { self.fire() }
+        }
+        if node.map.generation != publishedGeneration {
+            publishedGeneration = node.map.generation
+            publisher.map(node.map, selfAddress: node.address, at: now)
+        }
+    }
+
+    private func perform(_ effects: [Effect]) {
+        for e in effects {
+            switch e {
+            case .multicast(let bytes, let except):
+                for t in transports { t.multicast(bytes, except: except) }
+            case .unicast(let bytes, let to):
+                transports.first?.unicast(bytes, to: to, port: nil)
+            case .heartbeat(let bytes, let to, let port):
+                transports.first?.unicast(bytes, to: to, port: port)
+            case .event(let ev):
+                sink.write(ev)
+            }
+        }
+    }
+
+    /// The status file: typed counters as one JSON object.
+    func statusJSON() -> String {
+        let c = node.counters
+        let d = node.discovery.stats
+        let det = node.detector?.stats
+        var t = TransportCounters()
+        for x in transports {
+            let k = x.counters
+            t.datagramsRx += k.datagramsRx
+            t.datagramsTx += k.datagramsTx
+            t.multicastTx += k.multicastTx
+            t.unicastTx += k.unicastTx
+            t.heartbeatsTx += k.heartbeatsTx
+            t.heartbeatsRx += k.heartbeatsRx
+            t.sendErrors += k.sendErrors
+        }
+        let drops = DropReason.allCases.map { ($0.rawValue, FieldValue.int(Int64(c.drops[$0] ?? 0))) }
+        var f = EventFields()
+        f.add("datagrams_rx", t.datagramsRx)
+        f.add("datagrams_tx", t.datagramsTx)
+        f.add("multicast_tx", t.multicastTx)
+        f.add("unicast_tx", t.unicastTx)
+        f.add("relayed_tx", d.relayed)
+        f.add("duplicates", d.duplicates + duplicatesAcrossTransports)
+        f.add("heartbeats_tx", t.heartbeatsTx)
+        f.add("heartbeats_rx", t.heartbeatsRx)
+        f.add("send_errors", t.sendErrors)
+        f.add("members", node.map.memberCount)
+        f.add("nodes", node.map.count)
+        f.add("incarnation", node.incarnation)
+        f.add("generation", node.map.generation)
+        f.add("map_writes", publisher.writes)
+        f.add("announces_tx", d.announcesSent)
+        f.add("refutations", d.refutations)
+        f.add("suspicions", det?.suspicions ?? 0)
+        f.add("deaths_declared", det?.deathsDeclared ?? 0)
+        f.add("deaths_learned", det?.deathsLearned ?? 0)
+        f.add("late_ticks", det?.lateTicks ?? 0)
+        f.add("late_heartbeats", det?.lateHeartbeats ?? 0)
+        f.add("map_refused_full", node.map.refusedFull)
+        return JSON.object(f.items).dropLast() + ",\"drops\":" + JSON.object(drops) + "}\n"
+    }
+}

@@ -15,8 +15,8 @@ Output: a markdown table.  Needs root; cleans up every namespace it made.
 Binaries: $DISCD_BIN, else the first of .build/release, .build/debug that has discd.
 """
 import argparse
+import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import netlab  # noqa: E402
 from netlab import find_node, proc_cpu_ticks, proc_rss_kb  # noqa: E402
 
-JOIN_RE = re.compile(r"^\+([0-9.]+)s info: member (\S+) id=\S+ joined")
+LOG_ARGS = ["--log-format", "json"]   # every stderr line one JSON object {"t", "level", "event", ...}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -38,11 +38,14 @@ def log_completion(d, addrs):
     want = set(netlab.norm_addr(a) for a in addrs)
     seen = {}
     for line in d.log_lines():
-        m = JOIN_RE.match(line)
-        if m:
-            a = netlab.norm_addr(m.group(2))
+        try:
+            ev = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            ev = None
+        if isinstance(ev, dict) and ev.get("event") == "member.joined":
+            a = netlab.norm_addr(ev["address"])
             if a in want and a not in seen:
-                seen[a] = float(m.group(1))
+                seen[a] = float(ev["t"])
     if len(seen) < len(want):
         return None
     return max(seen.values())
@@ -55,7 +58,7 @@ def one_run(n, args, window, settle, family, timeout):
         lab.wait_addresses(timeout=20)
         addrs = [nd.ip6 if family == "ipv6" else nd.ip4 for nd in nodes]
         t0 = time.monotonic()
-        daemons = [lab.start_daemon(nd, args=args, family=family) for nd in nodes]
+        daemons = [lab.start_daemon(nd, args=LOG_ARGS + list(args), family=family) for nd in nodes]
         # poll the maps (showmap only re-runs when a file changed) until all are complete
         done = set()
         poll_time = None

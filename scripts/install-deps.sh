@@ -5,8 +5,11 @@ set -euo pipefail
 
 # build: C libraries reached through SwiftPM system-library targets (pkg-config)
 BUILD_PKGS=(pkg-config libsystemd-dev libibverbs-dev librdmacm-dev)
-# run and test: namespaces, veth/bridges, multicast routing, packet loss emulation
-TEST_PKGS=(iproute2 nftables smcroute procps python3 kmod)
+# run and test: namespaces, veth/bridges (ip), sysctl (procps), multicast routing (smcrouted,
+# smcroutectl), packet loss emulation (nft), CPU pinning (taskset: util-linux), python3 for
+# tests/netns and bench/, /usr/bin/time (time) for bench/sim_bench.sh. tests/netns/netlab.py's
+# env_problem() checks the tools the netns tests run.
+TEST_PKGS=(iproute2 nftables smcroute procps python3 kmod util-linux time)
 
 want=("${BUILD_PKGS[@]}")
 if [ "${1:-}" = "--test" ]; then want+=("${TEST_PKGS[@]}"); fi

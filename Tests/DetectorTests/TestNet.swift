@@ -54,9 +54,12 @@ struct TestNet {
     var buffered: [IPAddress: [Packet]] = [:]
     var drop: @Sendable (_ from: IPAddress, _ to: IPAddress, _ body: Body) -> Bool = { _, _, _ in false }
     var announceOnRefute = true
+    /// Cut one dissemination path of death notices: the multicast, or the binomial-graph unicasts.
+    var dropMulticastDeadNotices = false
+    var dropUnicastDeadNotices = false
     /// Every map change a detector emitted, with its time.
     var events: [Event] = []
-    var logs: [IPAddress: [DetectorLog]] = [:]
+    var logs: [IPAddress: [DetectorEvent]] = [:]
     var refutes: [IPAddress: Int] = [:]
     /// Ports seen on sends that did not match the destination's heartbeat port.
     var wrongPorts = 0
@@ -106,6 +109,10 @@ struct TestNet {
         let inc = maps[a]?[a]?.incarnation ?? 0
         for o in out {
             switch o {
+            case .send(.dead, _, _) where dropUnicastDeadNotices:
+                continue
+            case .multicast(.dead) where dropMulticastDeadNotices:
+                continue
             case .send(let body, let to, let p):
                 if maps[a]?[to]?.heartbeatPort != p { wrongPorts += 1 }
                 enqueue(body, from: a, incarnation: inc, to: to)
@@ -113,13 +120,13 @@ struct TestNet {
                 for b in order where b != a { enqueue(body, from: a, incarnation: inc, to: b) }
             case .changes(let cs):
                 for c in cs { events.append(Event(at: now, node: a, change: c)) }
-            case .refute:
+            case .refute(_, _, let past):
                 refutes[a, default: 0] += 1
                 guard announceOnRefute, let me = maps[a]?[a] else { continue }
-                let c = NodeClaim(address: a, incarnation: me.incarnation + 1, heartbeatPort: me.heartbeatPort)
+                let c = NodeClaim(address: a, incarnation: max(me.incarnation, past) + 1, heartbeatPort: me.heartbeatPort)
                 for b in order where !crashed.contains(b) { announce(c, to: b) }
-            case .log(let l):
-                logs[a, default: []].append(l)
+            case .event(let e):
+                logs[a, default: []].append(e)
             }
         }
     }

@@ -23,7 +23,8 @@ struct TestNet {
         let me = SelfInfo(
             address: Self.address(addr), aliases: aliases.map { Alias(Self.address($0), source: .interface) },
             heartbeatPort: 7778)
-        let settings = try! DiscoverySettings(relay: l.count > 1)
+        // The test network's own timing: 1 s announces (the daemon's default is 3 s).
+        let settings = try! DiscoverySettings(baseInterval: 1_000_000_000, relay: l.count > 1)
         let cfg = ClusterConfig(
             cluster: "test", me: me, incarnation: incarnation, discovery: settings,
             detector: detector ? try! DetectorSettings() : nil, seed: UInt64(nodes.count + 1), logLevel: .error)
@@ -45,7 +46,8 @@ struct TestNet {
         down.insert(n)
     }
 
-    mutating func index(of a: IPAddress) -> Int? { nodes.firstIndex { $0.address == a } }
+    /// The running node with address `a` (a restarted node replaces its old, stopped self).
+    mutating func index(of a: IPAddress) -> Int? { nodes.indices.last { nodes[$0].address == a && !down.contains($0) } ?? nodes.firstIndex { $0.address == a } }
 
     /// Delivers everything queued (and what that causes), at most `limit` datagrams.
     mutating func run(limit: Int = 1_000_000) {
@@ -67,10 +69,16 @@ struct TestNet {
                     deliver(bytes, to: m, interface: 0, lan: -1)
                     count += 1
                 }
-            case .log:
+            case .event:
                 break
             }
         }
+    }
+
+    /// A datagram from outside the cluster's nodes (a forger) reaches node `m`; what it answers runs.
+    mutating func inject(_ bytes: [UInt8], to m: Int) {
+        deliver(bytes, to: m, interface: 0, lan: -1)
+        run()
     }
 
     private mutating func deliver(_ bytes: [UInt8], to m: Int, interface: Int, lan: Int) {
@@ -100,7 +108,10 @@ struct TestNet {
 
 @Suite struct DiscoveryTests {
     @Test func announceIntervalStretchesWithClusterSize() throws {
-        let d = DiscoveryCore(me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, seed: 1)
+        let d = DiscoveryCore(
+            settings: try DiscoverySettings(baseInterval: 1_000_000_000), me: SelfInfo(address: IPAddress("10.0.0.1")!),
+            incarnation: 1, seed: 1)
+        #expect(DiscoverySettings.default.baseInterval == 3_000_000_000)  // the daemon's default
         #expect(d.interval(members: 10) == 1_000_000_000)
         #expect(d.interval(members: 100) == 1_000_000_000)
         // 1,000 nodes: each every 10 s, so the whole cluster sends 100 announces/s, not 1,000.
@@ -248,9 +259,9 @@ struct TestNet {
         good.header.cluster = "other"
         _ = net.nodes[n].receive(try! good.encode(), interface: 0, now: net.now)
         let drops = net.nodes[n].counters.drops
-        #expect(drops["too_short"] == 1)
-        #expect(drops["bad_version"] == 1)
-        #expect(drops["other_cluster"] == 1)
+        #expect(drops[.tooShort] == 1)
+        #expect(drops[.badVersion] == 1)
+        #expect(drops[.otherCluster] == 1)
         #expect(net.nodes[n].map.count == 1)
     }
 
@@ -274,7 +285,7 @@ struct TestNet {
         var map = NodeMap()
         for i in 1...300 { map.observe(NodeClaim(address: IPAddress(v4: 0x0A00_0000 | UInt32(i))), now: 1) }
         let d = DiscoveryCore(me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, seed: 1)
-        let parts = d.mapSync(map)
+        let parts = d.mapSync(map, now: 0)
         #expect(parts.count > 1)
         var total = 0
         for p in parts {

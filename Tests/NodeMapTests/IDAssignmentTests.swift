@@ -240,3 +240,38 @@ struct CollisionTests {
         #expect(m[ip("10.2.5.7")]?.id == sub)
     }
 }
+
+/// Defect 2 of the first wave: remote input must not crash the map, nor cost quadratic work.
+@Suite struct IDSpaceLimitTests {
+    @Test func fullIDSpaceRefusesNewNodesWithoutTrapping() {
+        var map = NodeMap()
+        // 65535 nodes whose derived IDs are all distinct fill every ID.
+        for id in 1...65535 {
+            map.observe(NodeClaim(address: IPAddress(v4: 0x0A00_0000 | UInt32(id))), now: 0)
+        }
+        #expect(map.count == 65535)
+        #expect(map.refusedFull == 0)
+        let extra = map.observe(NodeClaim(address: IPAddress(v4: 0x0B00_0001)), now: 1)
+        #expect(extra.isEmpty)
+        #expect(map.count == 65535)
+        #expect(map.refusedFull == 1)
+        // After one leaves, the next one fits.
+        map.remove(IPAddress(v4: 0x0A00_0005))
+        #expect(!map.observe(NodeClaim(address: IPAddress(v4: 0x0B00_0001)), now: 2).isEmpty)
+        #expect(map.count == 65535)
+    }
+
+    @Test func floodOfCollidingClaimsCostsLinearProbes() {
+        var map = NodeMap()
+        let n = 3000
+        for i in 0..<n {
+            // Every node claims ID 7 explicitly: one winner, n-1 losers.
+            map.observe(NodeClaim(address: IPAddress(v4: 0x0A00_0000 | UInt32(i + 1)), preferredID: NodeID(7), explicitID: true), now: 0)
+        }
+        #expect(map.collisionLosers.count == n - 1)
+        #expect(Set(map.nodes.map(\.id)).count == n)
+        // Each loser is probed about once (plus the few an earlier loser's move displaced), not once
+        // per later insert (which would be about n²/2 = 4.5 million).
+        #expect(map.loserProbes <= 4 * n, "\(map.loserProbes) probes for \(n) colliding claims")
+    }
+}

@@ -4,14 +4,17 @@ import Discovery
 import NodeMap
 @testable import Simulator
 
-/// Settings shared by the simulator tests: the daemon's defaults (η 100 ms, δ 500 ms, k 3,
-/// window 400 ms, announce 1 s), LAN latency 200 us..2 ms, warnings only.
+/// Settings shared by the simulator tests: the daemon's preset (`DetectorSettings.default`,
+/// `DiscoverySettings.default`: the very values `discd` runs with), LAN latency 200 us..2 ms,
+/// warnings only.
 enum Scenario {
     static let ms: UInt64 = 1_000_000
     static let s: UInt64 = 1_000_000_000
 
     static func detector() -> DetectorSettings {
-        try! DetectorSettings(logLevel: .warning)
+        var d = DetectorSettings.default
+        d.eventLevel = .warning
+        return d
     }
 
     /// Discovery as the daemon configures it (the core applies 10-interval expiry while the detector runs).

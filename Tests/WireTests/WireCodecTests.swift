@@ -266,15 +266,20 @@ struct WireRejectionTests {
     @Test func mapSyncFilledToCapacityFits() throws {
         let name = String(repeating: "n", count: Wire.maxClusterName)
         let capacity = Message.mapSyncCapacity(nameLength: name.utf8.count)
-        // 32 entries carrying 6 aliases between them fill the room exactly (32·31 + 6·17 = 1094).
+        // 20 entries carrying 22 aliases between them fill the room exactly (20·36 + 22·17 = 1094).
         #expect(capacity == 1094)
-        var entries = (0..<32).map { k in
+        #expect(SyncEntry.minEncodedSize == 36)
+        var entries = (0..<20).map { k in
             SyncEntry(
                 address: IPAddress(v4: 0x0A00_0000 + UInt32(k)), preferredID: UInt16(k + 1), explicitID: false,
                 state: .alive,
                 incarnation: UInt64(k), heartbeatPort: 7001, aliases: [])
         }
-        for k in 0..<6 { entries[k].aliases = [Alias(IPAddress(v4: 0xC0A8_0000 + UInt32(k)), source: .interface)] }
+        for k in 0..<11 {
+            entries[k].aliases = (0..<2).map { j in Alias(IPAddress(v4: 0xC0A8_0000 + UInt32(2 * k + j)), source: .interface) }
+            entries[k].hops = UInt8(k)
+            entries[k].ageMillis = UInt32(k) * 1000 + 7
+        }
         #expect(entries.map(\.encodedSize).reduce(0, +) == capacity)
         let m = message(.mapSync(part: 0, parts: 1, entries: entries), flags: [.authenticated], cluster: name)
         let bytes = try m.encode()
@@ -282,7 +287,7 @@ struct WireRejectionTests {
         #expect(bytes.count == Wire.maxDatagram)
         #expect(try Message.decode(bytes) == m)
         // One more alias does not fit.
-        entries[6].aliases = [Alias(ip("192.168.9.9"), source: .interface)]
+        entries[11].aliases = [Alias(ip("192.168.9.9"), source: .interface)]
         let over = message(.mapSync(part: 0, parts: 1, entries: entries), flags: [.authenticated], cluster: name)
         #expect(throws: EncodeError.tooLarge(1217)) { try over.encode() }
     }
@@ -290,7 +295,7 @@ struct WireRejectionTests {
     @Test func mapSyncCapacityHoldsForEveryNameLength() throws {
         for len in 1...Wire.maxClusterName {
             let capacity = Message.mapSyncCapacity(nameLength: len)
-            let entries = (0..<(capacity / 31)).map { k in
+            let entries = (0..<(capacity / SyncEntry.minEncodedSize)).map { k in
                 SyncEntry(
                     address: IPAddress(v4: UInt32(k + 1)), preferredID: 1, explicitID: true, state: .dead,
                     incarnation: .max, heartbeatPort: .max, aliases: [])

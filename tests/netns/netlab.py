@@ -75,11 +75,18 @@ def wait_until(pred, timeout, interval=0.05):
 
 
 def env_problem():
-    """None if namespaces can be used here, else a reason string."""
+    """None if namespaces and every tool the tests run can be used here, else a reason string.
+
+    Every external program the netns tests run is checked (scripts/install-deps.sh --test installs
+    them); a missing one makes the environment unusable, and run.py then reports every test as
+    skipped and exits non-zero (docs/TESTING.md)."""
+    required = (("ip", "iproute2"), ("sysctl", "procps"), ("nft", "nftables"), ("smcrouted", "smcroute"),
+                ("smcroutectl", "smcroute"), ("taskset", "util-linux"))
     if os.geteuid() != 0:
         return "not root (euid %d)" % os.geteuid()
-    if not shutil.which("ip"):
-        return "iproute2 'ip' not found"
+    missing = ["%s (%s)" % (tool, pkg) for tool, pkg in required if not shutil.which(tool)]
+    if missing:
+        return "missing %s; run scripts/install-deps.sh --test" % ", ".join(missing)
     name = "dd%04x-probe" % random.getrandbits(16)
     try:
         r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
@@ -97,24 +104,39 @@ def env_problem():
 
 
 def find_bindir():
-    """Directory holding discd: $DISCD_BIN, else first of .build/release, .build/debug that has it."""
+    """Directory holding the discd and showmap under test: $DISCD_BIN if set, else the output of
+    `swift build --show-bin-path` (the debug build `swift build --build-tests` just made) run in
+    the repository.  Never guesses among .build/release and .build/debug.  None if neither works
+    (discd_problem(None) then says why)."""
+    find_bindir.error = None
     env = os.environ.get("DISCD_BIN")
     if env:
-        return env
-    for d in (".build/release", ".build/debug"):
-        p = os.path.join(REPO, d)
-        if os.access(os.path.join(p, "discd"), os.X_OK):
-            return p
-    return None
+        return os.path.abspath(env)
+    try:
+        r = subprocess.run(["swift", "build", "--show-bin-path"], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        find_bindir.error = "DISCD_BIN not set and 'swift build --show-bin-path' failed: %s" % e
+        return None
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        find_bindir.error = "DISCD_BIN not set and 'swift build --show-bin-path' failed (rc=%d): %s" % (
+            r.returncode, (r.stderr or r.stdout).strip())
+        return None
+    return lines[-1].strip()
 
 
 _discd_checked = {}
 
 
 def discd_problem(bindir):
-    """None if bindir holds a usable discd + showmap, else why not (cached per dir and mtime)."""
+    """None if bindir holds a usable discd + showmap, else why not (cached per dir and mtime).
+
+    run.py reports a test that meets such a problem as FAILED, never skipped: the test command
+    has just built these binaries, so a missing or broken one is a failure of the build."""
     if not bindir:
-        return "no discd binary (set DISCD_BIN, or build .build/release or .build/debug)"
+        why = getattr(find_bindir, "error", None) or "set DISCD_BIN to the directory holding discd and showmap"
+        return "no discd binary: " + why
     for b in ("discd", "showmap"):
         if not os.access(os.path.join(bindir, b), os.X_OK):
             return "%s/%s missing or not executable" % (bindir, b)
@@ -124,8 +146,12 @@ def discd_problem(bindir):
         try:
             r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=10)
             txt = r.stdout + r.stderr
-            _discd_checked[key] = None if "--map" in txt else \
-                "%s does not look like the real daemon yet ('discd --help' lacks --map)" % exe
+            if r.returncode != 0:
+                _discd_checked[key] = "'%s --help' exited %d: %s" % (exe, r.returncode, txt.strip()[-300:])
+            elif "--map" not in txt:
+                _discd_checked[key] = "%s is not the real daemon ('discd --help' lacks --map)" % exe
+            else:
+                _discd_checked[key] = None
         except Exception as e:  # noqa
             _discd_checked[key] = "%s --help failed: %s" % (exe, e)
     return _discd_checked[key]

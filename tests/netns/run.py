@@ -6,10 +6,22 @@ namespace, real multicast through Linux bridges.  Python 3 stdlib only.
 
 Runs every test_* function of every tests/netns/test_*.py module (in file order),
 prints one PASS/FAIL/SKIP line per test with its timing, and ends with
-`netns: N passed, M failed, K skipped`; exit code 1 if any failed.
-Without root or usable `ip netns`, every test is skipped (exit 0).
-The discd binaries come from $DISCD_BIN (default: first of .build/release,
-.build/debug that has discd).
+`netns: N passed, M failed, K skipped`.
+
+No silent skips: the exit code is 1 if any test failed, if any was skipped, or if
+no test was selected.  Skips are accepted (exit 0 when nothing failed) only with
+the documented opt-out DISCD_TESTS_ALLOW_SKIP=1, which CI never sets.  Without a
+usable environment (root, `ip netns`, a bridge in a namespace, and every tool the
+tests run: ip, sysctl, nft, smcrouted, smcroutectl, taskset) every test is
+reported SKIP with the reason.
+
+The binaries under test (discd, showmap) are those in $DISCD_BIN if set (a
+directory; scripts/test-all.sh sets it to `swift build --show-bin-path`), else in
+the directory `swift build --show-bin-path` prints (the debug build); there is no
+guessing among .build/release and .build/debug.  Their path, mtime and size are
+printed first.  A missing discd/showmap, or a discd whose `--help` fails or lacks
+`--map`, makes every test that needs discd FAIL (never SKIP), and the run exit 1
+even when the environment is unusable and skips are allowed.
 """
 import argparse
 import glob
@@ -27,10 +39,15 @@ import netlab  # noqa: E402
 from netlab import Skip  # noqa: E402
 
 DEFAULT_TEST_TIMEOUT = 180
+ALLOW_SKIP_ENV = "DISCD_TESTS_ALLOW_SKIP"
 
 
 class TestTimeout(Exception):
     pass
+
+
+class DiscdUnusable(Exception):
+    """The discd/showmap under test is missing or broken: the test FAILS (it is not a skip)."""
 
 
 class Context:
@@ -49,7 +66,7 @@ class Context:
     def need_discd(self):
         p = netlab.discd_problem(self.bindir)
         if p:
-            raise Skip(p)
+            raise DiscdUnusable(p)
 
 
 def collect():
@@ -64,6 +81,25 @@ def collect():
         for f in fns:
             tests.append(("%s.%s" % (modname, f.__name__), f))
     return tests
+
+
+def describe_binaries(bindir):
+    """Lines saying which binaries are tested: path, mtime, size."""
+    if not bindir:
+        return ["# binaries under test: none found"]
+    out = ["# binaries under test: %s%s" % (bindir, " (from $DISCD_BIN)" if os.environ.get("DISCD_BIN") else
+                                            " (from `swift build --show-bin-path`)")]
+    for b in ("discd", "showmap"):
+        p = os.path.join(bindir, b)
+        try:
+            st = os.stat(p)
+            real = os.path.realpath(p)
+            out.append("#   %s%s  mtime %s  size %d bytes" % (
+                p, (" -> " + real) if real != p else "",
+                time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(st.st_mtime)), st.st_size))
+        except OSError as e:
+            out.append("#   %s: %s" % (p, e.strerror))
+    return out
 
 
 def _alarm(signum, frame):
@@ -98,19 +134,28 @@ def main():
         print("netns cleanup: %d namespace(s) removed" % n)
         return 0
 
-    problem = netlab.env_problem()
+    allow_skip = os.environ.get(ALLOW_SKIP_ENV) == "1"
     bindir = netlab.find_bindir()
+    for line in describe_binaries(bindir):
+        print(line, flush=True)
+    bin_problem = netlab.discd_problem(bindir)
+    if bin_problem:
+        print("# discd UNUSABLE, every test that needs it FAILS: %s" % bin_problem, flush=True)
+    if not tests:
+        print("netns: no test selected")
+        print("netns: 0 passed, 0 failed, 0 skipped")
+        return 1
+
+    problem = netlab.env_problem()
     passed = failed = skipped = 0
     if problem:
         for n, _ in tests:
             print("SKIP %s (0.0s) - %s" % (n, problem))
             skipped += 1
-        print("netns: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
-        return 0
+        return finish(passed, failed, skipped, allow_skip, bin_problem)
 
     netlab.install_cleanup_handlers()
     signal.signal(signal.SIGALRM, _alarm)
-    print("# discd binaries: %s" % (bindir or "(none found)"), flush=True)
     ctx = Context(bindir, a.keep)
     t_all = time.monotonic()
     for name, fn in tests:
@@ -122,8 +167,13 @@ def main():
         try:
             detail = fn(ctx) or ""
             status = "PASS"
+        except DiscdUnusable as e:
+            status, detail = "FAIL", "discd under test unusable: %s" % e
         except Skip as e:
-            status, detail = "SKIP", str(e)
+            if bin_problem and str(e) == bin_problem:  # a Lab refusing to start the broken binary
+                status, detail = "FAIL", "discd under test unusable: %s" % e
+            else:
+                status, detail = "SKIP", str(e)
         except AssertionError as e:
             status, detail = "FAIL", str(e) or "assertion failed"
             detail += "\n" + "".join(traceback.format_tb(e.__traceback__)[-1:])
@@ -153,8 +203,24 @@ def main():
             for lab in ctx.labs:
                 print("    logs kept in %s" % lab.workdir)
     print("# total %.1fs" % (time.monotonic() - t_all))
+    return finish(passed, failed, skipped, allow_skip, bin_problem)
+
+
+def finish(passed, failed, skipped, allow_skip, bin_problem):
+    """Print the summary line; the exit code: 1 on any failure, on any skip unless
+    DISCD_TESTS_ALLOW_SKIP=1, and on an unusable discd even if no test got to use it."""
+    rc = 0
+    if failed:
+        rc = 1
+    if skipped and not allow_skip:
+        print("netns: %d test(s) skipped: a skip fails the run (set %s=1 to accept skips)"
+              % (skipped, ALLOW_SKIP_ENV))
+        rc = 1
+    if bin_problem:
+        print("netns: the discd under test is unusable: %s" % bin_problem)
+        rc = 1
     print("netns: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
-    return 1 if failed else 0
+    return rc
 
 
 if __name__ == "__main__":

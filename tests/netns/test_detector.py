@@ -10,12 +10,13 @@ Tunables (environment):
                      CPU hog (default 60; the requirement is 60 s, CI may shorten it)
   DISCD_DET_HOGS     busy loops pinned next to the hogged daemon (default 2)
 
-Detection times come from the daemons' own log timestamps (`+<sec>s`, CLOCK_MONOTONIC
-since the daemon started): each daemon's start is bounded from above by
+Detection times come from the daemons' own log timestamps (JSON log, `"t"`: seconds of
+CLOCK_MONOTONIC since the daemon started): each daemon's start is bounded from above by
 min(time we read a line - its offset), which makes every converted event time an
 upper bound of the true one (never later than when we saw the line), so the latencies
 reported are conservative.  The helpers here are also used by bench/detector_bench.py.
 """
+import json
 import math
 import os
 import re
@@ -44,15 +45,30 @@ DETECT_BOUND = 2.5         # s: SIGKILL -> every survivor logs '-> dead' (expect
 REPAIR_BOUND = 3.5
 DETECT_WAIT = 8.0          # s: how long we keep looking, to tell "slow" from "never"
 HEAL_BOUND = 5.0           # s: after loss / hog ends, every map shows all N alive again
-DEAD_RE = re.compile(r"^\+([0-9.]+)s \w+: member (\S+) id=(\d+) (\w+) -> (\w+) incarnation=(\d+)")
-JOIN_RE = re.compile(r"^\+([0-9.]+)s \w+: member (\S+) id=(\d+) joined ")
-REL_RE = re.compile(r"^\+([0-9.]+)s ")
 
 
 # --------------------------------------------------------------------------- log watching
+# The daemons run with --log-format json: every stderr line is one JSON object
+# {"t": seconds since start, "level", "event", ...fields}.
+LOG_ARGS = ["--log-format", "json"]
+CAUSE_EVENTS = {"detector.declared_dead": "declared", "detector.learned_dead": "notice"}
+CAUSE_SLACK = 1.0          # s: a detector event explains a `-> dead` transition of its address this close
+
+
+def parse_log_line(line):
+    """The JSON object of one daemon log line, or None (the '### argv' header, partial lines...)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        ev = json.loads(line)
+    except ValueError:
+        return None
+    return ev if isinstance(ev, dict) and "event" in ev and "t" in ev else None
+
 
 class LogWatch:
-    """Incremental reader of one daemon's stderr log: state transitions with calibrated times."""
+    """Incremental reader of one daemon's JSON stderr log: state transitions with calibrated times."""
 
     def __init__(self, daemon):
         self.d = daemon
@@ -61,7 +77,7 @@ class LogWatch:
         self.base = None        # upper bound of the daemon's start, in time.monotonic()
         self.trans = []         # (rel, addr, from, to)
         self.joins = []         # (rel, addr)
-        self.why = {}           # index in trans -> the detector's explanation line (declared / learned from)
+        self.detector = []      # (rel, addr, cause) of detector.declared_dead / detector.learned_dead
 
     def poll(self):
         now = time.monotonic()
@@ -76,24 +92,20 @@ class LogWatch:
         lines = data.split(b"\n")
         self.buf = lines.pop()
         for raw in lines:
-            line = raw.decode(errors="replace")
-            m = REL_RE.match(line)
-            if not m:
+            ev = parse_log_line(raw.decode(errors="replace"))
+            if ev is None:
                 continue
-            rel = float(m.group(1))
+            rel = float(ev["t"])
             b = now - rel
             if self.base is None or b < self.base:
                 self.base = b
-            if self.trans and self.trans[-1][3] == "dead" and len(self.trans) - 1 not in self.why and \
-                    (" declared " in line or "learned from" in line) and (" %s " % self.trans[-1][1]) in line:
-                self.why[len(self.trans) - 1] = line
-            t = DEAD_RE.match(line)
-            if t:
-                self.trans.append((rel, norm_addr(t.group(2)), t.group(4), t.group(5)))
-                continue
-            j = JOIN_RE.match(line)
-            if j:
-                self.joins.append((rel, norm_addr(j.group(2))))
+            name = ev["event"]
+            if name == "member.state":
+                self.trans.append((rel, norm_addr(ev["address"]), ev.get("from"), ev.get("to")))
+            elif name == "member.joined":
+                self.joins.append((rel, norm_addr(ev["address"])))
+            elif name in CAUSE_EVENTS and "address" in ev:
+                self.detector.append((rel, norm_addr(ev["address"]), CAUSE_EVENTS[name]))
 
     def mono(self, rel):
         return self.base + rel
@@ -111,14 +123,15 @@ class LogWatch:
 
     def causes(self, to="dead", after=None, before=None):
         """[(mono, addr, from, cause)] with cause 'declared' (this node's detector), 'notice' (learned
-        from another node) or 'other' (no detector line: e.g. the discovery layer's expiry of a silent member)."""
+        from another node: detector.learned_dead) or 'other' (no detector event for that address in this
+        log near the transition: e.g. the discovery layer's expiry of a silent member)."""
         out = []
         for k, (rel, a, frm, t) in enumerate(self.trans):
             ts = self.mono(rel)
             if t != to or (after is not None and ts < after) or (before is not None and ts > before):
                 continue
-            w = self.why.get(k, "")
-            cause = "declared" if " declared " in w else "notice" if "learned from" in w else "other"
+            near = [(abs(r - rel), c) for r, da, c in self.detector if da == a and abs(r - rel) <= CAUSE_SLACK]
+            cause = min(near)[1] if near else "other"
             out.append((ts, a, frm, cause))
         return out
 
@@ -146,7 +159,7 @@ class Cluster:
         lab.wait_addresses(timeout=20)
         self.addrs = [nd.ip4 for nd in self.nodes]
         self.t_start = time.monotonic()
-        self.daemons = lab.start_daemons(self.nodes, family="ipv4", args=list(args))
+        self.daemons = lab.start_daemons(self.nodes, family="ipv4", args=LOG_ARGS + list(args))
         self.watches = [LogWatch(d) for d in self.daemons]
         self.by_addr = {a: i for i, a in enumerate(self.addrs)}
 

@@ -1,0 +1,151 @@
+import Cluster
+import Detector
+import Discovery
+import NodeMap
+import Testing
+import Wire
+
+/// Regression tests for defects of the first wave (issue 8), each failing before its fix.
+@Suite struct DefectRegressionTests {
+    static let ms: UInt64 = 1_000_000
+
+    func forged(_ body: Body, origin: IPAddress, incarnation: UInt64) -> [UInt8] {
+        let h = Header(
+            type: body.type, cluster: "test", senderID: 0, incarnation: incarnation, messageID: 4242, origin: origin)
+        return try! Message(header: h, body: body).encode()
+    }
+
+    func threeNodes(detector: Bool) -> TestNet {
+        var net = TestNet()
+        for i in 1...3 { _ = net.add("10.0.0.\(i)", detector: detector) }
+        for i in 0..<3 { net.start(i) }
+        net.advance(by: 2_000_000_000)
+        return net
+    }
+
+    // Defect 1: refutation goes past the accusation, not just one above our own incarnation.
+    @Test func refutationJumpsPastTheAccusation() {
+        var map = NodeMap()
+        var d = DiscoveryCore(me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 5, seed: 1)
+        _ = d.start(now: 0, map: &map)
+        _ = d.refute(past: 100, now: 1, map: &map)
+        #expect(d.incarnation == 101)
+        _ = d.refute(past: 3, now: 2, map: &map)
+        #expect(d.incarnation == 102)
+        _ = d.refute(past: .max, now: 3, map: &map)
+        #expect(d.incarnation == .max)  // saturates, never wraps to 0
+    }
+
+    // Defect 1: a node restarted with an incarnation below what peers remember (its clock stepped
+    // back) is told, jumps past it, and every map takes it back.
+    @Test func restartBelowRememberedIncarnationRecovers() {
+        var net = TestNet()
+        _ = net.add("10.0.0.1")
+        _ = net.add("10.0.0.2", incarnation: 1_000_000)
+        _ = net.add("10.0.0.3")
+        for i in 0..<3 { net.start(i) }
+        net.advance(by: 1_000_000_000)
+        let b = IPAddress("10.0.0.2")!
+        #expect(net.nodes[0].map[b]?.incarnation == 1_000_000)
+        net.stop(1)  // leave
+        net.down.remove(1)
+        let again = net.add("10.0.0.2", incarnation: 7)  // the clock went back
+        net.start(again)
+        net.advance(by: 3_000_000_000)
+        #expect(net.nodes[again].incarnation > 1_000_000)
+        for n in [0, 2] {
+            #expect(net.nodes[n].map[b]?.state == .alive, "node \(n)")
+            #expect((net.nodes[n].map[b]?.incarnation ?? 0) > 1_000_000, "node \(n)")
+        }
+    }
+
+    // Defects 11: a forged leave about a live node, sent by a host that runs no discd, is contradicted
+    // by that node at once: every map holds it alive again after one round trip.
+    @Test func forgedLeaveIsRefutedAtOnce() {
+        for detector in [false, true] {
+            var net = threeNodes(detector: detector)
+            let b = IPAddress("10.0.0.2")!
+            let inc = net.nodes[1].incarnation
+            let leave = forged(.leave, origin: b, incarnation: inc)
+            for n in 0..<3 { net.inject(leave, to: n) }
+            #expect(net.nodes[1].incarnation > inc, "detector \(detector)")
+            for n in [0, 2] {
+                #expect(net.nodes[n].map[b]?.state == .alive, "node \(n), detector \(detector)")
+            }
+            // A forged leave at a much higher incarnation is refuted past it too.
+            let high = forged(.leave, origin: b, incarnation: inc + 1000)
+            for n in 0..<3 { net.inject(high, to: n) }
+            #expect(net.nodes[1].incarnation > inc + 1000)
+            for n in [0, 2] { #expect(net.nodes[n].map[b]?.state == .alive) }
+        }
+    }
+
+    // Defect 11: the forged leave reached the others but not the victim: its next announce is
+    // answered (we hold it left at its incarnation) and it refutes.
+    @Test func forgedLeaveTheVictimMissedHeals() {
+        var net = threeNodes(detector: false)
+        let b = IPAddress("10.0.0.2")!
+        let leave = forged(.leave, origin: b, incarnation: net.nodes[1].incarnation)
+        for n in [0, 2] { net.inject(leave, to: n) }
+        #expect(net.nodes[0].map[b]?.state == .left)
+        net.advance(by: 2_500_000_000)  // one announce interval and a half (1 s in this net)
+        for n in [0, 2] { #expect(net.nodes[n].map[b]?.state == .alive, "node \(n)") }
+    }
+
+    // Defect 11: a forged death notice about a live node is refuted by it at once.
+    @Test func forgedDeathIsRefutedAtOnce() {
+        var net = threeNodes(detector: true)
+        let b = IPAddress("10.0.0.2")!
+        let inc = net.nodes[1].incarnation
+        let dead = forged(.dead(target: b, targetIncarnation: inc, targetID: 2), origin: IPAddress("10.0.0.99")!, incarnation: 1)
+        for n in 0..<3 { net.inject(dead, to: n) }
+        #expect(net.nodes[1].incarnation > inc)
+        for n in [0, 2] { #expect(net.nodes[n].map[b]?.state == .alive, "node \(n)") }
+    }
+
+    // Defect 4: a message from a stale incarnation neither refreshes last-heard nor counts as life.
+    @Test func staleIncarnationDoesNotRefresh() {
+        var net = threeNodes(detector: true)
+        let b = IPAddress("10.0.0.2")!
+        let inc = net.nodes[1].incarnation
+        net.down.insert(1)
+        net.advance(by: 100 * Self.ms)
+        let heard = net.nodes[0].map[b]!.lastHeard
+        net.advance(by: 100 * Self.ms)
+        let hb = forged(.heartbeat(sequence: 9, periodMillis: 150), origin: b, incarnation: inc - 1)
+        net.inject(hb, to: 0)
+        #expect(net.nodes[0].map[b]!.lastHeard == heard)
+        #expect(net.nodes[0].counters.drops[.staleIncarnation] == 1)
+        // The current incarnation still counts.
+        net.inject(forged(.heartbeat(sequence: 10, periodMillis: 150), origin: b, incarnation: inc), to: 0)
+        #expect(net.nodes[0].map[b]!.lastHeard == net.now)
+    }
+
+    // Defect 10: entries learned from a map sync keep the sender's age and add its distance.
+    @Test func mapSyncEntriesKeepAgeAndHops() {
+        var map = NodeMap()
+        var d = DiscoveryCore(me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, seed: 1)
+        let now: UInt64 = 100_000 * Self.ms
+        _ = d.start(now: now, map: &map)
+        let sender = IPAddress("10.0.0.2")!
+        map.observe(NodeClaim(address: sender, incarnation: 1, hops: 1), now: now)
+        let e = SyncEntry(
+            address: IPAddress("10.0.9.9")!, preferredID: 0, explicitID: false, state: .alive, incarnation: 3,
+            heartbeatPort: 7778, aliases: [], hops: 2, ageMillis: 5000)
+        let m = Message(
+            header: Header(type: .mapSync, cluster: "test", senderID: 0, incarnation: 1, messageID: 1, origin: sender),
+            body: .mapSync(part: 0, parts: 1, entries: [e]))
+        _ = d.receive(m, now: now, map: &map)
+        let n = map[IPAddress("10.0.9.9")!]
+        #expect(n?.lastHeard == now - 5000 * Self.ms)
+        #expect(n?.hops == 3)
+        // And the entry a node sends says how long ago it heard each node.
+        let sync = d.mapSync(map, now: now + 1000 * Self.ms)
+        guard case .mapSync(_, _, let entries)? = sync.first else {
+            Issue.record("no map sync")
+            return
+        }
+        #expect(entries.first { $0.address == IPAddress("10.0.9.9")! }?.ageMillis == 6000)
+        #expect(entries.first { $0.address == IPAddress("10.0.9.9")! }?.hops == 3)
+    }
+}

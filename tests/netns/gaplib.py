@@ -1,0 +1,184 @@
+"""Helpers for tests/netns/test_gaps.py (the features issue 14 found untested).
+
+Python 3 stdlib only.  Everything is read through the interfaces a script would use:
+`showmap --json` (Daemon.showmap_json), the --status JSON file (Daemon.status_json),
+exit codes and process state -- never the daemons' English log text.
+"""
+import os
+import time
+
+from netlab import Daemon, Skip, discd_problem, find_node, norm_addr
+
+# The --status file's schema: every key NodeDriver.statusJSON (Sources/discd/NodeDriver.swift)
+# writes, with its JSON type, and the drop reasons (DropReason in Sources/Cluster/ClusterEvent.swift)
+# that "drops" always lists.  The one place the test suite states it: a key added to or removed
+# from the daemon must be added or removed here (the schema test fails on either).
+STATUS_SCHEMA = {
+    "datagrams_rx": int,
+    "datagrams_tx": int,
+    "multicast_tx": int,
+    "unicast_tx": int,
+    "relayed_tx": int,
+    "duplicates": int,
+    "heartbeats_tx": int,
+    "heartbeats_rx": int,
+    "send_errors": int,
+    "members": int,
+    "nodes": int,
+    "incarnation": int,
+    "generation": int,
+    "map_writes": int,
+    "announces_tx": int,
+    "refutations": int,
+    "suspicions": int,
+    "deaths_declared": int,
+    "deaths_learned": int,
+    "late_ticks": int,
+    "late_heartbeats": int,
+    "map_refused_full": int,
+    "drops": dict,          # {reason: int}, every reason of DROP_REASONS
+}
+DROP_REASONS = (
+    "too_short", "too_long", "bad_magic", "bad_version", "unknown_type", "unknown_flags", "bad_cluster",
+    "bad_length", "malformed", "missing_tag", "other_cluster", "unverifiable_tag", "own", "stale_incarnation",
+)
+
+
+def is_int(v):
+    """A JSON integer (Python bool is an int subclass: not accepted)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def schema_problems(st):
+    """Every way status dict st departs from STATUS_SCHEMA (empty list: conforms)."""
+    if not isinstance(st, dict):
+        return ["status is %s, not a JSON object" % type(st).__name__]
+    out = []
+    missing = sorted(set(STATUS_SCHEMA) - set(st))
+    extra = sorted(set(st) - set(STATUS_SCHEMA))
+    if missing:
+        out.append("missing keys %s" % missing)
+    if extra:
+        out.append("keys not in the schema %s" % extra)
+    for k, t in STATUS_SCHEMA.items():
+        if k not in st:
+            continue
+        v = st[k]
+        if t is int:
+            if not is_int(v):
+                out.append("%s=%r is %s, not an integer" % (k, v, type(v).__name__))
+            elif v < 0:
+                out.append("%s=%d is negative" % (k, v))
+        elif t is dict:
+            if not isinstance(v, dict):
+                out.append("%s=%r is %s, not an object" % (k, v, type(v).__name__))
+            else:
+                dm, dx = sorted(set(DROP_REASONS) - set(v)), sorted(set(v) - set(DROP_REASONS))
+                if dm or dx:
+                    out.append("%s: reasons missing %s, not in the schema %s" % (k, dm, dx))
+                for dk, dv in v.items():
+                    if not is_int(dv) or dv < 0:
+                        out.append("%s[%r]=%r is not a non-negative integer" % (k, dk, dv))
+    return out
+
+
+def drops(d, reason):
+    """The status file's drops[reason] of daemon d (0 when absent or no status yet)."""
+    return ((d.status_json() or {}).get("drops") or {}).get(reason, 0)
+
+
+def status_int(d, key):
+    return (d.status_json() or {}).get(key, 0)
+
+
+def entry(d, addr):
+    """Daemon d's map entry for addr (address or alias), fresh read; None if absent/unreadable."""
+    return find_node(d.showmap_json(cached=False), addr)
+
+
+def state_of(d, addr, cached=True):
+    n = find_node(d.showmap_json(cached=cached), addr)
+    return n.get("state") if n else None
+
+
+def wait_all(daemons, pred, timeout, interval=0.02):
+    """Poll every daemon's map until pred(map) holds for each; {daemon: seconds first seen}.
+
+    Daemons that never satisfied pred within timeout are absent from the result."""
+    t0 = time.monotonic()
+    seen = {}
+    while True:
+        for d in daemons:
+            if d in seen:
+                continue
+            m = d.showmap_json()
+            if m is not None and pred(m):
+                seen[d] = time.monotonic() - t0
+        if len(seen) == len(daemons) or time.monotonic() - t0 > timeout:
+            return seen
+        time.sleep(interval)
+
+
+def state_is(addr, *states):
+    """A map predicate: addr's entry exists and is in one of states."""
+    def p(m):
+        n = find_node(m, addr)
+        return n is not None and n.get("state") in states
+    return p
+
+
+def addresses(m):
+    return sorted(norm_addr(n["address"]) for n in (m or {}).get("nodes", []))
+
+
+def id_table(m):
+    """{address: id} of a map."""
+    return {norm_addr(n["address"]): n["id"] for n in (m or {}).get("nodes", [])}
+
+
+def start_daemon_noif(lab, node, args=(), tag=""):
+    """Start discd in node WITHOUT -i (it must pick the default route's interface).
+
+    Same files and bookkeeping as Lab.start_daemon (map, status, log; stopped by the Lab)."""
+    if discd_problem(lab.bindir):
+        raise Skip(discd_problem(lab.bindir))
+    d = Daemon(lab, node, None, tag)
+    argv = [os.path.join(lab.bindir, "discd"), "-n", "--map", d.map, "--status", d.status] + list(args)
+    d.argv = argv
+    with open(d.log, "ab") as f:
+        f.write(("### %s\n" % " ".join(argv)).encode())
+    d.started_wall = time.time()
+    d.started_mono = time.monotonic()
+    d.proc = node.popen(argv, d.log)
+    lab.daemons.append(d)
+    return d
+
+
+def gateway_view_problems(daemons, an, bn, gws, v6):
+    """Like test_discd._check_gateway_view for either family: ordinary nodes see the far LAN at
+    hops=1, their own at hops=0, every gateway as one entry with its other address as an alias of
+    source 'interface'.  Returns a list of problems (empty: all good)."""
+    fam = (lambda i: i.ip6) if v6 else (lambda i: i.ip4)
+    out = []
+    for d in daemons:
+        if d.node in gws:
+            continue
+        m = d.showmap_json(cached=False)
+        near, far = (an, bn) if d.node in an else (bn, an)
+        for o, want in [(x, 1) for x in far] + [(x, 0) for x in near]:
+            a = fam(o.ifaces[0])
+            e = find_node(m, a)
+            if e is None or e.get("hops") != want:
+                out.append("%s: %s should have hops=%d: %s" % (d.node.name, a, want, e))
+        for g in gws:
+            ea, eb = fam(g.ifaces[0]), fam(g.ifaces[1])
+            e1, e2 = find_node(m, ea), find_node(m, eb)
+            if e1 is None or e1 is not e2:
+                out.append("%s: gateway %s: %s and %s are not one entry" % (d.node.name, g.name, ea, eb))
+                continue
+            other = eb if norm_addr(e1["address"]) == ea else ea
+            al = {norm_addr(x["address"]): x.get("source") for x in e1.get("aliases") or []}
+            if al.get(other) != "interface":
+                out.append("%s: gateway %s lacks alias %s (interface): %s" % (
+                    d.node.name, g.name, other, e1.get("aliases")))
+    return out

@@ -5,6 +5,10 @@ Python 3 stdlib only.  Everything is read through the interfaces a script would 
 exit codes and process state -- never the daemons' English log text.
 """
 import os
+import re
+import shlex
+import subprocess
+import sys
 import time
 
 from netlab import Daemon, Skip, discd_problem, find_node, norm_addr
@@ -182,3 +186,98 @@ def gateway_view_problems(daemons, an, bn, gws, v6):
                 out.append("%s: gateway %s lacks alias %s (interface): %s" % (
                     d.node.name, g.name, other, e1.get("aliases")))
     return out
+
+
+# --------------------------------------------------------------------------- daemon mode (no -n)
+
+# A journal stand-in: binds an AF_UNIX datagram socket at argv[1], writes its pid to argv[2].pid,
+# creates argv[2].ready once bound, then appends every datagram to argv[2] followed by a '\x1e' line.
+JOURNAL_LISTENER = r'''
+import os, socket, sys
+path, out = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(path)
+with open(out + ".pid", "w") as f:
+    f.write(str(os.getpid()))
+open(out + ".ready", "w").close()
+while True:
+    data = s.recv(1 << 20)
+    with open(out, "ab") as f:
+        f.write(data.rstrip(b"\n") + b"\n\x1e\n")
+'''
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def journal_records(path):
+    """[{KEY: value}] of the datagrams a JOURNAL_LISTENER captured (simple KEY=value lines only)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for rec in data.split("\n\x1e\n"):
+        kv = {}
+        for line in rec.split("\n"):
+            if "=" in line:
+                k, v = line.split("=", 1)
+                kv.setdefault(k, v)
+        if kv:
+            out.append(kv)
+    return out
+
+
+def run_daemon_mode(lab, node, args, tag="dm", timeout=10.0):
+    """Run `discd <args>` WITHOUT -n in node, inside a private mount namespace whose /run is a tmpfs
+    with a JOURNAL_LISTENER bound at JOURNAL_SOCKET before discd starts.
+
+    Returns (rc or None on timeout, stdout, stderr, seconds, journal path, listener pid file)."""
+    if discd_problem(lab.bindir):
+        raise Skip(discd_problem(lab.bindir))
+    lst = os.path.join(node.dir, "journal-listener.py")
+    with open(lst, "w") as f:
+        f.write(JOURNAL_LISTENER)
+    jout = os.path.join(node.dir, "journal-%s.log" % tag)
+    discd = [os.path.join(lab.bindir, "discd")] + list(args)
+    script = ('mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal || exit 97\n'
+              '%s %s %s %s </dev/null >/dev/null 2>&1 &\n'
+              'i=0; while [ ! -e %s.ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done\n'
+              '[ -e %s.ready ] || exit 98\n'
+              'exec %s\n') % (sys.executable, lst, JOURNAL_SOCKET, jout, jout, jout,
+                              " ".join(shlex.quote(a) for a in discd))
+    argv = node.exec_argv(["unshare", "-m", "--propagation", "private", "sh", "-c", script])
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        p.kill()
+        try:
+            out, err = p.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            out, err = b"", b"(pipes still held open after kill)"
+        rc = None
+    return rc, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - t0, jout, jout + ".pid"
+
+
+def pids_of(pattern):
+    """pids (ints) of processes whose command line contains pattern (pgrep -f, fixed string)."""
+    r = subprocess.run(["pgrep", "-f", "--", re.escape(pattern)], stdout=subprocess.PIPE, text=True)
+    return [int(x) for x in r.stdout.split()]
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie counts as gone
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

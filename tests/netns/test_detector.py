@@ -504,6 +504,62 @@ def test_no_false_deaths_cpu_hog(ctx):
                     st1.get("suspicions", 0) - st0.get("suspicions", 0), c.counter_sum("suspicions") - s0))
 
 
+STOP_N = 5                 # daemons of the SIGSTOP test
+STOP_FOR = 0.9             # s: SIGSTOP length: > δ (0.45 s), < δ + confirm window (1.05 s)
+STOP_WATCH = 5.0           # s: window after SIGCONT in which nobody may be dead in any map
+STOP_SETTLE = 3.0          # s: after convergence, past the startup grace δ + 1 s + log2(5)·η ≈ 1.8 s
+
+
+def test_sigstop_longer_than_timeout(ctx):
+    """N=5: SIGSTOP one daemon 0.9s (> δ, < δ+confirm window), SIGCONT: late_ticks>=1, nobody dead in any map for 5s"""
+    ctx.need_discd()
+    with ctx.lab("det-stop") as lab:
+        c = Cluster(lab, STOP_N)
+        conv = c.wait_converged()
+        assert conv is not None, "N=%d: maps not complete within %.0fs" % (STOP_N, CONVERGE_BOUND)
+        c.settle(STOP_SETTLE)
+        v = STOP_N // 2
+        d = c.daemons[v]
+        late0 = c.status(v).get("late_ticks", 0)
+        s0 = c.counter_sum("suspicions")
+        t_stop = time.monotonic()
+        os.kill(d.pid, signal.SIGSTOP)
+        try:
+            time.sleep(STOP_FOR)
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
+        t_cont = time.monotonic()
+        dead_seen = {}          # (observer, addr) -> seconds after SIGCONT a map first showed it dead
+        late = 0
+        t_end = t_cont + STOP_WATCH
+        while time.monotonic() < t_end:
+            for i, dd in enumerate(c.daemons):
+                m = dd.showmap_json()
+                for nd in (m or {}).get("nodes", []):
+                    if nd.get("state") == "dead":
+                        dead_seen.setdefault((c.nodes[i].name, norm_addr(nd["address"])),
+                                             round(time.monotonic() - t_cont, 2))
+            late = c.status(v).get("late_ticks", 0) - late0
+            gone = [dd.node.name for dd in c.daemons if not dd.alive()]
+            assert not gone, "daemon(s) exited: %s" % gone
+            time.sleep(0.05)
+        poll_all(c.watches)
+        fd = c.false_deaths(t_stop)
+        own = sorted(a for (o, a) in dead_seen if o == c.nodes[v].name)
+        assert not own, "the stopped node %s's own map showed dead: %s" % (c.nodes[v].name, own)
+        assert not dead_seen, "SIGSTOP %.1fs of %s (%s): maps showed dead %s; log deaths %s" % (
+            STOP_FOR, c.nodes[v].name, c.addrs[v], dead_seen, fp_summary(fd) + " " + str(fd[:10]))
+        assert not fd, "no map showed it, but the logs have '-> dead': %s" % (fd[:10],)
+        assert late >= 1, "%s was stopped %.1fs (> δ) yet its late_ticks grew by %d (status %s)" % (
+            c.nodes[v].name, STOP_FOR, late, c.status(v))
+        bad = c.wait_maps([], HEAL_BOUND)
+        assert not bad, "after SIGCONT not every map shows all %d alive: %s" % (STOP_N, bad)
+        return ("N=%d converged %.2fs; SIGSTOP %s %.2fs (δ %.2fs, δ+confirm %.2fs): late_ticks +%d, "
+                "0 dead in any map over %.0fs after SIGCONT (incl. its own), cluster suspicions +%d" % (
+                    STOP_N, conv, c.nodes[v].name, t_cont - t_stop, TIMEOUT, TIMEOUT + CONFIRM, late, STOP_WATCH,
+                    c.counter_sum("suspicions") - s0))
+
+
 # run.py's per-test limit (default 180 s) is raised by a `timeout` attribute: the windows scale with WINDOW
 test_no_false_deaths_under_loss.timeout = int(2 * WINDOW + 120)
 test_no_false_deaths_cpu_hog.timeout = int(WINDOW + 120)

@@ -11,9 +11,9 @@ import signal
 import subprocess
 import time
 
-from gaplib import (DROP_REASONS, STATUS_SCHEMA, addresses, drops, entry, gateway_view_problems, id_table, is_int,
+from gaplib import (DROP_REASONS, journal_records, pid_alive, pids_of, run_daemon_mode, STATUS_SCHEMA, addresses, drops, entry, gateway_view_problems, id_table, is_int,
                     schema_problems, start_daemon_noif, state_is, status_int, wait_all)
-from netlab import GROUP6, PORT, build_two_lans, find_node, norm_addr, probe, wait_until
+from netlab import Daemon, GROUP6, PORT, build_two_lans, find_node, norm_addr, probe, wait_until
 from test_discd import (CONVERGE_BOUND, CONVERGE_BOUND_GW, LEAVE_BOUND, ROUTED_BOUND, ROUTED_NEGATIVE,
                         STOP_BOUND, _junk, describe_maps, wait_converged)
 
@@ -559,3 +559,154 @@ def test_default_route_interface(ctx):
         assert d3.alive(), "discd without -i exited (rc %s)" % d3.proc.poll()
         return ("n3 (d0=%s created first, default route via e0) without -i: self=%s, all 3 maps complete in "
                 "%.2fs, no d0 alias" % (d0, e0, conv))
+
+
+# --------------------------------------------------------------------------- daemon mode, map writes
+
+DAEMON_READY_BOUND = 10.0   # s: `discd` without -n returns 0 once the detached daemon is up
+BAD_CONFIG_BOUND = 3.0      # s: a bad config in daemon mode fails with exit 1 this fast
+QUIET_WINDOW = 4.5          # s: nothing changes -> map_writes must not grow (the old daemon rewrote every 2 s)
+
+
+def test_daemon_mode(ctx):
+    """discd without -n: returns 0 <=10s, detached daemon joins (3 maps complete), logs daemon.started/stopping
+    to the journal socket; SIGTERM -> gone <=3s, left <=1s; bad --map -> exit 1 fast with one stderr line"""
+    ctx.need_discd()
+    with ctx.lab() as lab:
+        _, nodes = one_lan(lab, 3)
+        ds = lab.start_daemons(nodes[:2])
+        addrs = [nd.ip4 for nd in nodes]
+        dm = Daemon(lab, nodes[2], None, "-dm")
+        dm.map = os.path.join(nodes[2].dir, "daemon-mode.map")
+        dm.status = os.path.join(nodes[2].dir, "daemon-mode-status.json")
+        args = ["-i", "e0", "--map", dm.map, "--status", dm.status, "--log-format", "json"]
+        pids, lpid = [], None
+        try:
+            rc, out, err, secs, jout, lpidf = run_daemon_mode(lab, nodes[2], args, timeout=DAEMON_READY_BOUND)
+            try:
+                lpid = int(open(lpidf).read())
+            except (OSError, ValueError):
+                lpid = None
+            pids = pids_of(dm.map)
+            assert rc == 0, "daemon mode: rc %s after %.2fs (bound %.0fs; None = still running)\nstdout %r\nstderr %r" % (
+                rc, secs, DAEMON_READY_BOUND, out[-500:], err[-500:])
+            assert len(pids) == 1, "expected one detached discd for %s, pgrep found %s" % (dm.map, pids)
+            pid = pids[0]
+            conv = converge(ds + [dm], addrs, what="daemon mode: ")
+            recs = journal_records(jout)
+            ev = [r.get("DISCD_EVENT") for r in recs]
+            started = [r for r in recs if r.get("DISCD_EVENT") == "daemon.started"]
+            assert started and started[0].get("DISCD_DAEMON") == "true", \
+                "journal: no daemon.started with DISCD_DAEMON=true; %d records, events %s, first %s" % (
+                    len(recs), ev[:10], recs[:1])
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGTERM)
+            lat = wait_all(ds, state_is(addrs[2], "left"), LEAVE_BOUND + 3.0)
+            gone, t_gone = wait_until(lambda: not pid_alive(pid), STOP_BOUND, 0.02)
+            assert gone, "detached discd pid %d still running %.0fs after SIGTERM" % (pid, STOP_BOUND)
+            missing = [d.node.name for d in ds if d not in lat]
+            assert not missing, "%s not 'left' in %s's map after SIGTERM\n%s" % (addrs[2], missing, describe_maps(ds))
+            worst = max(lat.values())
+            assert worst <= LEAVE_BOUND, "leave took %s (bound %.1fs)" % (fmt_lat(lat), LEAVE_BOUND)
+            ok, _ = wait_until(lambda: any(r.get("DISCD_EVENT") == "daemon.stopping" for r in journal_records(jout)),
+                               1.0, 0.05)
+            ev = [r.get("DISCD_EVENT") for r in journal_records(jout)]
+            assert ok, "journal: no daemon.stopping after SIGTERM; events %s" % ev[-10:]
+        finally:
+            for p in pids + ([lpid] if lpid else []):
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+        # a bad config: the foreground process reports it and exits 1
+        bad = ["-i", "e0", "--map", "/nonexistent/dir/x.map", "--status", dm.status + ".bad"]
+        rc2, out2, err2, secs2, _, lpidf2 = run_daemon_mode(lab, nodes[2], bad, tag="bad", timeout=BAD_CONFIG_BOUND + 2)
+        try:
+            os.kill(int(open(lpidf2).read()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        left_over = pids_of("/nonexistent/dir/x.map")
+        for p in left_over:
+            os.kill(p, signal.SIGKILL)
+        elines = [l for l in err2.splitlines() if l.strip()]
+        assert rc2 == 1 and secs2 <= BAD_CONFIG_BOUND, "bad --map: rc %s after %.2fs (want 1 within %.0fs); stderr %r" % (
+            rc2, secs2, BAD_CONFIG_BOUND, err2[-500:])
+        assert len(elines) == 1, "bad --map: want exactly one stderr line, got %d: %r" % (len(elines), elines)
+        assert not left_over, "bad --map left a daemon running: %s" % left_over
+        return ("daemon mode returned 0 in %.2fs; maps complete in %.2fs; journal %d records (started DISCD_DAEMON=true, "
+                "stopping); SIGTERM -> pid gone %.2fs, left %s (bound %.1fs); bad --map -> rc 1 in %.2fs: %s" % (
+                    secs, conv, len(journal_records(jout)), t_gone, fmt_lat(lat), LEAVE_BOUND, secs2, elines[0][:80]))
+
+
+def test_map_written_only_on_change(ctx):
+    """3 converged daemons, 4.5s with nothing changing: map_writes unchanged on all 3"""
+    ctx.need_discd()
+    with ctx.lab() as lab:
+        _, nodes = one_lan(lab, 3)
+        ds = lab.start_daemons(nodes)
+        addrs = [nd.ip4 for nd in nodes]
+        conv = converge(ds, addrs)
+        time.sleep(settle(3))      # past the startup grace: no detector transitions pending
+        w0 = [status_int(d, "map_writes") for d in ds]
+        g0 = [status_int(d, "generation") for d in ds]
+        time.sleep(QUIET_WINDOW)
+        time.sleep(1.1)            # the status file is rewritten every second
+        w1 = [status_int(d, "map_writes") for d in ds]
+        g1 = [status_int(d, "generation") for d in ds]
+        assert all(x > 0 for x in w0), "no map_writes counted at all: %s" % w0
+        assert w1 == w0, "map_writes grew over %.1fs of nothing changing: %s -> %s (generation %s -> %s)" % (
+            QUIET_WINDOW, w0, w1, g0, g1)
+        return "converged %.2fs; map_writes %s unchanged over %.1fs (generation %s -> %s)" % (
+            conv, w0, QUIET_WINDOW + 1.1, g0, g1)
+
+
+TORN_WINDOW = 6.0           # s: reader loop length of the torn-read test
+TORN_INTERVAL = 0.02        # s: between showmap reads
+
+
+def test_map_reads_never_torn(ctx):
+    """showmap -f MAP --json every 20ms for 6s on one map while other daemons start/get SIGKILLed: 0 failed reads"""
+    ctx.need_discd()
+    with ctx.lab() as lab:
+        _, nodes = one_lan(lab, 5)
+        d0 = lab.start_daemon(nodes[0])
+        showmap = os.path.join(lab.bindir, "showmap")
+        reads = bad = 0
+        samples = []
+        churn = {}            # node index -> Daemon
+        t0 = time.monotonic()
+        t_next = t0
+        k = 0
+        while time.monotonic() - t0 < TORN_WINDOW:
+            if time.monotonic() >= t_next:       # churn: start or SIGKILL one of n2..n5 every 0.3 s
+                i = 1 + k % 4
+                d = churn.get(i)
+                if d is not None and d.alive():
+                    os.kill(d.pid, signal.SIGKILL)
+                    d.proc.wait(5)
+                    churn.pop(i)
+                else:
+                    churn[i] = lab.start_daemon(nodes[i], tag="-%d" % k)
+                k += 1
+                t_next += 0.3
+            if os.path.exists(d0.map):
+                r = subprocess.run([showmap, "-f", d0.map, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, timeout=10)
+                reads += 1
+                ok = r.returncode == 0
+                if ok:
+                    try:
+                        json.loads(r.stdout)
+                    except ValueError:
+                        ok = False
+                if not ok:
+                    bad += 1
+                    if len(samples) < 3:
+                        samples.append((r.returncode, r.stdout[:120], r.stderr[:200]))
+            time.sleep(TORN_INTERVAL)
+        writes = status_int(d0, "map_writes")
+        assert d0.alive(), "the read daemon exited"
+        assert reads > 50, "only %d reads in %.0fs" % (reads, TORN_WINDOW)
+        assert bad == 0, "%d/%d showmap reads failed or gave invalid JSON: %s" % (bad, reads, samples)
+        return "%d reads over %.0fs, 0 failed; %d churn actions; read map's map_writes %d" % (
+            reads, TORN_WINDOW, k, writes)

@@ -28,8 +28,10 @@ let package = Package(
 
         // Pure protocol cores: no sockets, no sleeps, no wall clock.
         .target(name: "NodeMap"),
+        // Map-file I/O (the one atomic file writer): NodeMap stays pure, the daemon and showmap use this.
+        .target(name: "MapStore", dependencies: ["NodeMap", "Events"]),
         // Typed events (levels, fields, the one JSON writer) and the one duration formatter.
-        .target(name: "Events", dependencies: ["NodeMap"]),
+        .target(name: "Events"),
         // The datagram format shared by every transport (UDP multicast/unicast, RDMA multicast).
         .target(name: "Wire", dependencies: ["NodeMap"]),
         .target(name: "Discovery", dependencies: ["NodeMap", "Wire", "Events"]),
@@ -43,7 +45,7 @@ let package = Package(
         .executableTarget(
             name: "discd",
             dependencies: [
-                "NodeMap", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "CSystemd", "CVerbs",
+                "NodeMap", "MapStore", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "CSystemd", "CVerbs",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -54,14 +56,23 @@ let package = Package(
         .executableTarget(
             name: "showmap",
             dependencies: [
-                "NodeMap",
+                "NodeMap", "MapStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
-        .testTarget(name: "NodeMapTests", dependencies: ["NodeMap"]),
+        .testTarget(name: "NodeMapTests", dependencies: ["NodeMap", "MapStore"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "NodeMap"]),
         .testTarget(name: "DiscoveryTests", dependencies: ["Discovery", "Cluster", "Wire", "NodeMap", "Events"]),
         .testTarget(name: "DetectorTests", dependencies: ["Detector", "Wire", "NodeMap", "Events"]),
+        // The daemon shell's own logic (route parsing, link scope, de-duplication across transports).
+        .testTarget(
+            name: "ShellTests",
+            dependencies: [
+                "discd", "Cluster", "Discovery", "NodeMap", "Wire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Cluster", "NodeMap", "Events"]),
     ]
 )

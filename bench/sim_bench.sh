@@ -50,7 +50,7 @@ done
 
 echo
 echo "== reproducibility across processes (200 nodes, loss, duplication, pauses, seed 99, twice)"
-h1=$("$BIN" simulate --nodes 200 --seed 99 --loss 0.05 --duplication 0.01 --pause 100ms --duration 10s --progress 0 --json | sed 's/.*"trace_hash": "\([0-9a-f]*\)".*/\1/')
-h2=$("$BIN" simulate --nodes 200 --seed 99 --loss 0.05 --duplication 0.01 --pause 100ms --duration 10s --progress 0 --json | sed 's/.*"trace_hash": "\([0-9a-f]*\)".*/\1/')
+h1=$("$BIN" simulate --nodes 200 --seed 99 --loss 0.05 --duplication 0.01 --pause 100ms --duration 10s --progress 0 --json | sed 's/.*"trace_hash": *"\([0-9a-f]*\)".*/\1/')
+h2=$("$BIN" simulate --nodes 200 --seed 99 --loss 0.05 --duplication 0.01 --pause 100ms --duration 10s --progress 0 --json | sed 's/.*"trace_hash": *"\([0-9a-f]*\)".*/\1/')
 echo "trace hashes: $h1 $h2"
 if [ "$h1" = "$h2" ]; then echo "reproducible: yes"; else echo "reproducible: NO"; exit 1; fi

@@ -25,6 +25,20 @@ public enum DurationText {
         return "\(ns)ns"
     }
 
+    /// A compact age for tables: "0.4s" under 10 s, then "59s", "12m3s", "3h4m", "2d5h".
+    public static func age(nanos: Int64) -> String {
+        let ns = max(0, nanos)
+        if ns < 10_000_000_000 {
+            let tenths = ns / 100_000_000
+            return "\(tenths / 10).\(tenths % 10)s"
+        }
+        let s = ns / 1_000_000_000
+        if s < 60 { return "\(s)s" }
+        if s < 3600 { return "\(s / 60)m\(s % 60)s" }
+        if s < 86400 { return "\(s / 3600)h\(s % 3600 / 60)m" }
+        return "\(s / 86400)d\(s % 86400 / 3600)h"
+    }
+
     private static func trim(_ v: Double) -> String {
         let r = (v * 1000).rounded() / 1000
         return r == r.rounded() ? String(Int(r)) : String(r)

@@ -1,5 +1,3 @@
-import NodeMap
-
 /// Severity of an event; the shell drops what is below its level before any text is built.
 public enum LogLevel: Int, Comparable, Sendable, CustomStringConvertible, CaseIterable {
     case debug = 0, info, notice, warning, error
@@ -46,8 +44,11 @@ public struct EventFields: Sendable {
 
     public mutating func add(_ key: String, _ v: FieldValue) { items.append((key, v)) }
     public mutating func add(_ key: String, _ v: String) { items.append((key, .string(v))) }
-    public mutating func add(_ key: String, _ v: IPAddress) { items.append((key, .string(v.description))) }
-    public mutating func add(_ key: String, _ v: IPAddress?) { items.append((key, v.map { .string($0.description) } ?? .null)) }
+    /// An address or any other value written as its description.
+    public mutating func add(_ key: String, _ v: some CustomStringConvertible) { items.append((key, .string(v.description))) }
+    public mutating func add(_ key: String, _ v: (some CustomStringConvertible)?) {
+        items.append((key, v.map { .string($0.description) } ?? .null))
+    }
     public mutating func add(_ key: String, _ v: Int) { items.append((key, .int(Int64(v)))) }
     public mutating func add(_ key: String, _ v: UInt64) { items.append((key, .uint(v))) }
     public mutating func add(_ key: String, _ v: UInt16) { items.append((key, .uint(UInt64(v)))) }
@@ -60,8 +61,25 @@ public struct EventFields: Sendable {
     public subscript(key: String) -> FieldValue? { items.first { $0.0 == key }?.1 }
 }
 
-/// The one JSON writer of the project: objects of scalar fields, one per line.
+/// The one JSON writer of the project: event lines, the status file, showmap's JSON, the
+/// simulator's report.
 public enum JSON {
+    /// A JSON document. Objects keep their keys in the order given (callers sort when their contract
+    /// says so).
+    public indirect enum Value: Sendable, Equatable {
+        case scalar(FieldValue)
+        case array([Value])
+        case object([(String, Value)])
+
+        public static func == (a: Value, b: Value) -> Bool { render(a) == render(b) }
+        public static func string(_ s: String) -> Value { .scalar(.string(s)) }
+        public static func int(_ i: Int64) -> Value { .scalar(.int(i)) }
+        public static func uint(_ u: UInt64) -> Value { .scalar(.uint(u)) }
+        public static func bool(_ b: Bool) -> Value { .scalar(.bool(b)) }
+        public static func double(_ d: Double) -> Value { .scalar(.double(d)) }
+        public static let null = Value.scalar(.null)
+    }
+
     /// `s` as a JSON string literal (quotes included).
     public static func quote(_ s: String) -> String {
         var out = "\""
@@ -97,9 +115,37 @@ public enum JSON {
         }
     }
 
-    /// `{"k": v, ...}` without a newline.
+    /// `{"k":v,...}` without a newline.
     public static func object(_ items: [(String, FieldValue)]) -> String {
         "{" + items.map { quote($0.0) + ":" + value($0.1) }.joined(separator: ",") + "}"
+    }
+
+    /// A whole document, without insignificant whitespace.
+    public static func render(_ v: Value) -> String {
+        var out = ""
+        write(v, to: &out)
+        return out
+    }
+
+    private static func write(_ v: Value, to out: inout String) {
+        switch v {
+        case .scalar(let f): out += value(f)
+        case .array(let a):
+            out += "["
+            for (i, x) in a.enumerated() {
+                if i > 0 { out += "," }
+                write(x, to: &out)
+            }
+            out += "]"
+        case .object(let o):
+            out += "{"
+            for (i, (k, x)) in o.enumerated() {
+                if i > 0 { out += "," }
+                out += quote(k) + ":"
+                write(x, to: &out)
+            }
+            out += "}"
+        }
     }
 
     /// A decimal with at most `digits` fraction digits, trailing zeros kept off ("1.5", "0.012", "3").

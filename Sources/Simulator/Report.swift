@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Cluster
+import Events
 import Detector
 import NodeMap
 import Wire
@@ -200,51 +201,59 @@ public struct SimReport: Sendable {
     }
 
     public func json() -> String {
-        func opt(_ v: UInt64?) -> String { v.map { String(Double($0) / 1e6) } ?? "null" }
-        func pct(_ p: Percentiles?) -> String {
-            guard let p else { return "null" }
-            return "{\"p50_ms\": \(Double(p.p50) / 1e6), \"p90_ms\": \(Double(p.p90) / 1e6), \"p99_ms\": \(Double(p.p99) / 1e6), \"max_ms\": \(Double(p.max) / 1e6)}"
+        typealias V = JSON.Value
+        func msValue(_ v: UInt64?) -> V { v.map { .double(Double($0) / 1e6) } ?? .null }
+        func pct(_ p: Percentiles?) -> V {
+            guard let p else { return .null }
+            return .object([
+                ("p50_ms", msValue(p.p50)), ("p90_ms", msValue(p.p90)), ("p99_ms", msValue(p.p99)), ("max_ms", msValue(p.max)),
+            ])
         }
-        let deps = departures.map { d in
-            "{\"kind\": \"\(d.kind.rawValue)\", \"node\": \(d.node), \"address\": \"\(d.address)\", \"at_ms\": \(Double(d.at) / 1e6), "
-                + "\"survivors\": \(d.survivors), \"known\": \(d.known), \"never_knew\": \(d.neverKnew), "
-                + "\"latency\": \(pct(d.latency)), \"bound_ms\": \(opt(d.bound)), \"over_bound\": \(d.overBound), "
-                + "\"complete\": \(d.complete)}"
+        let deps: [V] = departures.map { d in
+            .object([
+                ("kind", .string(d.kind.rawValue)), ("node", .int(Int64(d.node))), ("address", .string("\(d.address)")),
+                ("at_ms", msValue(d.at)), ("survivors", .int(Int64(d.survivors))), ("known", .int(Int64(d.known))),
+                ("never_knew", .int(Int64(d.neverKnew))), ("latency", pct(d.latency)), ("bound_ms", msValue(d.bound)),
+                ("over_bound", .int(Int64(d.overBound))), ("complete", .bool(d.complete)),
+            ])
         }
         let s = sentPerNode
         let r = receivedPerNode
-        let fields: [(String, String)] = [
-            ("nodes", "\(nodes)"), ("running", "\(running)"), ("seed", "\(seed)"),
-            ("virtual_time_ms", "\(Double(virtualTime) / 1e6)"), ("wall_seconds", "\(wallSeconds)"),
-            ("events", "\(events)"), ("convergence_ms", opt(startupConvergence)),
-            ("converged_at_end", "\(convergedAtEnd)"),
-            ("epochs", "[" + epochs.map { "{\"since_ms\": \(Double($0.since) / 1e6), \"converged_ms\": \(opt($0.convergedAt))}" }.joined(separator: ", ") + "]"), ("departures", "[" + deps.joined(separator: ", ") + "]"),
-            ("false_deaths", "\(falseDeaths)"), ("false_death_marks", "\(falseDeathMarks)"),
-            ("false_deaths_declared", "\(falseDeathCauses[.declared] ?? 0)"),
-            ("false_deaths_expired", "\(falseDeathCauses[.expired] ?? 0)"),
-            ("false_deaths_learned", "\(falseDeathCauses[.learned] ?? 0)"),
-            ("deaths_across_partition", "\(falseDeathsAcrossPartition)"),
-            ("suspicions", "\(detector.suspicions)"), ("suspicions_cleared", "\(detector.refutedSuspicions)"),
-            ("refutations", "\(detector.refutations)"), ("late_ticks", "\(detector.lateTicks)"),
-            ("pauses", "\(pauses)"),
-            ("window_ms", "[\(Double(window.from) / 1e6), \(Double(window.to) / 1e6)]"),
-            ("sent_msgs_per_node_s", "\(s.messages)"), ("sent_bytes_per_node_s", "\(s.bytes)"),
-            ("received_msgs_per_node_s", "\(r.messages)"), ("received_bytes_per_node_s", "\(r.bytes)"),
-            ("cluster_announces_per_s", "\(announceRate)"),
-            ("startup_received_msgs_per_node_s", startupTraffic.flatMap { st in startupConvergence.map { c in "\(Double(st.delivered) / (Double(c) / 1e9 * Double(nodes)))" } } ?? "null"),
-            ("lost", "\(totalTraffic.lost)"), ("duplicated", "\(totalTraffic.duplicated)"),
-            ("partition_drops", "\(totalTraffic.partitionDrops)"),
-            ("buffer_overflows", "\(totalTraffic.bufferOverflows)"),
-            ("peak_rss_bytes", peakRSSBytes.map { "\($0)" } ?? "null"), ("trace_hash", "\"\(hex(traceHash))\""),
+        let startup: V =
+            startupTraffic.flatMap { st in
+                startupConvergence.map { c in V.double(Double(st.delivered) / (Double(c) / 1e9 * Double(nodes))) }
+            } ?? .null
+        let fields: [(String, V)] = [
+            ("nodes", .int(Int64(nodes))), ("running", .int(Int64(running))), ("seed", .uint(seed)),
+            ("virtual_time_ms", msValue(virtualTime)), ("wall_seconds", .double(wallSeconds)),
+            ("events", .int(Int64(events))), ("convergence_ms", msValue(startupConvergence)),
+            ("converged_at_end", .bool(convergedAtEnd)),
+            ("epochs", .array(epochs.map { .object([("since_ms", msValue($0.since)), ("converged_ms", msValue($0.convergedAt))]) })),
+            ("departures", .array(deps)),
+            ("false_deaths", .int(Int64(falseDeaths))), ("false_death_marks", .int(Int64(falseDeathMarks))),
+            ("false_deaths_declared", .int(Int64(falseDeathCauses[.declared] ?? 0))),
+            ("false_deaths_expired", .int(Int64(falseDeathCauses[.expired] ?? 0))),
+            ("false_deaths_learned", .int(Int64(falseDeathCauses[.learned] ?? 0))),
+            ("deaths_across_partition", .int(Int64(falseDeathsAcrossPartition))),
+            ("suspicions", .int(Int64(detector.suspicions))), ("suspicions_cleared", .int(Int64(detector.refutedSuspicions))),
+            ("refutations", .int(Int64(detector.refutations))), ("late_ticks", .int(Int64(detector.lateTicks))),
+            ("pauses", .int(Int64(pauses))),
+            ("window_ms", .array([msValue(window.from), msValue(window.to)])),
+            ("sent_msgs_per_node_s", .double(s.messages)), ("sent_bytes_per_node_s", .double(s.bytes)),
+            ("received_msgs_per_node_s", .double(r.messages)), ("received_bytes_per_node_s", .double(r.bytes)),
+            ("cluster_announces_per_s", .double(announceRate)),
+            ("startup_received_msgs_per_node_s", startup),
+            ("lost", .int(Int64(totalTraffic.lost))), ("duplicated", .int(Int64(totalTraffic.duplicated))),
+            ("partition_drops", .int(Int64(totalTraffic.partitionDrops))),
+            ("buffer_overflows", .int(Int64(totalTraffic.bufferOverflows))),
+            ("peak_rss_bytes", peakRSSBytes.map { .int(Int64($0)) } ?? .null), ("trace_hash", .string(hex(traceHash))),
         ]
-        return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}\n"
+        return JSON.render(.object(fields)) + "\n"
     }
 }
 
-func ms(_ ns: UInt64) -> String {
-    let v = Double(ns) / 1e6
-    return v >= 10_000 ? fmt(v / 1000, 2) + " s" : fmt(v, 1) + " ms"
-}
+/// Durations in the report, to 0.1 ms, with the project's one duration formatter.
+func ms(_ ns: UInt64) -> String { DurationText.format(ns / 100_000 * 100_000) }
 
 func fmt(_ v: Double, _ digits: Int) -> String {
     var scale = 1.0

@@ -7,6 +7,7 @@ import Glibc
 import Logging
 import NIOCore
 import NIOPosix
+import MapStore
 import NodeMap
 import ServiceLifecycle
 import UnixSignals

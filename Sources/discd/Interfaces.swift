@@ -24,13 +24,20 @@ struct ConfigError: Error, CustomStringConvertible {
 enum Interfaces {
     /// The interface of the default route (IPv4 table first, then IPv6), from /proc.
     static func defaultRouteInterface() -> String? {
-        if let text = try? readText("/proc/net/route") {
+        defaultRouteInterface(route: try? readText("/proc/net/route"), ipv6Route: try? readText("/proc/net/ipv6_route"))
+    }
+
+    /// The same from the two tables' text: a line with too few fields is skipped, never read past.
+    static func defaultRouteInterface(route: String?, ipv6Route: String?) -> String? {
+        if let text = route {
             for line in text.split(separator: "\n").dropFirst() {
+                // Iface Destination Gateway Flags RefCnt Use Metric Mask ...: the default route has
+                // destination 0 and mask 0 (field 7).
                 let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
                 if f.count >= 8, f[1] == "00000000", f[7] == "00000000" { return String(f[0]) }
             }
         }
-        if let text = try? readText("/proc/net/ipv6_route") {
+        if let text = ipv6Route {
             for line in text.split(separator: "\n") {
                 let f = line.split(separator: " ", omittingEmptySubsequences: true)
                 if f.count >= 10, f[0] == String(repeating: "0", count: 32), f[1] == "00", f[9] != "lo" {

@@ -1,6 +1,7 @@
 import Cluster
 import Dispatch
 import Glibc
+import MapStore
 import NodeMap
 import Synchronization
 
@@ -85,14 +86,9 @@ final class MapPublisher: @unchecked Sendable {
         }
     }
 
-    /// Status text replaced atomically (rename), so a reader never sees half of it.
+    /// Status text replaced atomically (rename), so a reader never sees half of it; not fsynced
+    /// (it is rewritten every second and means nothing after a crash).
     static func writeText(_ s: String, to path: String) {
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return }
-        let bytes = Array(s.utf8)
-        _ = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        rename(tmp, path)
+        try? AtomicFile.write(Array(s.utf8), to: path, durable: false)
     }
 }

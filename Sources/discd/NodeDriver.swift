@@ -78,7 +78,7 @@ final class NodeDriver: @unchecked Sendable {
         }
     }
 
-    private func received(_ d: Datagram) {
+    func received(_ d: Datagram) {
         guard !stopped else { return }
         if transports.count > 1 {
             var h: UInt64 = 0xCBF2_9CE4_8422_2325

@@ -204,68 +204,10 @@ struct SimulateCommand: AsyncParsableCommand {
             if progressSeconds > 0 { simStderr("simulate: [\(ms(sim.now))] \(s)\n") }
         }
 
-        // The timeline: fixed items, and the crash once the cluster has converged (unless --crash-at).
-        var crashTime = fixedCrash
-        var crashed = false
-        var restartTime: UInt64?
-        var departed: [Int] = []
-        var partitionApplied = false
-        var healed = false
-        while sim.now < until {
-            var next = until
-            if let c = crashTime, !crashed { next = min(next, c) }
-            if let r = restartTime { next = min(next, r) }
-            if let w = partitionWindow {
-                if !partitionApplied { next = min(next, w.at) } else if !healed { next = min(next, w.end) }
-            }
-            if crashTime == nil, crash + stop > 0 {
-                sim.run(until: next) { sim.allStarted && sim.convergedAt != nil }
-                if let c = sim.convergedAt, sim.allStarted {
-                    note("converged: every live map holds the \(sim.liveCount) live nodes")
-                    crashTime = c + settleTime
-                    continue
-                }
-            } else {
-                sim.run(until: next)
-            }
-            if let c = crashTime, !crashed, sim.now >= c {
-                crashed = true
-                let victims = sim.pickRunning(crash + stop)
-                for (k, v) in victims.enumerated() {
-                    if k < crash { sim.crash(v) } else { sim.stop(v) }
-                }
-                departed = victims
-                note("crashed \(victims.prefix(crash).map { "\(sim.addresses[$0])" }.joined(separator: ", "))"
-                    + (stop > 0 ? "; stopped \(victims.dropFirst(crash).map { "\(sim.addresses[$0])" }.joined(separator: ", "))" : ""))
-                if let d = restartDelay { restartTime = sim.now + d }
-            }
-            if let r = restartTime, sim.now >= r {
-                restartTime = nil
-                for v in departed { sim.restart(v) }
-                note("restarted \(departed.count) node(s) with new incarnations")
-            }
-            if let w = partitionWindow {
-                if !partitionApplied, sim.now >= w.at {
-                    partitionApplied = true
-                    let k = max(1, Int(Double(nodes) * partitionFraction))
-                    sim.partition(sim.pickRunning(k))
-                    note("partition: \(k) nodes cut off")
-                } else if partitionApplied, !healed, sim.now >= w.end {
-                    healed = true
-                    sim.heal()
-                    note("partition healed")
-                }
-            }
-        }
-        // A departure near the end: keep going until every survivor knows (or 60 s more).
-        if crashed, !sim.departures.allSatisfy({ $0.pending == 0 }) {
-            note("running on until every survivor knows of the departures (at most 60 s more)")
-            sim.runUntilDeparturesKnown(limit: sim.now + 60_000_000_000)
-        }
-        if let c = crashTime, !crashed {
-            note("warning: the crash was due at \(ms(c)), after --duration; nothing was crashed")
-        }
-        if crashTime == nil, crash + stop > 0 { note("warning: never converged; nothing was crashed") }
+        let scenario = Scenario(
+            duration: until, crash: crash, stop: stop, crashAt: fixedCrash, settle: settleTime,
+            restartAfter: restartDelay, partition: partitionWindow, partitionFraction: partitionFraction)
+        scenario.run(on: sim, note: note)
 
         for line in sim.diagnosis { simStderr("diagnose: \(line)\n") }
         let report = SimReport(sim)
@@ -295,11 +237,7 @@ private func simStderr(_ text: String) {
     t.withUTF8 { b in _ = write(2, b.baseAddress, b.count) }
 }
 
-private func ms(_ ns: UInt64) -> String {
-    let v = Double(ns) / 1e6
-    if v >= 10_000 { return "\((v / 10).rounded() / 100) s" }
-    return "\((v * 10).rounded() / 10) ms"
-}
+private func ms(_ ns: UInt64) -> String { DurationText.format(ns / 100_000 * 100_000) }
 
 extension String {
     fileprivate func components(separatedBy sep: String) -> [String] {

@@ -1,5 +1,6 @@
 // showmap: prints the node map discd writes, as a table, as mosix.map lines or as JSON.
 import ArgumentParser
+import MapStore
 import NodeMap
 
 #if canImport(Glibc)

@@ -529,3 +529,42 @@ func isRefute(_ o: DetectorOutput) -> Bool {
         }
     }
 }
+
+@Suite struct DriftToleranceEdgeTests {
+    /// A detector observing 1 that hears it every η until `t`, then ticks once after `gap`.
+    func lateBy(_ gap: UInt64) throws -> (DetectorCore, UInt64?, [DetectorOutput]) {
+        var map = makeMap([1, 2])
+        let s = try defaults()
+        var core = DetectorCore(settings: s, selfAddress: addr(2), now: 0)
+        _ = core.mapChanged(map, now: 0)
+        var t: UInt64 = 0
+        while t <= 3 * sec {
+            _ = core.receive(.heartbeat(sequence: 1, periodMillis: 100), from: addr(1), originIncarnation: 0, now: t, map: &map)
+            _ = core.tick(now: t, map: &map)
+            t += s.period
+        }
+        let last = t - s.period
+        let before = core.observedDeadline
+        let out = core.tick(now: last + gap, map: &map)
+        _ = before
+        return (core, core.observedDeadline, out)
+    }
+
+    @Test func tickLateByToleranceMinusOneMillisecondIsOnTime() throws {
+        let s = try defaults()
+        let (core, deadline, out) = try lateBy(s.period + s.driftTolerance - 1 * ms)
+        #expect(core.stats.lateTicks == 0)
+        #expect(!out.contains { if case .event(.lateTick) = $0 { true } else { false } })
+        #expect(deadline == 3 * sec + s.timeout)  // not extended
+    }
+
+    @Test func tickLateByTolerancePlusOneMillisecondIsLate() throws {
+        let s = try defaults()
+        let gap = s.period + s.driftTolerance + 1 * ms
+        let (core, deadline, out) = try lateBy(gap)
+        #expect(core.stats.lateTicks == 1)
+        #expect(out.contains { if case .event(.lateTick(let pause, _, _, _, _)) = $0 { pause == gap - s.period } else { false } })
+        // The deadline moved by the pause (η/2 + 1 ms).
+        #expect(deadline == 3 * sec + s.timeout + s.driftTolerance + 1 * ms)
+    }
+}

@@ -162,7 +162,16 @@ struct TestNet {
 
     /// Runs until `end`: packets due at a time are delivered before the ticks due then.
     mutating func run(until end: UInt64) {
+        // A core that asks to be ticked again without time moving (a busy loop) fails the test
+        // instead of hanging it: far more steps than any honest run needs.
+        var steps = 0
+        let limit = 200_000 + Int((end &- min(now, end)) / 1_000_000) * 400
         while true {
+            steps += 1
+            if steps > limit {
+                Issue.record("test network exceeded \(limit) steps before \(end / 1_000_000) ms: busy loop at \(now / 1_000_000) ms")
+                break
+            }
             var t = UInt64.max
             for p in queue where p.at < t { t = p.at }
             for a in running where !paused.contains(a) { t = min(t, cores[a]!.nextDeadline) }

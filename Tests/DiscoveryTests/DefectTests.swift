@@ -149,3 +149,67 @@ import Wire
         #expect(entries.first { $0.address == IPAddress("10.0.9.9")! }?.hops == 3)
     }
 }
+
+/// The relay rules on their own (issue 14: the netns loop test alone could pass without them).
+@Suite struct RelayLimitTests {
+    func announce(from origin: String, id: UInt32, hops: UInt8) -> Message {
+        Message(
+            header: Header(
+                type: .announce, hops: hops, cluster: "test", senderID: 0, incarnation: 1, messageID: id,
+                origin: IPAddress(origin)!),
+            body: .announce(NodeInfo(aliases: [], heartbeatPort: 7778, announceIntervalMillis: 1000, capabilities: [])))
+    }
+
+    func gateway(_ address: String, cache: Int = 16) -> DiscoveryCore {
+        DiscoveryCore(
+            settings: try! DiscoverySettings(relay: true, seenCacheSize: cache), me: SelfInfo(address: IPAddress(address)!),
+            incarnation: 1, seed: 3)
+    }
+
+    @Test func hopCapRelaysSevenNotEight() {
+        var g = gateway("10.0.0.250")
+        let (p7, r7) = g.admit(announce(from: "10.0.0.1", id: 1, hops: 7), interface: 0, now: 0)
+        #expect(p7)
+        guard case .relay(let fwd, let except)? = r7 else {
+            Issue.record("hops 7 not relayed: \(String(describing: r7))")
+            return
+        }
+        #expect(fwd.header.hops == 8)
+        #expect(except == 0)
+        let (p8, r8) = g.admit(announce(from: "10.0.0.1", id: 2, hops: 8), interface: 0, now: 0)
+        #expect(p8)  // still processed, just not forwarded
+        #expect(r8 == nil)
+    }
+
+    /// Two gateways between LAN 0 and LAN 1: g1 relays 0 → 1, g2 relays 1 → 0, and so on. Returns how
+    /// many relays one original causes when `noise` other messages pass each gateway between two
+    /// arrivals of the looping copy.
+    func loopRelays(noise: Int, cache: Int) -> Int {
+        var g = [gateway("10.0.0.251", cache: cache), gateway("10.0.0.252", cache: cache)]
+        var msg = announce(from: "10.0.0.1", id: 99, hops: 0)
+        var relays = 0
+        var at = 0
+        var iface = 0
+        for step in 0..<64 {
+            for k in 0..<noise {
+                _ = g[at].admit(announce(from: "10.0.9.\(k % 200 + 1)", id: UInt32(1000 * step + k), hops: 0), interface: 0, now: 0)
+            }
+            let (_, r) = g[at].admit(msg, interface: iface, now: 0)
+            guard case .relay(let fwd, let except)? = r else { break }
+            relays += 1
+            msg = fwd
+            iface = 1 - except  // the other gateway hears it on the other LAN
+            at = 1 - at
+        }
+        return relays
+    }
+
+    @Test func seenCacheStopsTheLoopAndTheHopCapBoundsItWhenTheCacheIsFull() {
+        // Working cache: each gateway relays the original once, the copy coming back is recognised.
+        #expect(loopRelays(noise: 0, cache: 16) == 2)
+        // A cache flushed between arrivals (more traffic than it holds): the hop cap alone ends it.
+        let full = loopRelays(noise: 40, cache: 16)
+        #expect(full >= 2)
+        #expect(full <= Int(Wire.maxHops))
+    }
+}

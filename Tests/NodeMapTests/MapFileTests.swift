@@ -1,4 +1,5 @@
 import Foundation
+import MapStore
 import NodeMap
 import Testing
 
@@ -179,13 +180,29 @@ struct MapFileTests {
     @Test func randomGarbageNeverTraps() {
         var rng = SeededRNG(seed: 0xD15C_0006)
         let valid = MapFile.encode(sampleSnapshot())
+        let original = try! MapFile.decode(valid, path: "p")
+        var rejected = 0
+        var unchanged = 0
         for _ in 0..<2000 {
             var b = Array(valid[0..<Int.random(in: 0...valid.count, using: &rng)])
             for _ in 0..<Int.random(in: 1...6, using: &rng) where !b.isEmpty {
                 b[Int.random(in: 0..<b.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
             }
-            _ = try? MapFile.decode(b, path: "p")
+            do {
+                let s = try MapFile.decode(b, path: "p")
+                // Only an input whose mutations wrote back the same bytes may decode: never a
+                // different map (the checksum covers every byte).
+                #expect(b == valid)
+                #expect(s == original)
+                unchanged += 1
+            } catch is MapFileError {
+                rejected += 1
+            } catch {
+                Issue.record("untyped error \(error)")
+            }
         }
+        #expect(rejected + unchanged == 2000)
+        #expect(rejected >= 1990)
     }
 
     @Test func foreignFileAndFutureVersionNameThePath() throws {

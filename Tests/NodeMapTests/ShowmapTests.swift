@@ -1,4 +1,5 @@
 import Foundation
+import MapStore
 import NodeMap
 import Testing
 

@@ -11,7 +11,7 @@ import Testing
 
 struct ConvergenceTests {
     @Test func everyLiveMapConvergesToTheLiveSet() throws {
-        let sim = try Scenario.converged(Scenario.config(nodes: 300))
+        let sim = try SimSetup.converged(SimSetup.config(nodes: 300))
         #expect(sim.membersEqualLiveSet())
         #expect(sim.liveCount == 300)
         for i in 0..<300 {
@@ -20,7 +20,7 @@ struct ConvergenceTests {
         }
         #expect(sim.falseDeaths.isEmpty)
         // Keep running: the maps stay converged.
-        sim.run(until: sim.now + 3 * Scenario.s)
+        sim.run(until: sim.now + 3 * SimSetup.s)
         #expect(sim.membersEqualLiveSet())
         #expect(sim.falseDeaths.isEmpty)
     }
@@ -28,12 +28,12 @@ struct ConvergenceTests {
 
 struct CrashTests {
     @Test func crashIsKnownToEverySurvivorWithinTheBound() throws {
-        let config = Scenario.config(nodes: 200)
-        let sim = try Scenario.converged(config)
-        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + Scenario.s)
+        let config = SimSetup.config(nodes: 200)
+        let sim = try SimSetup.converged(config)
+        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + SimSetup.s)
         let victim = sim.pickRunning(1)[0]
         sim.crash(victim)
-        #expect(sim.runUntilDeparturesKnown(limit: sim.now + 10 * Scenario.s))
+        #expect(sim.runUntilDeparturesKnown(limit: sim.now + 10 * SimSetup.s))
         let d = try #require(sim.departures.last)
         let bound = try #require(config.detectionBound(members: 200))
         #expect(d.survivors == 199)
@@ -42,16 +42,16 @@ struct CrashTests {
         #expect(worst <= bound, "slowest survivor learned after \(worst) ns, bound \(bound) ns")
         // Detection cannot beat the timeout: nobody heard from it for δ at least.
         #expect(d.latencies.allSatisfy { $0 >= config.detector!.timeout - config.latency.max })
-        sim.run(until: sim.now + Scenario.s)
+        sim.run(until: sim.now + SimSetup.s)
         #expect(sim.membersEqualLiveSet())
         #expect(sim.falseDeaths.isEmpty)
     }
 
     @Test func cleanStopIsKnownAtOnce() throws {
-        let sim = try Scenario.converged(Scenario.config(nodes: 200))
+        let sim = try SimSetup.converged(SimSetup.config(nodes: 200))
         let victim = sim.pickRunning(1)[0]
         sim.stop(victim)
-        #expect(sim.runUntilDeparturesKnown(limit: sim.now + 2 * Scenario.s))
+        #expect(sim.runUntilDeparturesKnown(limit: sim.now + 2 * SimSetup.s))
         let d = try #require(sim.departures.last)
         // One multicast: within the largest latency (no loss).
         #expect(d.latencies.allSatisfy { $0 <= sim.config.latency.max })
@@ -59,17 +59,17 @@ struct CrashTests {
     }
 
     @Test func restartWithNewIncarnationRejoinsAliveEverywhere() throws {
-        let config = Scenario.config(nodes: 200)
-        let sim = try Scenario.converged(config)
-        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + Scenario.s)
+        let config = SimSetup.config(nodes: 200)
+        let sim = try SimSetup.converged(config)
+        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + SimSetup.s)
         let victim = sim.pickRunning(1)[0]
         let oldIncarnation = try #require(sim.node(victim)?.incarnation)
         sim.crash(victim)
-        #expect(sim.runUntilDeparturesKnown(limit: sim.now + 5 * Scenario.s))
+        #expect(sim.runUntilDeparturesKnown(limit: sim.now + 5 * SimSetup.s))
         sim.restart(victim)
         let newIncarnation = try #require(sim.node(victim)?.incarnation)
         #expect(newIncarnation > oldIncarnation)
-        #expect(sim.runUntilConverged(limit: sim.now + 10 * Scenario.s) != nil)
+        #expect(sim.runUntilConverged(limit: sim.now + 10 * SimSetup.s) != nil)
         for i in sim.runningNodes where i != victim {
             let n = try #require(sim.node(i)?.map[sim.addresses[victim]])
             #expect(n.state == .alive)
@@ -82,8 +82,8 @@ struct CrashTests {
 
 struct FalseDeathTests {
     @Test func noFalseDeathsWithTenPercentLoss() throws {
-        let sim = try Simulator(config: Scenario.config(nodes: 200, loss: 0.10))
-        sim.run(until: 20 * Scenario.s)
+        let sim = try Simulator(config: SimSetup.config(nodes: 200, loss: 0.10))
+        sim.run(until: 20 * SimSetup.s)
         #expect(sim.traffic.lost > 0)
         // The detector declares no live node dead, and no death notice spreads one.
         #expect(sim.detectorTotals().deathsDeclared == 0)
@@ -96,9 +96,9 @@ struct FalseDeathTests {
 
     @Test func noFalseDeathsWithPausesShorterThanTheSlack() throws {
         // δ = 500 ms: a 200 ms pause leaves 300 ms of slack; each node pauses every 2 s on average.
-        let pauses = PauseModel(length: 200 * Scenario.ms, meanInterval: 2 * Scenario.s)
-        let sim = try Simulator(config: Scenario.config(nodes: 200, pauses: pauses))
-        sim.run(until: 15 * Scenario.s)
+        let pauses = PauseModel(length: 200 * SimSetup.ms, meanInterval: 2 * SimSetup.s)
+        let sim = try Simulator(config: SimSetup.config(nodes: 200, pauses: pauses))
+        sim.run(until: 15 * SimSetup.s)
         #expect(sim.pausesApplied > 1000)
         #expect(sim.falseDeaths.isEmpty, "\(sim.falseDeaths)")
         #expect(sim.membersEqualLiveSet())
@@ -109,23 +109,23 @@ struct PartitionTests {
     @Test func partitionThenHealBothSidesReconverge() throws {
         // Dead entries ignore announces of the same incarnation until they are purged; a short purge
         // keeps the test fast (docs/SIMULATOR.md: with the default 60 s the heal takes about a minute).
-        var config = Scenario.config(nodes: 200)
-        config.discovery = Scenario.discovery()
-        let sim = try Scenario.converged(config)
-        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + Scenario.s)
+        var config = SimSetup.config(nodes: 200)
+        config.discovery = SimSetup.discovery()
+        let sim = try SimSetup.converged(config)
+        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + SimSetup.s)
         let sideB = sim.pickRunning(70)
         let sideA = sim.runningNodes.filter { !sideB.contains($0) }
         sim.partition(sideB)
         // Each side converges to itself: the other side's nodes are declared dead there.
-        let split = try #require(sim.runUntilConverged(limit: sim.now + 20 * Scenario.s))
+        let split = try #require(sim.runUntilConverged(limit: sim.now + 20 * SimSetup.s))
         #expect(sim.membersEqual(group: sideA) && sim.membersEqual(group: sideB))
         #expect(split > sim.epochs.last!.since)
         #expect(sim.falseDeaths.allSatisfy { $0.acrossPartition })
         #expect(sim.falseDeaths.count == 200)
-        sim.run(until: sim.now + Scenario.s)
+        sim.run(until: sim.now + SimSetup.s)
         sim.heal()
         let healStart = sim.now
-        let healed = try #require(sim.runUntilConverged(limit: sim.now + 20 * Scenario.s))
+        let healed = try #require(sim.runUntilConverged(limit: sim.now + 20 * SimSetup.s))
         #expect(healed > healStart)
         #expect(sim.membersEqualLiveSet())
         #expect(sim.idAssignmentsAgree())
@@ -134,11 +134,11 @@ struct PartitionTests {
 
 struct CollisionTests {
     @Test func collidingDerivedIDsEndDistinctAndAgreed() throws {
-        let config = Scenario.config(nodes: 200, collisions: 6)
+        let config = SimSetup.config(nodes: 200, collisions: 6)
         // The colliders really share their derived ID with another node.
         let derived = (0..<200).map { NodeID.derived(from: config.address(of: $0)) }
         #expect(Set(derived).count == 194)
-        let sim = try Scenario.converged(config)
+        let sim = try SimSetup.converged(config)
         #expect(sim.idAssignmentsAgree())
         let map = try #require(sim.node(0)?.map)
         let ids = (0..<200).compactMap { map[sim.addresses[$0]]?.id }
@@ -150,15 +150,15 @@ struct CollisionTests {
 
 struct DeterminismTests {
     func run(seed: UInt64) throws -> (UInt64, Int, TrafficCounters) {
-        let pauses = PauseModel(length: 100 * Scenario.ms, meanInterval: 5 * Scenario.s)
-        var config = Scenario.config(nodes: 100, seed: seed, loss: 0.05, pauses: pauses)
+        let pauses = PauseModel(length: 100 * SimSetup.ms, meanInterval: 5 * SimSetup.s)
+        var config = SimSetup.config(nodes: 100, seed: seed, loss: 0.05, pauses: pauses)
         config.duplication = 0.02
         config.latency = try LatencyModel(base: 100_000, max: 3_000_000, jitter: .lognormal(sigma: 0.8), buckets: 32)
         let sim = try Simulator(config: config)
-        sim.run(until: 4 * Scenario.s)
+        sim.run(until: 4 * SimSetup.s)
         sim.crash(3)
-        sim.schedule(.restart(3), at: sim.now + 2 * Scenario.s)
-        sim.run(until: 8 * Scenario.s)
+        sim.schedule(.restart(3), at: sim.now + 2 * SimSetup.s)
+        sim.run(until: 8 * SimSetup.s)
         return (sim.traceHash, sim.events, sim.traffic)
     }
 
@@ -201,5 +201,29 @@ struct EventQueueTests {
         // Median of the jitter at a quarter of the range: about half the draws below slice 8.
         let below = lc.prefix(8).reduce(0, +)
         #expect(below > 45_000 && below < 55_000)
+    }
+}
+
+/// The timeline `discd simulate` runs, run by a test: the scenario lives in the Simulator target.
+@Suite struct ScenarioTests {
+    @Test func crashStopAndRestartTimelineEndsWithEveryDepartureKnown() throws {
+        let config = SimSetup.config(nodes: 60, seed: 11)
+        let sim = try Simulator(config: config)
+        let d = config.detector!
+        let scenario = Scenario(
+            duration: 12 * SimSetup.s, crash: 2, stop: 1, settle: d.startupGrace(memberCount: 60) + SimSetup.s,
+            restartAfter: 3 * SimSetup.s)
+        var notes: [String] = []
+        let outcome = scenario.run(on: sim) { notes.append($0) }
+        #expect(!outcome.neverConverged)
+        #expect(outcome.victims.count == 3)
+        #expect(outcome.crashedAt != nil)
+        #expect(sim.departures.count == 3)
+        #expect(sim.departures.allSatisfy { $0.pending == 0 })
+        #expect(sim.falseDeaths.isEmpty)
+        // Restarted with new incarnations, every map holds all 60 again by the end.
+        #expect(sim.liveCount == 60)
+        #expect(sim.membersEqualLiveSet())
+        #expect(notes.count >= 3)
     }
 }

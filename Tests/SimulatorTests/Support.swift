@@ -7,7 +7,7 @@ import NodeMap
 /// Settings shared by the simulator tests: the daemon's preset (`DetectorSettings.default`,
 /// `DiscoverySettings.default`: the very values `discd` runs with), LAN latency 200 us..2 ms,
 /// warnings only.
-enum Scenario {
+enum SimSetup {
     static let ms: UInt64 = 1_000_000
     static let s: UInt64 = 1_000_000_000
 

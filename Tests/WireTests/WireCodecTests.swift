@@ -164,7 +164,11 @@ struct WireRoundTripTests {
         #expect(p.name == "a" + String(repeating: "é", count: 31))
         let ascii = String(repeating: "z", count: 100)
         let m2 = message(.processExit(ProcessExit(node: ip("10.0.0.1"), pid: 1, startTime: 2, status: 0, name: ascii)))
-        guard case .processExit(let p2) = try Message.decode(m2.encode()).body else { return }
+        let decoded2 = try Message.decode(m2.encode())
+        guard case .processExit(let p2) = decoded2.body else {
+            Issue.record("wrong body \(decoded2.body)")
+            return
+        }
         #expect(p2.name == String(repeating: "z", count: 64))
     }
 }
@@ -190,14 +194,20 @@ struct WireRejectionTests {
 
     @Test func randomGarbageNeverTraps() {
         var rng = SeededRNG(seed: 0xD15C_1002)
-        var accepted = 0
+        var garbageAccepted = 0
         for _ in 0..<10_000 {
             let n = Int.random(in: 0...1300, using: &rng)
             let b = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
-            if (try? Message.decode(b)) != nil { accepted += 1 }
+            if (try? Message.decode(b)) != nil { garbageAccepted += 1 }
         }
-        // Random bytes almost never carry the magic; mutate valid datagrams to reach the body decoders.
+        // Random bytes carry the magic once in 65,536 and then fail the length check: none decodes.
+        #expect(garbageAccepted == 0)
+        // Mutated valid datagrams reach the body decoders: some decode (a mutation in a field any
+        // value of which is valid), most are rejected, each with a typed reason, and several reasons
+        // are met (the checks are really there, not just one).
         let valid = everyMessage().map { try! $0.encode() }
+        var accepted = 0
+        var reasons: [String: Int] = [:]
         for _ in 0..<10_000 {
             var b = valid.randomElement(using: &rng)!
             for _ in 0..<Int.random(in: 1...4, using: &rng) {
@@ -209,9 +219,15 @@ struct WireRejectionTests {
                 // Whatever decodes re-encodes to something that decodes to the same message.
                 #expect(try Message.decode(m.encode()) == m)
                 accepted += 1
-            } catch {}
+            } catch {
+                reasons[(error as? DecodeError)?.counterName ?? "\(error)", default: 0] += 1
+            }
         }
-        #expect(accepted < 20_000)
+        let rejected = reasons.values.reduce(0, +)
+        #expect(accepted + rejected == 10_000)
+        #expect(accepted >= 500, "mutations never reached a decodable body: \(accepted)")
+        #expect(rejected >= 5000, "too few mutations rejected: \(rejected)")
+        #expect(reasons.count >= 5, "rejection reasons met: \(reasons)")
     }
 
     func expectDecodeError(

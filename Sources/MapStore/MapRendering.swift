@@ -1,3 +1,6 @@
+import Events
+import NodeMap
+
 /// The three views `showmap` prints of a map file: a table for people, mosix.map lines for
 /// `setpe`, and one JSON object for scripts.
 ///
@@ -53,18 +56,7 @@ public enum MapRendering {
 
     /// A short duration for people: `0.4s` below 10 s, then `42s`, `12m3s`, `3h12m`, `2d3h`.
     /// A negative duration (a clock that went backwards) shows as `0.0s`.
-    public static func age(nanos: Int64) -> String {
-        let ns = max(0, nanos)
-        if ns < 10_000_000_000 {
-            let tenths = ns / 100_000_000
-            return "\(tenths / 10).\(tenths % 10)s"
-        }
-        let s = ns / 1_000_000_000
-        if s < 60 { return "\(s)s" }
-        if s < 3600 { return "\(s / 60)m\(s % 60)s" }
-        if s < 86400 { return "\(s / 3600)h\(s % 3600 / 60)m" }
-        return "\(s / 86400)d\(s % 86400 / 3600)h"
-    }
+    public static func age(nanos: Int64) -> String { DurationText.age(nanos: nanos) }
 
     // MARK: mosix.map
 
@@ -82,9 +74,9 @@ public enum MapRendering {
     /// "heartbeat_port","hops","id","incarnation","last_heard_unix_ms","preferred_id"(N|null),"state"}`;
     /// a capability is `{"gid","qkey","qpn","type":"rdma"}` or `{"type":N,"value":"hex"}`.
     public static func json(_ s: MapSnapshot, nowUnixNanos: Int64, membersOnly: Bool = false) -> String {
-        let nodeValues: [JSONValue] = nodes(s, membersOnly: membersOnly).map { n in
+        let nodeValues: [JSON.Value] = nodes(s, membersOnly: membersOnly).map { n in
             let heard = s.lastHeardUnixNanos(n)
-            return .object([
+            return obj([
                 "id": .uint(UInt64(n.id.rawValue)),
                 "address": .string("\(n.address)"),
                 "preferred_id": n.preferredID.map { .uint(UInt64($0.rawValue)) } ?? .null,
@@ -97,32 +89,35 @@ public enum MapRendering {
                 "heartbeat_port": .uint(UInt64(n.heartbeatPort)),
                 "aliases": .array(
                     n.aliases.map {
-                        .object(["address": .string("\($0.address)"), "source": .string("\($0.source)")])
+                        obj(["address": .string("\($0.address)"), "source": .string("\($0.source)")])
                     }),
                 "capabilities": .array(n.capabilities.map(capabilityJSON)),
             ])
         }
-        let root: JSONValue = .object([
+        let root: JSON.Value = obj([
             "generation": .uint(s.generation),
             "self": s.selfAddress == .zero ? .null : .string("\(s.selfAddress)"),
             "written_at_unix_ms": .int(writtenAtUnixNanos(s) / 1_000_000),
             "nodes": .array(nodeValues),
         ])
-        var out = ""
-        root.write(to: &out)
-        return out + "\n"
+        return JSON.render(root) + "\n"
     }
 
-    private static func capabilityJSON(_ c: Capability) -> JSONValue {
+    private static func capabilityJSON(_ c: Capability) -> JSON.Value {
         switch c {
         case .rdma(let gh, let gl, let qpn, let qkey):
-            return .object([
+            return obj([
                 "type": .string("rdma"), "gid": .string(hex(gh) + hex(gl)), "qpn": .uint(UInt64(qpn)),
                 "qkey": .uint(UInt64(qkey)),
             ])
         case .unknown(let t, let v):
-            return .object(["type": .uint(UInt64(t)), "value": .string(hexBytes(v))])
+            return obj(["type": .uint(UInt64(t)), "value": .string(hexBytes(v))])
         }
+    }
+
+    /// An object with its keys in byte order (the contract's sorted keys).
+    private static func obj(_ d: [String: JSON.Value]) -> JSON.Value {
+        .object(d.sorted { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }.map { ($0.key, $0.value) })
     }
 
     /// Wall-clock time (Unix ns) the file was written.
@@ -144,61 +139,5 @@ public enum MapRendering {
             out.append(digits[Int(x & 15)])
         }
         return String(decoding: out, as: UTF8.self)
-    }
-}
-
-/// Just enough JSON to write the contract deterministically without Foundation.
-private enum JSONValue {
-    case int(Int64)
-    case uint(UInt64)
-    case string(String)
-    case bool(Bool)
-    case null
-    case array([JSONValue])
-    /// Written with keys in sorted order.
-    case object([String: JSONValue])
-
-    func write(to out: inout String) {
-        switch self {
-        case .int(let v): out += String(v)
-        case .uint(let v): out += String(v)
-        case .bool(let v): out += v ? "true" : "false"
-        case .null: out += "null"
-        case .string(let s): Self.quote(s, into: &out)
-        case .array(let a):
-            out += "["
-            for (i, v) in a.enumerated() {
-                if i > 0 { out += "," }
-                v.write(to: &out)
-            }
-            out += "]"
-        case .object(let o):
-            out += "{"
-            for (i, k) in o.keys.sorted(by: { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }).enumerated() {
-                if i > 0 { out += "," }
-                Self.quote(k, into: &out)
-                out += ":"
-                o[k]!.write(to: &out)
-            }
-            out += "}"
-        }
-    }
-
-    static func quote(_ s: String, into out: inout String) {
-        out += "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where u.value < 0x20:
-                let d = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - d.count) + d
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        out += "\""
     }
 }

@@ -1,0 +1,255 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Cluster
+import Detector
+import Discovery
+import NodeMap
+import Wire
+
+/// The network model: events in virtual time, datagrams with latency, loss, duplication and
+/// socket buffers that overflow during pauses, delivered to the very `ClusterNode`s the daemon runs.
+extension Simulator {
+    // MARK: Events
+
+    func handle(_ e: SimEvent) {
+        switch e.kind {
+        case .start:
+            startsPending -= 1
+            let i = Int(e.a)
+            if status[i] == .notStarted { launch(i) }
+
+        case .tick:
+            let i = Int(e.a)
+            guard armed[i] == e.time else { return }
+            armed[i] = .max
+            guard status[i] == .running, pausedUntil[i] <= now, let slot = slots[i] else { return }
+            if now >= slot.node.nextDeadline {
+                trace(1, UInt64(i))
+                if diagnose?.observer == i { lastInput = "tick" }
+                let effects = slot.node.tick(now: now)
+                afterInput(i, effects)
+            } else {
+                rearm(i, slot)
+            }
+
+        case .unicast:
+            let bytes = payloads[Int(e.c)]
+            payloads[Int(e.c)] = []
+            freePayloads.append(e.c)
+            deliver(bytes, to: Int(e.a), from: Int(e.b & Int32.max), heartbeat: e.b < 0, tag: UInt64(e.c))
+
+        case .fanout:
+            let r = Int(e.a)
+            let s = Int(e.b)
+            let bytes = fanouts[r].bytes
+            let from = Int(fanouts[r].from)
+            let n = fanouts[r].receivers[s].count
+            for k in 0..<n {
+                deliver(bytes, to: Int(fanouts[r].receivers[s][k]), from: from, heartbeat: false, tag: UInt64(r))
+            }
+            fanouts[r].receivers[s].removeAll(keepingCapacity: true)
+            fanouts[r].pending -= 1
+            if fanouts[r].pending == 0 {
+                fanouts[r].bytes = []
+                freeFanouts.append(Int32(r))
+            }
+
+        case .resume:
+            let i = Int(e.a)
+            guard status[i] == .running, pausedUntil[i] == e.time, let slot = slots[i] else { return }
+            pausedUntil[i] = 0
+            trace(12, UInt64(i))
+            // As an event loop does after a stall: read what queued in the sockets, then run late timers.
+            let inputs = held[i]
+            held[i] = []
+            heldBytes[i] = (0, 0)
+            for q in inputs {
+                guard status[i] == .running else { break }
+                receive(q.bytes, at: i)
+            }
+            if status[i] == .running { rearm(i, slot) }
+
+        case .action:
+            apply(actions[Int(e.a)])
+
+        case .pause:
+            guard let p = config.pauses else { return }
+            let i = Int(scenarioRNG.next() % UInt64(count))
+            pause(i, for: p.length)
+            schedulePause(p, from: now)
+        }
+    }
+
+    @inline(__always)
+    func rearm(_ i: Int, _ slot: Slot) {
+        let d = slot.node.nextDeadline
+        if d < armed[i] {
+            let t = Swift.max(d, now)
+            armed[i] = t
+            queue.push(t, .tick, Int32(i))
+        }
+    }
+
+    func deliver(_ bytes: [UInt8], to j: Int, from i: Int, heartbeat: Bool, tag: UInt64) {
+        guard status[j] == .running else {
+            traffic.toDownNode += 1
+            return
+        }
+        if side[j] != side[i] {
+            traffic.partitionDrops += 1
+            return
+        }
+        if pausedUntil[j] > now {
+            let cost = bytes.count + Self.skbOverhead
+            if heartbeat {
+                guard heldBytes[j].heartbeat + cost <= config.socketBuffer else {
+                    traffic.bufferOverflows += 1
+                    return
+                }
+                heldBytes[j].heartbeat += cost
+            } else {
+                guard heldBytes[j].discovery + cost <= config.socketBuffer else {
+                    traffic.bufferOverflows += 1
+                    return
+                }
+                heldBytes[j].discovery += cost
+            }
+            held[j].append(Queued(bytes: bytes, heartbeatSocket: heartbeat))
+            return
+        }
+        trace(2, UInt64(j) << 32 ^ tag)
+        if diagnose?.observer == j {
+            lastInput = "type \(bytes.count > 3 ? bytes[3] : 0) from node \(i)"
+        }
+        receive(bytes, at: j)
+    }
+
+    @inline(__always)
+    func receive(_ bytes: [UInt8], at j: Int) {
+        traffic.delivered += 1
+        traffic.deliveredBytes += bytes.count
+        let effects = slots[j]!.node.receive(bytes, interface: 0, now: now)
+        afterInput(j, effects)
+    }
+
+    // MARK: Outputs
+
+    func afterInput(_ i: Int, _ effects: [Effect]) {
+        if let d = diagnose { diagnoseInput(i, effects, d) }
+        if !effects.isEmpty { send(effects, from: i) }
+        guard status[i] == .running, let slot = slots[i] else { return }
+        rearm(i, slot)
+        watch(i, slot)
+    }
+
+    func send(_ effects: [Effect], from i: Int) {
+        for e in effects {
+            switch e {
+            case .multicast(let bytes, let except):
+                // One interface: a relay "to every interface but 0" goes nowhere.
+                if except == 0 { continue }
+                count(bytes)
+                traffic.multicasts += 1
+                multicast(bytes, from: i)
+            case .unicast(let bytes, let to):
+                count(bytes)
+                traffic.unicasts += 1
+                unicast(bytes, from: i, to: to, heartbeat: false)
+            case .heartbeat(let bytes, let to, let port):
+                count(bytes)
+                traffic.heartbeats += 1
+                guard port == config.heartbeatPort else {
+                    traffic.unroutable += 1
+                    continue
+                }
+                unicast(bytes, from: i, to: to, heartbeat: true)
+            case .event(let e):
+                logSink?(now, i, e)
+            }
+        }
+    }
+
+    @inline(__always)
+    func count(_ bytes: [UInt8]) {
+        traffic.sent += 1
+        traffic.sentBytes += bytes.count
+        let t = bytes.count > 3 ? Int(bytes[3] & 15) : 0
+        traffic.sentByType[t] += 1
+        traffic.sentBytesByType[t] += bytes.count
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
+        trace(3, h)
+    }
+
+    func unicast(_ bytes: [UInt8], from i: Int, to: IPAddress, heartbeat: Bool) {
+        guard let j = indexOf[to] else {
+            traffic.unroutable += 1
+            return
+        }
+        var copies = 1
+        if dupThreshold > 0, netRNG.next() >> 32 < dupThreshold {
+            copies = 2
+            traffic.duplicated += 1
+        }
+        for _ in 0..<copies {
+            let r = netRNG.next()
+            if r & 0xFFFF_FFFF < lossThreshold {
+                traffic.lost += 1
+                continue
+            }
+            let s = config.latency.slice(r >> 32)
+            let w = config.latency.sliceWidth
+            let delay = config.latency.sliceStart[s] + (w > 0 ? netRNG.next() % w : 0)
+            let p: Int32
+            if let f = freePayloads.popLast() {
+                p = f
+                payloads[Int(f)] = bytes
+            } else {
+                p = Int32(payloads.count)
+                payloads.append(bytes)
+            }
+            queue.push(now + delay, .unicast, j, Int32(i) | (heartbeat ? Int32.min : 0), p)
+        }
+    }
+
+    func multicast(_ bytes: [UInt8], from i: Int) {
+        let k = config.latency.sliceCount
+        let r: Int
+        if let f = freeFanouts.popLast() {
+            r = Int(f)
+        } else {
+            r = fanouts.count
+            fanouts.append(Fanout(receivers: Array(repeating: [], count: k)))
+        }
+        fanouts[r].bytes = bytes
+        fanouts[r].from = Int32(i)
+        let loss = lossThreshold
+        let dup = dupThreshold
+        let latency = config.latency
+        for j in 0..<count where j != i && status[j] == .running {
+            let x = netRNG.next()
+            if x & 0xFFFF_FFFF < loss {
+                traffic.lost += 1
+                continue
+            }
+            fanouts[r].receivers[latency.slice(x >> 32)].append(Int32(j))
+            if dup > 0, netRNG.next() >> 32 < dup {
+                traffic.duplicated += 1
+                fanouts[r].receivers[latency.slice(netRNG.next() >> 32)].append(Int32(j))
+            }
+        }
+        var pending = 0
+        for s in 0..<k where !fanouts[r].receivers[s].isEmpty {
+            queue.push(now + latency.midpoint(s), .fanout, Int32(r), Int32(s))
+            pending += 1
+        }
+        fanouts[r].pending = pending
+        if pending == 0 {
+            fanouts[r].bytes = []
+            freeFanouts.append(Int32(r))
+        }
+    }
+}

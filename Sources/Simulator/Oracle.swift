@@ -1,0 +1,140 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Cluster
+import Detector
+import Discovery
+import NodeMap
+import Wire
+
+/// The oracle: watches every map after every input, counts convergence, learns when each
+/// survivor knew of each departure, and finds false deaths.
+extension Simulator {
+    // MARK: Watching the maps
+
+    func liveSetChanged() {
+        recount()
+        if let last = epochs.last, last.convergedAt == nil {
+            // A change before convergence extends the current epoch.
+        } else {
+            epochs.append(ConvergenceEpoch(since: now, convergedAt: nil))
+        }
+        nextVerify = now
+    }
+
+    /// Recomputes which maps hold as many members as their side has running nodes.
+    func recount() {
+        liveOnSide = [0, 0]
+        for j in 0..<count where status[j] == .running { liveOnSide[Int(side[j])] += 1 }
+        convergedCount = 0
+        for j in 0..<count {
+            let ok = status[j] == .running && slots[j]!.node.map.memberCount == liveOnSide[Int(side[j])]
+            converged[j] = ok
+            if ok { convergedCount += 1 }
+        }
+    }
+
+    func watch(_ i: Int, _ slot: Slot) {
+        let members = slot.node.map.memberCount
+        let ok = members == liveOnSide[Int(side[i])]
+        if ok != converged[i] {
+            converged[i] = ok
+            convergedCount += ok ? 1 : -1
+        }
+
+        // Departures this node learned of with this input.
+        var learnedDeaths = 0
+        if !activeDepartures.isEmpty {
+            var finished = false
+            for d in activeDepartures where departures[d].knownAt[i] == Departure.pendingMark {
+                let a = departures[d].address
+                let known: Bool
+                if let n = slot.node.map[a] {
+                    known = !n.state.isMember || n.incarnation > departures[d].incarnation
+                    if n.state == .dead { learnedDeaths += 1 }
+                } else {
+                    known = true
+                }
+                if known {
+                    departures[d].knownAt[i] = now
+                    departures[d].pending -= 1
+                    if departures[d].pending == 0 { finished = true }
+                }
+            }
+            if finished { closeFinishedDepartures() }
+        }
+
+        // Deaths this node marked (declared, learned from a notice, expired): any not explained by a
+        // departure it just learned of is checked against the live set. A death turns a member into
+        // a non-member, and no single input both adds a member and marks one dead, so the counters
+        // need reading only when the member count fell.
+        let fell = members < lastMembers[i]
+        lastMembers[i] = members
+        if fell { checkDeathMarks(i, slot, learnedDeaths: learnedDeaths) }
+
+        if convergedCount == liveCount, liveCount > 0, allStarted, now >= nextVerify, epochs.last?.convergedAt == nil {
+            verifications += 1
+            if partitioned ? membersEqualOwnSide() : membersEqualLiveSet() {
+                epochs[epochs.count - 1].convergedAt = now
+                if !windowSet { resetTrafficWindow() }
+            } else {
+                nextVerify = now + 10_000_000
+            }
+        }
+    }
+
+    func diagnoseInput(_ i: Int, _ effects: [Effect], _ d: (observer: Int, target: Int)) {
+        if i == d.target {
+            for e in effects {
+                if case .multicast(let b, _) = e {
+                    diagnosis.append(
+                        "\(now) ns: target \(d.target) multicasts type \(b[3]); observer \(d.observer) is \(status[d.observer])")
+                }
+            }
+        }
+        guard i == d.observer, let slot = slots[i] else { return }
+        let n = slot.node.map[addresses[d.target]]
+        let state = n.map { "\($0.state) inc \($0.incarnation) id \($0.id)" } ?? "absent"
+        if state != diagnosedState {
+            diagnosis.append("\(now) ns: observer \(i) map: target \(diagnosedState) -> \(state) after \(lastInput)")
+            diagnosedState = state
+        }
+    }
+
+    func checkDeathMarks(_ i: Int, _ slot: Slot, learnedDeaths: Int) {
+        let det = slot.node.detector?.stats
+        let marks = (
+            declared: det?.deathsDeclared ?? 0, learned: det?.deathsLearned ?? 0,
+            expired: slot.node.discovery.stats.expired
+        )
+        let old = deathMarks[i]
+        guard marks != old else { return }
+        let fresh = marks.declared + marks.learned + marks.expired - old.declared - old.learned - old.expired
+        deathMarks[i] = marks
+        if fresh > learnedDeaths {
+            let cause: FalseDeath.Cause =
+                marks.declared > old.declared ? .declared : marks.expired > old.expired ? .expired : .learned
+            findFalseDeaths(observer: i, map: slot.node.map, cause: cause)
+        }
+    }
+
+    func findFalseDeaths(observer i: Int, map: NodeMap, cause: FalseDeath.Cause) {
+        for n in map.nodes where n.state == .dead {
+            guard let t32 = indexOf[n.address] else { continue }
+            let t = Int(t32)
+            guard status[t] == .running, n.incarnation >= startIncarnation[t] else { continue }
+            let key = FalseKey(observer: Int32(i), target: t32, incarnation: n.incarnation)
+            guard falseKeys.insert(key).inserted else { continue }
+            falseDeathMarks += 1
+            let target = FalseKey(observer: -1, target: t32, incarnation: n.incarnation)
+            if falseTargets.insert(target).inserted {
+                falseDeaths.append(
+                    FalseDeath(
+                        time: now, target: t, incarnation: n.incarnation, firstMarkedBy: i,
+                        acrossPartition: side[i] != side[t], cause: cause))
+            }
+        }
+    }
+}

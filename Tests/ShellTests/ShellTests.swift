@@ -1,0 +1,120 @@
+import Cluster
+import Discovery
+import NIOCore
+import NIOEmbedded
+import NodeMap
+import Testing
+import Wire
+import Glibc
+
+@testable import discd
+
+/// Defect 8 of the first wave: the route-table parser read field 7 after checking only that there
+/// were more than 3 fields.
+@Suite struct RouteTableTests {
+    let header = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+
+    @Test func shortLinesAreSkippedNotReadPast() {
+        let table = header + "e0\t00000000\t0101A8C0\n" + "e1\t00000000\n" + "e2\t0001A8C0\t00000000\t0001\t0\t0\t0\n"
+        #expect(Interfaces.defaultRouteInterface(route: table, ipv6Route: nil) == nil)
+    }
+
+    @Test func defaultRouteIsTheLineWithZeroDestinationAndMask() {
+        let table = header
+            + "e1\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+            + "e0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+        #expect(Interfaces.defaultRouteInterface(route: table, ipv6Route: nil) == "e0")
+    }
+
+    @Test func ipv6TableIsTheFallback() {
+        let v6 = String(repeating: "0", count: 32) + " 00 " + String(repeating: "0", count: 32)
+            + " 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 e5\n"
+        #expect(Interfaces.defaultRouteInterface(route: header, ipv6Route: v6) == "e5")
+        #expect(Interfaces.defaultRouteInterface(route: nil, ipv6Route: "short line\n") == nil)
+    }
+}
+
+/// Defect 9: a link-local IPv6 destination is reached through the link it was heard on, not
+/// always through the first interface.
+@Suite struct LinkScopeTests {
+    @Test func linkLocalUnicastUsesTheLinkItWasHeardOn() throws {
+        let loop = EmbeddedEventLoop()
+        let sink = LogSink(target: .stderr, format: .json, debug: false, startNanos: 0)
+        let ifs = [
+            ClusterInterface(name: "ea", index: 11, address: IPAddress("fe80::1")!, device: try anyDevice()),
+            ClusterInterface(name: "eb", index: 12, address: IPAddress("fe80::2")!, device: try anyDevice()),
+        ]
+        let t = try UDPTransport(
+            loop: loop, family: .ipv6, interfaces: ifs, group: IPAddress("ff05::d15c:77")!, port: 7777,
+            heartbeatPort: 7778, ttl: nil, sink: sink)
+        let peer = IPAddress("fe80::99")!
+        t.linkOf = { $0 == peer ? 1 : nil }
+        let a = try #require(t.socketAddress(peer, port: 7777))
+        guard case .v6(let v6) = a else {
+            Issue.record("not an IPv6 socket address: \(a)")
+            return
+        }
+        #expect(v6.address.sin6_scope_id == 12)
+        // A link-local address never heard falls back to the first link; a global one has no scope.
+        if case .v6(let other) = try #require(t.socketAddress(IPAddress("fe80::55")!, port: 7777)) {
+            #expect(other.address.sin6_scope_id == 11)
+        }
+        if case .v6(let global) = try #require(t.socketAddress(IPAddress("fd00::5")!, port: 7777)) {
+            #expect(global.address.sin6_scope_id == 0)
+        }
+    }
+
+    func anyDevice() throws -> NIONetworkDevice {
+        try #require(try System.enumerateDevices().first)
+    }
+}
+
+/// A transport that records what it is asked to send.
+final class RecordingTransport: Transport, @unchecked Sendable {
+    let name: String
+    var sent: [[UInt8]] = []
+    init(_ name: String) { self.name = name }
+    func start(deliver: @escaping @Sendable (Datagram) -> Void) async throws {}
+    func multicast(_ bytes: [UInt8], except: Int?) { sent.append(bytes) }
+    func unicast(_ bytes: [UInt8], to: IPAddress, port: UInt16?) { sent.append(bytes) }
+    func close() async {}
+    var counters: TransportCounters { TransportCounters() }
+}
+
+/// The transport seam: a datagram that arrives over two transports is handled once.
+@Suite struct TransportSeamTests {
+    @Test func sameDatagramOverTwoTransportsIsHandledOnce() throws {
+        let loop = EmbeddedEventLoop()
+        let sink = LogSink(target: .stderr, format: .json, debug: false, startNanos: 0)
+        let me = SelfInfo(address: IPAddress("10.0.0.1")!, heartbeatPort: 7778)
+        var node = ClusterNode(
+            config: ClusterConfig(cluster: "test", me: me, incarnation: 1, detector: nil, seed: 1), now: 0)
+        _ = node.start(now: 0)
+        let dir = FileManagerless.temporaryDirectory()
+        let publisher = MapPublisher(mapPath: dir + "/m.map", statusPath: nil, sink: sink)
+        let udp = RecordingTransport("udp")
+        let rdma = RecordingTransport("rdma")
+        let driver = NodeDriver(loop: loop, node: node, transports: [udp, rdma], publisher: publisher, sink: sink)
+        let other = Message(
+            header: Header(type: .announce, cluster: "test", senderID: 0, incarnation: 5, messageID: 1, origin: IPAddress("10.0.0.2")!),
+            body: .announce(NodeInfo(heartbeatPort: 7778)))
+        let bytes = try other.encode()
+        driver.received(Datagram(bytes: bytes, link: 0))
+        driver.received(Datagram(bytes: bytes, link: 0))
+        #expect(driver.node.counters.datagramsReceived == 1)
+        #expect(driver.duplicatesAcrossTransports == 1)
+        #expect(driver.node.map[IPAddress("10.0.0.2")!]?.incarnation == 5)
+        // A different datagram still gets through.
+        var again = other
+        again.header.messageID = 2
+        driver.received(Datagram(bytes: try again.encode(), link: 0))
+        #expect(driver.node.counters.datagramsReceived == 2)
+    }
+}
+
+enum FileManagerless {
+    static func temporaryDirectory() -> String {
+        var t = Array("/tmp/discd-shell-XXXXXX".utf8CString)
+        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+}

@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(
             name: "ShellTests",
             dependencies: [
-                "discd", "Cluster", "Discovery", "NodeMap", "Wire",
+                "discd", "Cluster", "Detector", "Discovery", "NodeMap", "Wire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

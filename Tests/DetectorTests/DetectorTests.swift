@@ -1,3 +1,4 @@
+import Glibc
 import NodeMap
 import Testing
 import Wire
@@ -567,4 +568,46 @@ func isRefute(_ o: DetectorOutput) -> Bool {
         // The deadline moved by the pause (η/2 + 1 ms).
         #expect(deadline == 3 * sec + s.timeout + s.driftTolerance + 1 * ms)
     }
+}
+
+/// Defect 12: docs/DETECTOR.md drifted from the code. Its table of defaults and its watch cadence
+/// must say what `DetectorSettings.default` is.
+@Suite struct DetectorDocTests {
+    @Test func docTableMatchesTheDefaults() throws {
+        let root = URLPath.repoRoot(#filePath)
+        let doc = try #require(readFile(root + "/docs/DETECTOR.md"))
+        let d = DetectorSettings.default
+        #expect(doc.contains("| `period` η | \(d.period / ms) ms |"))
+        #expect(doc.contains("| `timeout` δ | \(d.timeout / ms) ms |"))
+        #expect(doc.contains("| `confirmWindow` | \(d.confirmWindow / ms) ms |"))
+        #expect(doc.contains("max(3δ, 6 s)"))
+        #expect(d.watchLifetime == max(3 * d.timeout, 6 * sec))
+        #expect(doc.contains("`watchLifetime / 3`"))
+        #expect(d.watchRefresh == max(d.watchLifetime / 3, d.period))
+        // The worked example of the startup grace.
+        #expect(d.startupGrace(memberCount: 8) == 1900 * ms)
+        #expect(doc.contains("= 1.9 s"))
+    }
+}
+
+enum URLPath {
+    /// The repository root: three levels above this test file (Tests/DetectorTests/X.swift).
+    static func repoRoot(_ file: String) -> String {
+        var parts = file.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        return parts.joined(separator: "/")
+    }
+}
+
+func readFile(_ path: String) -> String? {
+    guard let f = fopen(path, "r") else { return nil }
+    defer { fclose(f) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&buf, 1, buf.count, f)
+        if n <= 0 { break }
+        out += buf[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
 }

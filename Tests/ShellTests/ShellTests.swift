@@ -1,4 +1,5 @@
 import Cluster
+import Detector
 import Discovery
 import NIOCore
 import NIOEmbedded
@@ -116,5 +117,71 @@ enum FileManagerless {
     static func temporaryDirectory() -> String {
         var t = Array("/tmp/discd-shell-XXXXXX".utf8CString)
         return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+}
+
+/// Defect 6: the interface watcher ran on a Dispatch timer that was never cancelled and could
+/// schedule work after the event loop shut down. Now it is a task on the loop, cancelled on stop.
+@Suite struct InterfaceWatcherTests {
+    @Test func noPollAfterStop() throws {
+        let loop = EmbeddedEventLoop()
+        let sink = LogSink(target: .stderr, format: .json, debug: false, startNanos: 0)
+        let node = ClusterNode(
+            config: ClusterConfig(cluster: "test", me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, detector: nil, seed: 1),
+            now: 0)
+        let publisher = MapPublisher(mapPath: FileManagerless.temporaryDirectory() + "/m.map", statusPath: nil, sink: sink)
+        let driver = NodeDriver(loop: loop, node: node, transports: [], publisher: publisher, sink: sink)
+        let w = InterfaceWatcher(
+            loop: loop, names: ["lo"], family: .ipv4, primary: IPAddress("127.0.0.1")!, initial: [], source: .interface,
+            sink: sink, driver: driver)
+        w.start(every: .seconds(5))
+        loop.run()
+        loop.advanceTime(by: .seconds(11))
+        #expect(w.polls == 2)
+        w.stop()
+        loop.run()
+        loop.advanceTime(by: .seconds(60))
+        #expect(w.polls == 2)
+    }
+}
+
+/// One settings source: `discd` and `discd simulate` declare the protocol options once, so their
+/// help prints the same defaults, and those are the core types' defaults.
+@Suite struct SharedDefaultsTests {
+    func optionLines(_ help: String) -> [String] {
+        let names = ["--preset", "--period", "--timeout", "--confirmations", "--confirm-window", "--announce-interval", "--no-detector"]
+        // ArgumentParser wraps long help; join continuation lines to their option.
+        var out: [String] = []
+        for line in help.split(separator: "\n").map(String.init) {
+            let t = line.trimmingPrefix(while: { $0 == " " })
+            if t.hasPrefix("-") {
+                out.append(String(t))
+            } else if !out.isEmpty, line.hasPrefix("      ") {
+                out[out.count - 1] += " " + t
+            }
+        }
+        return out.filter { l in names.contains { l.hasPrefix($0 + " ") || l == $0 } }
+    }
+
+    @Test func discdAndSimulateHelpPrintTheSameDefaults() {
+        let daemon = optionLines(DiscdCommand.helpMessage(columns: 400))
+        let simulate = optionLines(SimulateCommand.helpMessage(columns: 400))
+        #expect(daemon.count == 7, "\(daemon)")
+        #expect(daemon == simulate)
+        let d = DetectorSettings.default
+        let text = daemon.joined(separator: "\n")
+        #expect(text.contains("(default: \(DurationText.format(d.period)))"))
+        #expect(text.contains("(default: \(DurationText.format(d.timeout)))"))
+        #expect(text.contains("(default: \(DurationText.format(d.confirmWindow)))"))
+        #expect(text.contains("(default: \(DurationText.format(DiscoverySettings.default.baseInterval)))"))
+        #expect(text.contains("150ms") && text.contains("450ms") && text.contains("600ms") && text.contains("3s"))
+    }
+}
+
+extension String {
+    func trimmingPrefix(while p: (Character) -> Bool) -> Substring {
+        var s = Substring(self)
+        while let c = s.first, p(c) { s = s.dropFirst() }
+        return s
     }
 }

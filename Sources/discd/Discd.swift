@@ -206,11 +206,16 @@ struct DiscdCommand: AsyncParsableCommand {
             heartbeatPort: s.heartbeatPort, cluster: cluster, ttl: multicastTTL,
             relay: s.config.discovery.relay, detector: s.detectorText, incarnation: s.config.incarnation,
             pid: getpid(), daemon: daemonMode)
-        let node = NodeService(driver: driver, watcher: watcher, sink: sink, started: started, readyFD: readyFD)
+        let node = NodeService(driver: driver, sink: sink, started: started, readyFD: readyFD)
         let debugToggle = DebugSignalService(sink: sink, driver: driver)
+        // Graceful shutdown runs in reverse order: the SIGUSR1 listener and the interface watcher
+        // stop first, then the node (leave, final map), then the publisher (pending writes).
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: node), .init(service: debugToggle)],
+                services: [
+                    .init(service: publisher), .init(service: node), .init(service: watcher),
+                    .init(service: debugToggle),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         try? await elg.shutdownGracefully()
@@ -238,25 +243,22 @@ struct DiscdCommand: AsyncParsableCommand {
     }
 }
 
-/// The node: transports up, protocol running, interfaces watched; on graceful shutdown (SIGTERM,
-/// SIGINT) it says leave, writes the final map and returns.
+/// The node: transports up, protocol running; on graceful shutdown (SIGTERM, SIGINT) it says
+/// leave, hands the final map to the publisher and closes the transports.
 struct NodeService: Service {
     let driver: NodeDriver
-    let watcher: InterfaceWatcher
     let sink: LogSink
     let started: DaemonEvent
     let readyFD: Int32?
 
     func run() async throws {
         try await driver.start()
-        watcher.start(every: .seconds(5))
         sink.write(started)
         if let fd = readyFD { Detach.report(fd, "READY") }
         _ = discd_notify("READY=1")
         try? await gracefulShutdown()
         sink.write(DaemonEvent.stopping(signal: "SIGTERM/SIGINT"))
         _ = discd_notify("STOPPING=1")
-        watcher.stop()
         await driver.stop()
     }
 }

@@ -1,10 +1,11 @@
 import Cluster
 import NIOCore
 import NodeMap
+import ServiceLifecycle
 
 /// Polls the cluster interfaces' addresses on the event loop and tells the node when its aliases
 /// change (an address added or removed). Cancelled on stop: nothing is scheduled after that.
-final class InterfaceWatcher: @unchecked Sendable {
+final class InterfaceWatcher: Service, @unchecked Sendable {
     let loop: EventLoop
     let names: [String]
     let family: AddressFamily
@@ -28,6 +29,13 @@ final class InterfaceWatcher: @unchecked Sendable {
         self.source = source
         self.sink = sink
         self.driver = driver
+    }
+
+    /// As a service: polls every 5 s until graceful shutdown.
+    func run() async throws {
+        start(every: .seconds(5))
+        try? await gracefulShutdown()
+        stop()
     }
 
     func start(every: TimeAmount) {

@@ -3,12 +3,13 @@ import Dispatch
 import Glibc
 import MapStore
 import NodeMap
+import ServiceLifecycle
 import Synchronization
 
 /// Writes the map file (only when the map changed) and the status file, off the protocol loop:
 /// the loop hands over the map value (copy-on-write, O(1)); sorting, encoding and fsync happen on
 /// the writer's queue, which keeps only the newest pending map.
-final class MapPublisher: @unchecked Sendable {
+final class MapPublisher: Service, @unchecked Sendable {
     let mapPath: String
     let statusPath: String?
     private let sink: LogSink
@@ -24,6 +25,14 @@ final class MapPublisher: @unchecked Sendable {
     }
 
     var writes: Int { writesCount.load(ordering: .relaxed) }
+
+    /// As a service: runs until graceful shutdown, which reaches it after the node's (it is listed
+    /// before the node in the group), so the final map is handed over first; then every pending
+    /// write is finished before the daemon exits.
+    func run() async throws {
+        try? await gracefulShutdown()
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in queue.async { c.resume() } }
+    }
 
     func map(_ m: NodeMap, selfAddress: IPAddress, at now: UInt64) {
         enqueue { $0.map = (m, selfAddress, now) }

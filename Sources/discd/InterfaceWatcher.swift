@@ -16,6 +16,8 @@ final class InterfaceWatcher: Service, @unchecked Sendable {
     private var last: [IPAddress]
     private var primaryMissing = false
     private var task: RepeatedTask?
+    /// Polls done so far (on the loop).
+    private(set) var polls = 0
 
     init(
         loop: EventLoop, names: [String], family: AddressFamily, primary: IPAddress, initial: [IPAddress],
@@ -52,7 +54,9 @@ final class InterfaceWatcher: Service, @unchecked Sendable {
     }
 
     private func poll() {
-        guard task != nil, let all = try? Interfaces.addresses() else { return }
+        guard task != nil else { return }
+        polls += 1
+        guard let all = try? Interfaces.addresses() else { return }
         let present = all.contains { names.contains($0.device.name) && $0.address == primary }
         if !present && !primaryMissing { sink.write(DaemonEvent.primaryAddressGone(address: primary, interfaces: names)) }
         primaryMissing = !present

@@ -71,27 +71,9 @@ final class UDPTransport: Transport, @unchecked Sendable {
 
     func start(deliver: @escaping @Sendable (Datagram) -> Void) async throws {
         let anyHost = family == .ipv4 ? "0.0.0.0" : "::"
-        let make = { (hb: Bool) in InboundHandler(transport: self, heartbeat: hb, deliver: deliver) }
-        do {
-            main = try await DatagramBootstrap(group: loop)
-                .channelOption(.receivePacketInfo, value: true)
-                .channelInitializer { ch in
-                    ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(make(false)) }
-                }
-                .bind(host: anyHost, port: port).get()
-        } catch {
-            throw ConfigError("cannot bind UDP port \(port): \(describe(error))")
-        }
-        do {
-            heartbeat = try await DatagramBootstrap(group: loop)
-                .channelOption(.receivePacketInfo, value: true)
-                .channelInitializer { ch in
-                    ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(make(true)) }
-                }
-                .bind(host: anyHost, port: heartbeatPort).get()
-        } catch {
-            throw ConfigError("cannot bind UDP heartbeat port \(heartbeatPort): \(describe(error))")
-        }
+        main = try await bind(port: port, what: "UDP port", handler: InboundHandler(transport: self, heartbeat: false, deliver: deliver))
+        heartbeat = try await bind(
+            port: heartbeatPort, what: "UDP heartbeat port", handler: InboundHandler(transport: self, heartbeat: true, deliver: deliver))
         let mc = main as! MulticastChannel
         for i in interfaces {
             do {
@@ -100,6 +82,21 @@ final class UDPTransport: Transport, @unchecked Sendable {
                 throw ConfigError("cannot join \(group) on \(i.name): \(describe(error))")
             }
             senders.append(try await makeSender(for: i, host: anyHost))
+        }
+    }
+
+    /// A receiving socket on `port` (any address of the family) with packet info, so each datagram
+    /// says which interface it came in on.
+    private func bind(port: Int, what: String, handler: InboundHandler) async throws -> Channel {
+        do {
+            return try await DatagramBootstrap(group: loop)
+                .channelOption(.receivePacketInfo, value: true)
+                .channelInitializer { ch in
+                    ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(handler) }
+                }
+                .bind(host: family == .ipv4 ? "0.0.0.0" : "::", port: port).get()
+        } catch {
+            throw ConfigError("cannot bind \(what) \(port): \(describe(error))")
         }
     }
 

@@ -140,24 +140,6 @@ def id_table(m):
     return {norm_addr(n["address"]): n["id"] for n in (m or {}).get("nodes", [])}
 
 
-def start_daemon_noif(lab, node, args=(), tag=""):
-    """Start discd in node WITHOUT -i (it must pick the default route's interface).
-
-    Same files and bookkeeping as Lab.start_daemon (map, status, log; stopped by the Lab)."""
-    if discd_problem(lab.bindir):
-        raise Skip(discd_problem(lab.bindir))
-    d = Daemon(lab, node, None, tag)
-    argv = [os.path.join(lab.bindir, "discd"), "-n", "--map", d.map, "--status", d.status] + list(args)
-    d.argv = argv
-    with open(d.log, "ab") as f:
-        f.write(("### %s\n" % " ".join(argv)).encode())
-    d.started_wall = time.time()
-    d.started_mono = time.monotonic()
-    d.proc = node.popen(argv, d.log)
-    lab.daemons.append(d)
-    return d
-
-
 def gateway_view_problems(daemons, an, bn, gws, v6):
     """Like test_discd._check_gateway_view for either family: ordinary nodes see the far LAN at
     hops=1, their own at hops=0, every gateway as one entry with its other address as an alias of

@@ -508,14 +508,17 @@ class Lab:
         return el
 
     # processes ----------------------------------------------------------------
-    def start_daemon(self, node, args=(), family=None, ifaces=None, tag=""):
-        """Start discd in node's namespace: -n -i <ifaces> --map --status [--family] args..."""
+    def start_daemon(self, node, args=(), family=None, ifaces=None, tag="", interfaces=True):
+        """Start discd in node's namespace: -n -i <ifaces> --map --status [--family] args...
+
+        interfaces=False leaves out -i (discd then picks the default route's interface)."""
         if discd_problem(self.bindir):
             raise Skip(discd_problem(self.bindir))
-        ifs = ifaces or [i.name for i in node.ifaces]
         d = Daemon(self, node, None, tag)
-        argv = [os.path.join(self.bindir, "discd"), "-n", "-i", ",".join(ifs),
-                "--map", d.map, "--status", d.status]
+        argv = [os.path.join(self.bindir, "discd"), "-n"]
+        if interfaces:
+            argv += ["-i", ",".join(ifaces or [i.name for i in node.ifaces])]
+        argv += ["--map", d.map, "--status", d.status]
         if family:
             argv += ["--family", family]
         argv += list(args)
@@ -744,6 +747,31 @@ def probe(lab, sender, receivers, dest, ttl=1, count=5, interval=0.05, port=PROB
         with open(log) as f:
             got[name] = sum(1 for l in f if l.startswith("RX ") and (" %s " % tag) in l)
     return got
+
+
+def assert_sides_apart(daemons, side_a, a_addrs, b_addrs, seconds, what=""):
+    """For `seconds` (polled every 0.1 s), no daemon's map lists an address of the other side:
+    daemons whose node is in side_a must not see b_addrs, the others must not see a_addrs."""
+    end = time.monotonic() + seconds
+    leaked = []
+    while time.monotonic() < end and not leaked:
+        for d in daemons:
+            far = b_addrs if d.node in side_a else a_addrs
+            m = d.showmap_json()
+            leaked += ["%s sees %s" % (d.node.name, a) for a in far if find_node(m, a)]
+        time.sleep(0.1)
+    assert not leaked, "%scrossed: %s" % (what, leaked)
+
+
+def stop_and_reset(lab, daemons):
+    """SIGTERM every daemon of the lab, require exit 0 of `daemons`, remove their map and status
+    files (so that the next daemons on the same nodes start from nothing)."""
+    lab.stop_all()
+    for d in daemons:
+        assert d.returncode == 0, "%s: exit %s on SIGTERM" % (d.node.name, d.returncode)
+        for f in (d.map, d.status):
+            if os.path.exists(f):
+                os.unlink(f)
 
 
 def build_two_lans(lab, gateways=1, per_lan=2, forward=True, router=False):

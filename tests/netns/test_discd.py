@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 
+import netlab  # noqa: E402
 from netlab import (GROUP4, MCAST_TOOL, PORT, build_two_lans, find_node, map_nodes, norm_addr, probe, wait_until)
 
 CONVERGE_BOUND = 5.0        # s: every map complete after a simultaneous start (one LAN)
@@ -346,21 +347,8 @@ def test_routed_multicast_ttl(ctx):
         ok_a, _, _ = wait_converged(daemons[:2], a_addrs, CONVERGE_BOUND)
         ok_b, _, _ = wait_converged(daemons[2:], b_addrs, CONVERGE_BOUND)
         assert ok_a and ok_b, "-m 1: LANs did not converge locally\n" + describe_maps(daemons)
-        end = time.monotonic() + ROUTED_NEGATIVE
-        leaked = []
-        while time.monotonic() < end and not leaked:
-            for d in daemons:
-                far = b_addrs if d.node in an else a_addrs
-                m = d.showmap_json()
-                leaked += ["%s sees %s" % (d.node.name, a) for a in far if find_node(m, a)]
-            time.sleep(0.1)
-        assert not leaked, "-m 1 crossed the router: %s" % leaked
-        lab.stop_all()
-        for d in daemons:
-            assert d.returncode == 0, "%s: exit %s on SIGTERM" % (d.node.name, d.returncode)
-            for f in (d.map, d.status):
-                if os.path.exists(f):
-                    os.unlink(f)
+        netlab.assert_sides_apart(daemons, an, a_addrs, b_addrs, ROUTED_NEGATIVE, "-m 1 ")
+        netlab.stop_and_reset(lab, daemons)
 
         daemons = lab.start_daemons(nodes, args=["-m", "2"], tag="-m2")
         ok, conv, per = wait_converged(daemons, a_addrs + b_addrs, ROUTED_BOUND)

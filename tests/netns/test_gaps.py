@@ -12,7 +12,8 @@ import subprocess
 import time
 
 from gaplib import (DROP_REASONS, journal_records, pid_alive, pids_of, run_daemon_mode, STATUS_SCHEMA, addresses, drops, entry, gateway_view_problems, id_table, is_int,
-                    schema_problems, start_daemon_noif, state_is, status_int, wait_all)
+                    schema_problems, state_is, status_int, wait_all)
+import netlab  # noqa: E402
 from netlab import Daemon, GROUP6, PORT, build_two_lans, find_node, norm_addr, probe, wait_until
 from test_discd import (CONVERGE_BOUND, CONVERGE_BOUND_GW, LEAVE_BOUND, ROUTED_BOUND, ROUTED_NEGATIVE,
                         STOP_BOUND, _junk, describe_maps, wait_converged)
@@ -343,21 +344,8 @@ def test_routed_multicast_ipv6(ctx):
         ds = lab.start_daemons(nodes, family="ipv6", args=["-m", "1"], tag="-m1")
         converge(ds[:2], a6, what="-m 1 LAN A: ")
         converge(ds[2:], b6, what="-m 1 LAN B: ")
-        end = time.monotonic() + ROUTED_NEGATIVE
-        leaked = []
-        while time.monotonic() < end and not leaked:
-            for d in ds:
-                far = b6 if d.node in an else a6
-                m = d.showmap_json()
-                leaked += ["%s sees %s" % (d.node.name, a) for a in far if find_node(m, a)]
-            time.sleep(0.1)
-        assert not leaked, "-m 1 crossed the IPv6 router: %s" % leaked
-        lab.stop_all()
-        for d in ds:
-            assert d.returncode == 0, "%s: exit %s on SIGTERM" % (d.node.name, d.returncode)
-            for f in (d.map, d.status):
-                if os.path.exists(f):
-                    os.unlink(f)
+        netlab.assert_sides_apart(ds, an, a6, b6, ROUTED_NEGATIVE, "-m 1 over IPv6 ")
+        netlab.stop_and_reset(lab, ds)
         ds = lab.start_daemons(nodes, family="ipv6", args=["-m", "2"], tag="-m2")
         conv = converge(ds, a6 + b6, ROUTED_BOUND, "-m 2 across the IPv6 router: ")
         return ("router precheck hops1 %s / hops2 %s; -m 1: far LAN unseen for %.0fs; -m 2: all 4 IPv6 maps "
@@ -545,7 +533,7 @@ def test_default_route_interface(ctx):
         n3.ip("route", "add", "default", "via", peers[0].ip4, "dev", "e0")
         lab.wait_addresses()
         ds = lab.start_daemons(peers)
-        d3 = start_daemon_noif(lab, n3)
+        d3 = lab.start_daemon(n3, interfaces=False)
         e0, d0 = n3.iface("e0").ip4, n3.iface("d0").ip4
         conv = converge(ds + [d3], [p.ip4 for p in peers] + [e0])
         m = d3.showmap_json(cached=False)

@@ -63,7 +63,7 @@ public struct ClusterNode: Sendable {
     private var messageID: UInt32 = 0
     private var out: [Effect] = []
 
-    public init(config: ClusterConfig, now: UInt64) {
+    public init(config: ClusterConfig, now: Instant) {
         self.config = config
         self.map = NodeMap(timeBaseUnixNanos: config.timeBaseUnixNanos)
         self.discovery = DiscoveryCore(
@@ -87,19 +87,19 @@ public struct ClusterNode: Sendable {
     public var isRunning: Bool { discovery.started }
 
     /// The earliest time `tick` must be called.
-    public var nextDeadline: UInt64 {
-        min(discovery.nextDeadline, detector?.nextDeadline ?? UInt64.max)
+    public var nextDeadline: Instant {
+        min(discovery.nextDeadline, detector?.nextDeadline ?? .distantFuture)
     }
 
     // MARK: Inputs
 
-    public mutating func start(now: UInt64) -> [Effect] {
+    public mutating func start(now: Instant) -> [Effect] {
         let d = discovery.start(now: now, map: &map)
         apply(d, now: now)
         return flush()
     }
 
-    public mutating func tick(now: UInt64) -> [Effect] {
+    public mutating func tick(now: Instant) -> [Effect] {
         guard discovery.started else { return [] }
         apply(discovery.tick(now: now, map: &map), now: now)
         if detector != nil {
@@ -109,19 +109,19 @@ public struct ClusterNode: Sendable {
         return flush()
     }
 
-    public mutating func stop(now: UInt64) -> [Effect] {
+    public mutating func stop(now: Instant) -> [Effect] {
         apply(discovery.stop(now: now, map: &map), now: now)
         return flush()
     }
 
     /// Our interface addresses changed.
-    public mutating func interfacesChanged(aliases: [Alias], now: UInt64) -> [Effect] {
+    public mutating func interfacesChanged(aliases: [Alias], now: Instant) -> [Effect] {
         apply(discovery.interfacesChanged(aliases: aliases, now: now, map: &map), now: now)
         return flush()
     }
 
     /// A datagram arrived on cluster interface `interface` (index into the shell's interface list).
-    public mutating func receive(_ bytes: [UInt8], interface: Int, now: UInt64) -> [Effect] {
+    public mutating func receive(_ bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
         guard discovery.started else { return [] }
         counters.datagramsReceived += 1
         let m: Message
@@ -192,7 +192,7 @@ public struct ClusterNode: Sendable {
     /// gateway is dropped; anything that speaks for us and that we did not say (a leave while we
     /// run, an announce at an incarnation we never had) is contradicted at once: we refute past it,
     /// so that no map keeps it for more than a round trip.
-    private mutating func inOurName(_ m: Message, now: UInt64) {
+    private mutating func inOurName(_ m: Message, now: Instant) {
         let h = m.header
         switch m.body {
         case .leave where h.incarnation >= discovery.incarnation:
@@ -206,7 +206,7 @@ public struct ClusterNode: Sendable {
     }
 
     private mutating func refute(
-        _ accusation: DetectorEvent.Accusation, by: IPAddress?, past: UInt64, now: UInt64
+        _ accusation: DetectorEvent.Accusation, by: IPAddress?, past: UInt64, now: Instant
     ) {
         let before = discovery.incarnation
         apply(discovery.refute(past: past, now: now, map: &map), now: now)
@@ -248,7 +248,7 @@ public struct ClusterNode: Sendable {
         }
     }
 
-    private mutating func apply(_ outputs: [DiscoveryOutput], now: UInt64) {
+    private mutating func apply(_ outputs: [DiscoveryOutput], now: Instant) {
         for o in outputs {
             switch o {
             case .multicast(let b):
@@ -274,7 +274,7 @@ public struct ClusterNode: Sendable {
         }
     }
 
-    private mutating func applyDetector(_ outputs: [DetectorOutput], now: UInt64) {
+    private mutating func applyDetector(_ outputs: [DetectorOutput], now: Instant) {
         for o in outputs {
             switch o {
             case .send(let b, let to, let port):
@@ -297,7 +297,7 @@ public struct ClusterNode: Sendable {
         }
     }
 
-    private mutating func mapChanged(_ changes: [NodeMapChange], now: UInt64, fromDetector: Bool = false) {
+    private mutating func mapChanged(_ changes: [NodeMapChange], now: Instant, fromDetector: Bool = false) {
         guard !changes.isEmpty else { return }
         counters.mapChanges += changes.count
         for c in changes { emit(.member(c)) }

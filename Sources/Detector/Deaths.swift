@@ -8,7 +8,7 @@ extension DetectorCore {
     // MARK: Deaths
 
     mutating func declareDead(
-        _ node: Node, suspicion s: Suspicion, now: UInt64, map: inout NodeMap, out: inout [DetectorOutput]
+        _ node: Node, suspicion s: Suspicion, now: Instant, map: inout NodeMap, out: inout [DetectorOutput]
     ) {
         let c = map.setState(node.address, to: .dead, incarnation: s.incarnation)
         observedNode!.suspicion = nil
@@ -37,7 +37,7 @@ extension DetectorCore {
     }
 
     mutating func receiveDead(
-        target: IPAddress, incarnation: UInt64, targetID: UInt16, from origin: IPAddress, now: UInt64,
+        target: IPAddress, incarnation: UInt64, targetID: UInt16, from origin: IPAddress, now: Instant,
         map: inout NodeMap, out: inout [DetectorOutput]
     ) {
         let key = DeadKey(target: target, incarnation: incarnation)

@@ -24,7 +24,7 @@ public struct DetectorCore: Sendable {
     public let settings: DetectorSettings
     public let selfAddress: IPAddress
     /// `now` at creation: log lines are relative to it.
-    public let startTime: UInt64
+    public let startTime: Instant
     public internal(set) var stats = DetectorStats()
     /// Events below this level are not emitted (starts at `settings.eventLevel`; the shell lowers it
     /// when debug logging is switched on).
@@ -33,9 +33,9 @@ public struct DetectorCore: Sendable {
     struct Suspicion: Sendable {
         var incarnation: UInt64
         var nonce: UInt32
-        var since: UInt64
-        var confirmBy: UInt64
-        var nextProbe: UInt64
+        var since: Instant
+        var confirmBy: Instant
+        var nextProbe: Instant
         var helpers: [IPAddress]
         var rounds: Int
     }
@@ -43,23 +43,23 @@ public struct DetectorCore: Sendable {
     struct Observed: Sendable {
         var address: IPAddress
         var id: NodeID
-        var since: UInt64
-        var deadline: UInt64
-        var nextWatch: UInt64
-        var lastHeard: UInt64?
+        var since: Instant
+        var deadline: Instant
+        var nextWatch: Instant
+        var lastHeard: Instant?
         var suspicion: Suspicion?
     }
 
     struct Watcher: Sendable {
         var address: IPAddress
-        var at: UInt64
+        var at: Instant
     }
 
     struct Relay: Sendable {
         var target: IPAddress
         var nonce: UInt32
         var requester: IPAddress
-        var expires: UInt64
+        var expires: Instant
     }
 
     struct DeadKey: Hashable, Sendable {
@@ -82,12 +82,12 @@ public struct DetectorCore: Sendable {
     /// else would ever clear them in this map.
     var orphans: [IPAddress] = []
     var seenGeneration: UInt64?
-    var lastTick: UInt64
-    var nextHeartbeat: UInt64
+    var lastTick: Instant
+    var nextHeartbeat: Instant
     var sequence: UInt32 = 0
     var nonceCounter: UInt32
 
-    public init(settings: DetectorSettings, selfAddress: IPAddress, now: UInt64) {
+    public init(settings: DetectorSettings, selfAddress: IPAddress, now: Instant) {
         precondition((try? settings.validate()) != nil, "invalid DetectorSettings: build them with init(...) throws")
         self.settings = settings
         self.selfAddress = selfAddress
@@ -111,12 +111,12 @@ public struct DetectorCore: Sendable {
     /// Whether the observed node is currently suspected.
     public var isSuspecting: Bool { observedNode?.suspicion != nil }
     /// When the observed node's next heartbeat is due at the latest (nil while suspecting or not observing).
-    public var observedDeadline: UInt64? { observedNode?.suspicion == nil ? observedNode?.deadline : nil }
+    public var observedDeadline: Instant? { observedNode?.suspicion == nil ? observedNode?.deadline : nil }
     /// Nodes that asked for heartbeats with `.watch` (besides the successor), most recent last.
     public var watcherAddresses: [IPAddress] { watchers.map(\.address) }
 
     /// The earliest time `tick` must be called next (at the latest one period after the last tick).
-    public var nextDeadline: UInt64 {
+    public var nextDeadline: Instant {
         var d = nextHeartbeat
         if !orphans.isEmpty { d = min(d, lastTick) }
         if let o = observedNode {
@@ -134,14 +134,14 @@ public struct DetectorCore: Sendable {
 
     /// The map changed (a node came, went, changed ID or state): re-pick the observed and observer.
     /// Calling it is optional: `tick` and `receive` notice a new map generation themselves.
-    public mutating func mapChanged(_ map: NodeMap, now: UInt64) -> [DetectorOutput] {
+    public mutating func mapChanged(_ map: NodeMap, now: Instant) -> [DetectorOutput] {
         var out: [DetectorOutput] = []
         refreshRing(map, now: now, out: &out)
         return out
     }
 
     /// Timers: heartbeats due, the observed node's deadline, probe rounds, the confirm window.
-    public mutating func tick(now: UInt64, map: inout NodeMap) -> [DetectorOutput] {
+    public mutating func tick(now: Instant, map: inout NodeMap) -> [DetectorOutput] {
         var out: [DetectorOutput] = []
         prepare(&map, now: now, out: &out)
 
@@ -180,7 +180,7 @@ public struct DetectorCore: Sendable {
     /// A detector message from `origin` (its primary address and incarnation from the header).
     /// The shell has already touched `origin` in the map.
     public mutating func receive(
-        _ body: Body, from origin: IPAddress, originIncarnation: UInt64, now: UInt64, map: inout NodeMap
+        _ body: Body, from origin: IPAddress, originIncarnation: UInt64, now: Instant, map: inout NodeMap
     ) -> [DetectorOutput] {
         var out: [DetectorOutput] = []
         prepare(&map, now: now, out: &out)

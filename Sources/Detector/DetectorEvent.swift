@@ -21,7 +21,7 @@ public enum DetectorEvent: Event, Hashable {
         /// The map shows it alive (a higher incarnation, an announce).
         case mapAlive(incarnation: UInt64)
         /// Any datagram from it was heard since the suspicion.
-        case heard(ago: UInt64)
+        case heard(ago: TimeSpan)
         /// The ring moved: this node no longer observes it.
         case noLongerObserved
     }
@@ -31,17 +31,17 @@ public enum DetectorEvent: Event, Hashable {
     }
 
     /// Starts observing `address` (its ring predecessor); its first heartbeat is due within `grace`.
-    case observing(address: IPAddress, id: NodeID, reason: ObserveReason, grace: UInt64, members: Int)
+    case observing(address: IPAddress, id: NodeID, reason: ObserveReason, grace: TimeSpan, members: Int)
     /// Stops observing anyone (this node left its own map, or no other member remains).
     case stoppedObserving(address: IPAddress, notMember: Bool)
     /// `address` sent `.watch`: it gets heartbeats too.
     case watchedBy(address: IPAddress)
     case suspected(
-        address: IPAddress, id: NodeID, incarnation: UInt64, lastHeardAgo: UInt64?, deadlinePassedBy: UInt64,
-        observedFor: UInt64, helpers: Int, confirmWindow: UInt64)
-    case suspicionCleared(address: IPAddress, after: UInt64, reason: ClearReason)
+        address: IPAddress, id: NodeID, incarnation: UInt64, lastHeardAgo: TimeSpan?, deadlinePassedBy: TimeSpan,
+        observedFor: TimeSpan, helpers: Int, confirmWindow: TimeSpan)
+    case suspicionCleared(address: IPAddress, after: TimeSpan, reason: ClearReason)
     case declaredDead(
-        address: IPAddress, id: NodeID, incarnation: UInt64, lastHeardAgo: UInt64?, suspectedFor: UInt64,
+        address: IPAddress, id: NodeID, incarnation: UInt64, lastHeardAgo: TimeSpan?, suspectedFor: TimeSpan,
         rounds: Int, helpers: Int)
     /// The map refused the death (a higher incarnation arrived, or the node left meanwhile).
     case deathRefused(address: IPAddress, state: NodeState)
@@ -49,9 +49,9 @@ public enum DetectorEvent: Event, Hashable {
     case staleDeathNotice(address: IPAddress, incarnation: UInt64, known: UInt64)
     /// A tick came `pause` late (`gap` since the previous): the process was paused. While observing,
     /// the deadline moved by the pause and `graceLeft` remains.
-    case lateTick(pause: UInt64, gap: UInt64, period: UInt64, observing: IPAddress?, graceLeft: UInt64?)
+    case lateTick(pause: TimeSpan, gap: TimeSpan, period: TimeSpan, observing: IPAddress?, graceLeft: TimeSpan?)
     /// A heartbeat was sent `late` after its due time: our observer may suspect us.
-    case lateHeartbeat(late: UInt64, sequence: UInt32, period: UInt64)
+    case lateHeartbeat(late: TimeSpan, sequence: UInt32, period: TimeSpan)
     case probeAnswerForwarded(target: IPAddress, nonce: UInt32, to: IPAddress)
 
     public var name: String {
@@ -93,7 +93,7 @@ public enum DetectorEvent: Event, Hashable {
                 f.add("reason", "ring_repair")
                 f.add("previous", left)
             }
-            f.add("grace", duration: grace)
+            f.add("grace", duration: grace.nanos)
             f.add("members", members)
         case .stoppedObserving(let a, let notMember):
             f.add("address", a)
@@ -104,27 +104,27 @@ public enum DetectorEvent: Event, Hashable {
             f.add("address", a)
             f.add("id", id.rawValue)
             f.add("incarnation", inc)
-            f.add("last_heard_ago", duration: heard)
-            f.add("deadline_passed_by", duration: passed)
-            f.add("observed_for", duration: observed)
+            f.add("last_heard_ago", duration: heard?.nanos)
+            f.add("deadline_passed_by", duration: passed.nanos)
+            f.add("observed_for", duration: observed.nanos)
             f.add("helpers", helpers)
-            f.add("confirm_window", duration: window)
+            f.add("confirm_window", duration: window.nanos)
         case .suspicionCleared(let a, let after, let reason):
             f.add("address", a)
-            f.add("after", duration: after)
+            f.add("after", duration: after.nanos)
             switch reason {
             case .message(let t): f.add("reason", "message"); f.add("message", "\(t)")
             case .probeAnswered(let via): f.add("reason", "probe_answered"); f.add("via", via)
             case .mapAlive(let inc): f.add("reason", "map_alive"); f.add("incarnation", inc)
-            case .heard(let ago): f.add("reason", "heard"); f.add("heard_ago", duration: ago)
+            case .heard(let ago): f.add("reason", "heard"); f.add("heard_ago", duration: ago.nanos)
             case .noLongerObserved: f.add("reason", "no_longer_observed")
             }
         case .declaredDead(let a, let id, let inc, let heard, let suspected, let rounds, let helpers):
             f.add("address", a)
             f.add("id", id.rawValue)
             f.add("incarnation", inc)
-            f.add("last_heard_ago", duration: heard)
-            f.add("suspected_for", duration: suspected)
+            f.add("last_heard_ago", duration: heard?.nanos)
+            f.add("suspected_for", duration: suspected.nanos)
             f.add("probe_rounds", rounds)
             f.add("helpers", helpers)
         case .deathRefused(let a, let state):
@@ -140,15 +140,15 @@ public enum DetectorEvent: Event, Hashable {
             f.add("incarnation", inc)
             f.add("known_incarnation", known)
         case .lateTick(let pause, let gap, let period, let observing, let grace):
-            f.add("late_by", duration: pause)
-            f.add("gap", duration: gap)
-            f.add("period", duration: period)
+            f.add("late_by", duration: pause.nanos)
+            f.add("gap", duration: gap.nanos)
+            f.add("period", duration: period.nanos)
             f.add("observing", observing)
-            f.add("grace_left", duration: grace)
+            f.add("grace_left", duration: grace?.nanos)
         case .lateHeartbeat(let late, let seq, let period):
-            f.add("late_by", duration: late)
+            f.add("late_by", duration: late.nanos)
             f.add("sequence", UInt64(seq))
-            f.add("period", duration: period)
+            f.add("period", duration: period.nanos)
         case .probeAnswerForwarded(let t, let nonce, let to):
             f.add("target", t)
             f.add("nonce", UInt64(nonce))
@@ -157,7 +157,7 @@ public enum DetectorEvent: Event, Hashable {
     }
 
     public var text: String {
-        let d = DurationText.format
+        let d = { (s: TimeSpan) in DurationText.format(s.nanos) }
         switch self {
         case .observing(let a, let id, let reason, let grace, let members):
             let why =
@@ -200,7 +200,7 @@ public enum DetectorEvent: Event, Hashable {
             if let o = observing {
                 return "tick late by \(d(pause)) (\(d(gap)) since the previous tick, period \(d(period))): process "
                     + "paused? not suspecting \(o) on this tick; its deadline extended by \(d(pause)), grace left "
-                    + "\(d(grace ?? 0))"
+                    + "\(d(grace ?? .zero))"
             }
             return "tick late by \(d(pause)) (\(d(gap)) since the previous tick): process paused?"
         case .lateHeartbeat(let late, let seq, let period):

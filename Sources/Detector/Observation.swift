@@ -8,7 +8,7 @@ extension DetectorCore {
         .heartbeat(sequence: sequence, periodMillis: settings.periodMillis)
     }
 
-    mutating func sendHeartbeats(now: UInt64, map: NodeMap, out: inout [DetectorOutput]) {
+    mutating func sendHeartbeats(now: Instant, map: NodeMap, out: inout [DetectorOutput]) {
         let lateness = now - nextHeartbeat
         if lateness > settings.period / 2, sequence > 0 {
             stats.lateHeartbeats += 1
@@ -30,7 +30,7 @@ extension DetectorCore {
     }
 
     mutating func signOfLife(
-        now: UInt64, map: inout NodeMap, out: inout [DetectorOutput], reason: DetectorEvent.ClearReason
+        now: Instant, map: inout NodeMap, out: inout [DetectorOutput], reason: DetectorEvent.ClearReason
     ) {
         guard var o = observedNode else { return }
         o.deadline = max(o.deadline, now + settings.timeout)
@@ -44,7 +44,7 @@ extension DetectorCore {
     }
 
     mutating func clearSuspicion(
-        _ address: IPAddress, since: UInt64, now: UInt64, map: inout NodeMap, out: inout [DetectorOutput],
+        _ address: IPAddress, since: Instant, now: Instant, map: inout NodeMap, out: inout [DetectorOutput],
         reason: DetectorEvent.ClearReason
     ) {
         stats.refutedSuspicions += 1
@@ -56,7 +56,7 @@ extension DetectorCore {
         emit(&out, .suspicionCleared(address: address, after: now - since, reason: reason))
     }
 
-    mutating func checkObserved(now: UInt64, map: inout NodeMap, out: inout [DetectorOutput]) {
+    mutating func checkObserved(now: Instant, map: inout NodeMap, out: inout [DetectorOutput]) {
         guard var o = observedNode else { return }
         if now >= o.nextWatch {
             if send(.watch, to: o.address, map: map, out: &out) { stats.watchesSent += 1 }
@@ -92,13 +92,13 @@ extension DetectorCore {
         }
         if now >= s.nextProbe {
             s.rounds += 1
-            s.nextProbe = now + max(settings.period / 2, 1)
+            s.nextProbe = now + max(settings.period / 2, TimeSpan(nanos: 1))
             observedNode!.suspicion = s
             probeRound(node.address, s, map: map, out: &out)
         }
     }
 
-    mutating func suspect(_ node: Node, now: UInt64, map: inout NodeMap, out: inout [DetectorOutput]) {
+    mutating func suspect(_ node: Node, now: Instant, map: inout NodeMap, out: inout [DetectorOutput]) {
         let c = map.setState(node.address, to: .suspect, incarnation: node.incarnation)
         if !c.isEmpty { out.append(.changes(c)) }
         seenGeneration = map.generation
@@ -106,7 +106,7 @@ extension DetectorCore {
         nonceCounter &+= 1
         let s = Suspicion(
             incarnation: node.incarnation, nonce: nonceCounter, since: now, confirmBy: now + settings.confirmWindow,
-            nextProbe: now + max(settings.period / 2, 1), helpers: helpers(excluding: node.address, map: map),
+            nextProbe: now + max(settings.period / 2, TimeSpan(nanos: 1)), helpers: helpers(excluding: node.address, map: map),
             rounds: 1)
         let o = observedNode!
         observedNode!.suspicion = s
@@ -122,7 +122,7 @@ extension DetectorCore {
 
     /// This node was accused at `incarnation`: refute past it.
     mutating func accused(
-        _ accusation: DetectorEvent.Accusation, by: IPAddress, incarnation: UInt64, now: UInt64,
+        _ accusation: DetectorEvent.Accusation, by: IPAddress, incarnation: UInt64, now: Instant,
         out: inout [DetectorOutput]
     ) {
         stats.refutations += 1

@@ -40,7 +40,7 @@ extension DetectorCore {
     /// Helper side: `requester` asks us to probe `target`. One relay entry per (target, nonce,
     /// requester): a later round of the same suspicion refreshes it, so the answer goes back once.
     mutating func helperProbe(
-        target: IPAddress, nonce: UInt32, requester: IPAddress, now: UInt64, map: NodeMap, out: inout [DetectorOutput]
+        target: IPAddress, nonce: UInt32, requester: IPAddress, now: Instant, map: NodeMap, out: inout [DetectorOutput]
     ) {
         if target == selfAddress {
             answerProbe(nonce: nonce, to: requester, map: map, out: &out)
@@ -64,7 +64,7 @@ extension DetectorCore {
     /// A probe answer: clears our suspicion if it is the one we probe, and is forwarded once to each
     /// requester we probed it for.
     mutating func probeAnswered(
-        target: IPAddress, targetIncarnation: UInt64, nonce: UInt32, from origin: IPAddress, body: Body, now: UInt64,
+        target: IPAddress, targetIncarnation: UInt64, nonce: UInt32, from origin: IPAddress, body: Body, now: Instant,
         map: inout NodeMap, out: inout [DetectorOutput]
     ) {
         if let o = observedNode, o.address == target, let s = o.suspicion, s.nonce == nonce,

@@ -6,14 +6,14 @@ import Wire
 /// sends heartbeats to its successor.
 extension DetectorCore {
     /// Catch up with map changes the shell made, and clear suspects the ring moved away from.
-    mutating func prepare(_ map: inout NodeMap, now: UInt64, out: inout [DetectorOutput]) {
+    mutating func prepare(_ map: inout NodeMap, now: Instant, out: inout [DetectorOutput]) {
         if seenGeneration != map.generation { refreshRing(map, now: now, out: &out) }
         if !orphans.isEmpty {
             for a in orphans where map[a]?.state == .suspect {
                 let c = map.setState(a, to: .alive)
                 if !c.isEmpty {
                     out.append(.changes(c))
-                    emit(&out, .suspicionCleared(address: a, after: 0, reason: .noLongerObserved))
+                    emit(&out, .suspicionCleared(address: a, after: .zero, reason: .noLongerObserved))
                 }
             }
             orphans.removeAll()
@@ -21,7 +21,7 @@ extension DetectorCore {
         }
     }
 
-    mutating func refreshRing(_ map: NodeMap, now: UInt64, out: inout [DetectorOutput]) {
+    mutating func refreshRing(_ map: NodeMap, now: Instant, out: inout [DetectorOutput]) {
         seenGeneration = map.generation
         guard let me = map[selfAddress], me.state.isMember else {
             if let o = observedNode {

@@ -1,47 +1,48 @@
 import Events
+import NodeMap
 
-/// Timing of the failure detector. All durations are nanoseconds of the caller's monotonic clock.
+/// Timing of the failure detector: `TimeSpan`s of the caller's monotonic clock.
 ///
 /// The invariants are checked by `init` (and `validate()`), each with the reason in its message:
 /// a detector with δ < 3η would suspect a node after two lost heartbeats.
 public struct DetectorSettings: Sendable, Equatable {
-    public static let millisecond: UInt64 = 1_000_000
-    public static let second: UInt64 = 1_000_000_000
+    public static let millisecond = TimeSpan.milliseconds(1)
+    public static let second = TimeSpan.seconds(1)
     /// Longest accepted duration for any setting (1 hour): keeps `now + duration` far from overflow.
-    public static let maxDuration: UInt64 = 3600 * second
+    public static let maxDuration: TimeSpan = .seconds(3600)
 
     /// η: how often a node sends a heartbeat to its observer(s). At least 1 ms and at most 65.535 s,
     /// because heartbeats carry it in 16-bit milliseconds.
-    public var period: UInt64
+    public var period: TimeSpan
     /// δ: how long the observer waits for a heartbeat before it suspects the observed node. At least 3η.
-    public var timeout: UInt64
+    public var timeout: TimeSpan
     /// k: how many other members are asked to probe a suspect (indirect probes). 0 = none, at most 16.
     public var confirmations: Int
     /// How long probes of a suspect may take before it is declared dead; probes are re-sent every η/2
     /// within it. At least η.
-    public var confirmWindow: UInt64
+    public var confirmWindow: TimeSpan
     /// Extra grace for a *new* member: a brand-new predecessor gets
     /// `δ + startupSlack + ceil(log2 N)·η` before its first heartbeat is due (see `startupGrace`).
-    public var startupSlack: UInt64
+    public var startupSlack: TimeSpan
     /// A tick that comes more than `period + driftTolerance` after the previous one means this process
     /// was paused (descheduled, stopped, swapped): the pause is added to the observed node's deadline.
-    public var driftTolerance: UInt64
+    public var driftTolerance: TimeSpan
     /// A node that sent `.watch` gets heartbeats for this long after it (observers re-send `.watch`
     /// every third of it while they observe). Default max(3δ, 6 s): the successor gets heartbeats
     /// anyway, watches only cover views that briefly differ, so they need not cost many packets.
-    public var watchLifetime: UInt64
+    public var watchLifetime: TimeSpan
 
     /// How often an observer re-sends `.watch`.
-    public var watchRefresh: UInt64 { max(watchLifetime / 3, period) }
+    public var watchRefresh: TimeSpan { max(watchLifetime / 3, period) }
     /// Events below this level are not emitted (the simulator runs thousands of cores).
     public var eventLevel: LogLevel
 
     public enum Error: Swift.Error, Equatable, CustomStringConvertible {
-        case periodOutOfRange(period: UInt64)
-        case timeoutTooShort(timeout: UInt64, period: UInt64)
+        case periodOutOfRange(period: TimeSpan)
+        case timeoutTooShort(timeout: TimeSpan, period: TimeSpan)
         case confirmationsOutOfRange(Int)
-        case confirmWindowTooShort(confirmWindow: UInt64, period: UInt64)
-        case durationTooLong(name: String, value: UInt64)
+        case confirmWindowTooShort(confirmWindow: TimeSpan, period: TimeSpan)
+        case durationTooLong(name: String, value: TimeSpan)
 
         public var description: String {
             switch self {
@@ -61,16 +62,16 @@ public struct DetectorSettings: Sendable, Equatable {
             }
         }
 
-        static func ms(_ ns: UInt64) -> String { DurationText.format(ns) }
+        static func ms(_ d: TimeSpan) -> String { DurationText.format(d.nanos) }
     }
 
     /// Checked settings. The defaults are the `lan` preset's, the daemon's: η = 150 ms, δ = 450 ms,
     /// k = 3, confirm window = 600 ms, startup slack = 1 s, drift tolerance = η/2,
     /// watch lifetime = max(3δ, 6 s).
     public init(
-        period: UInt64 = 150 * millisecond, timeout: UInt64 = 450 * millisecond, confirmations: Int = 3,
-        confirmWindow: UInt64 = 600 * millisecond, startupSlack: UInt64 = second, driftTolerance: UInt64? = nil,
-        watchLifetime: UInt64? = nil, eventLevel: LogLevel = .info
+        period: TimeSpan = .milliseconds(150), timeout: TimeSpan = .milliseconds(450), confirmations: Int = 3,
+        confirmWindow: TimeSpan = .milliseconds(600), startupSlack: TimeSpan = .seconds(1), driftTolerance: TimeSpan? = nil,
+        watchLifetime: TimeSpan? = nil, eventLevel: LogLevel = .info
     ) throws {
         self.period = period
         self.timeout = timeout
@@ -78,7 +79,7 @@ public struct DetectorSettings: Sendable, Equatable {
         self.confirmWindow = confirmWindow
         self.startupSlack = startupSlack
         self.driftTolerance = driftTolerance ?? period / 2
-        self.watchLifetime = watchLifetime ?? max(timeout.multipliedReportingOverflow(by: 3).partialValue, 6 * Self.second)
+        self.watchLifetime = watchLifetime ?? max(timeout * 3, Self.second * 6)
         self.eventLevel = eventLevel
         try validate()
     }
@@ -115,12 +116,12 @@ public struct DetectorSettings: Sendable, Equatable {
     /// `memberCount` members: `δ + startupSlack + ceil(log2 N)·η`. The log2 N term covers the
     /// announce of the new node reaching every map (it spreads in about log N relay steps) and the
     /// new node learning who observes it.
-    public func startupGrace(memberCount: Int) -> UInt64 {
-        timeout + startupSlack + UInt64(ceilLog2(memberCount)) * period
+    public func startupGrace(memberCount: Int) -> TimeSpan {
+        timeout + startupSlack + period * UInt64(ceilLog2(memberCount))
     }
 
     /// η in the 16-bit milliseconds a heartbeat carries.
-    public var periodMillis: UInt16 { UInt16(clamping: period / Self.millisecond) }
+    public var periodMillis: UInt16 { UInt16(clamping: period.nanos / 1_000_000) }
 }
 
 /// ceil(log2 n) for n ≥ 1 (0 for n ≤ 1).

@@ -5,7 +5,7 @@ import Wire
 /// Settings of the discovery protocol; invariants are checked where they are set.
 public struct DiscoverySettings: Sendable, Equatable {
     /// Announce interval of a small cluster (ns).
-    public var baseInterval: UInt64
+    public var baseInterval: TimeSpan
     /// Cluster-wide announce budget (announces per second): with N nodes each node announces every
     /// max(baseInterval, N / aggregateRate) seconds, as RTCP scales its report interval.
     public var aggregateRate: Double
@@ -16,7 +16,7 @@ public struct DiscoverySettings: Sendable, Equatable {
     /// watches, so it waits long enough that lost announces cannot trigger it.
     public var detectorExpiryFactor: Double = 10
     /// Dead and left nodes stay in the map this long after they were last heard, then are removed.
-    public var purgeAfter: UInt64
+    public var purgeAfter: TimeSpan
     /// Whether this node relays multicast between its interfaces (several `-i` interfaces, no `-m`).
     public var relay: Bool
     /// Entries kept to recognise relayed copies of a message already seen.
@@ -27,11 +27,11 @@ public struct DiscoverySettings: Sendable, Equatable {
     }
 
     public init(
-        baseInterval: UInt64 = 3_000_000_000, aggregateRate: Double = 100, expiryFactor: Double = 3.5,
-        purgeAfter: UInt64 = 60_000_000_000, relay: Bool = false, seenCacheSize: Int = 4096
+        baseInterval: TimeSpan = .seconds(3), aggregateRate: Double = 100, expiryFactor: Double = 3.5,
+        purgeAfter: TimeSpan = .seconds(60), relay: Bool = false, seenCacheSize: Int = 4096
     ) throws {
-        guard baseInterval >= 10_000_000 else { throw Invalid(description: "announce interval must be at least 10ms") }
-        guard baseInterval <= 3_600_000_000_000 else { throw Invalid(description: "announce interval must be at most 1h") }
+        guard baseInterval >= .milliseconds(10) else { throw Invalid(description: "announce interval must be at least 10ms") }
+        guard baseInterval <= .seconds(3600) else { throw Invalid(description: "announce interval must be at most 1h") }
         guard aggregateRate > 0 else { throw Invalid(description: "aggregate announce rate must be positive") }
         guard expiryFactor >= 2 else { throw Invalid(description: "expiry factor must be at least 2 announce intervals") }
         guard seenCacheSize >= 16 else { throw Invalid(description: "seen cache must hold at least 16 entries") }
@@ -48,7 +48,7 @@ public struct DiscoverySettings: Sendable, Equatable {
 
 extension DiscoveryCore {
     /// Mean delay of the first announce after the join (ns).
-    public static let earlyAnnounce: UInt64 = 600_000_000
+    public static let earlyAnnounce: TimeSpan = .milliseconds(600)
 }
 
 /// Who this node is.
@@ -88,7 +88,7 @@ public enum DiscoveryOutput: Hashable, Sendable {
 /// What discovery noticed (stable names, see `Event`).
 public enum DiscoveryEvent: Event, Hashable {
     /// A member silent for `silent` (longer than the expiry) is declared dead by discovery.
-    case expired(address: IPAddress, id: NodeID, silent: UInt64)
+    case expired(address: IPAddress, id: NodeID, silent: TimeSpan)
     /// A node spoke at an incarnation our map will not take (`held` is what we hold): it was told.
     case revivalRequested(address: IPAddress, held: UInt64, theirs: UInt64)
 
@@ -109,7 +109,7 @@ public enum DiscoveryEvent: Event, Hashable {
         case .expired(let a, let id, let silent):
             f.add("address", a)
             f.add("id", id.rawValue)
-            f.add("silent", duration: silent)
+            f.add("silent", duration: silent.nanos)
         case .revivalRequested(let a, let held, let theirs):
             f.add("address", a)
             f.add("held_incarnation", held)
@@ -119,7 +119,7 @@ public enum DiscoveryEvent: Event, Hashable {
     public var text: String {
         switch self {
         case .expired(let a, let id, let silent):
-            "member \(a) id=\(id) expired: silent for \(DurationText.format(silent))"
+            "member \(a) id=\(id) expired: silent for \(DurationText.format(silent.nanos))"
         case .revivalRequested(let a, let held, let theirs):
             "\(a) speaks at incarnation \(theirs) but this map holds \(held): told it to refute"
         }
@@ -139,8 +139,8 @@ public struct DiscoveryCore: Sendable {
     public private(set) var started = false
 
     private var rng: SplitMix64
-    private var nextAnnounce: UInt64 = 0
-    private var nextScan: UInt64 = 0
+    private var nextAnnounce: Instant = .zero
+    private var nextScan: Instant = .zero
     private var seen: RecentSet<SeenKey>
     private var relaysSeen = false
     public private(set) var stats = DiscoveryStats()
@@ -177,26 +177,26 @@ public struct DiscoveryCore: Sendable {
     public var selfInfo: NodeInfo {
         NodeInfo(
             aliases: me.aliases, heartbeatPort: me.heartbeatPort,
-            announceIntervalMillis: UInt32(min(interval(members: 1) / 1_000_000, UInt64(UInt32.max))),
+            announceIntervalMillis: UInt32(clamping: interval(members: 1).nanos / 1_000_000),
             capabilities: me.capabilities)
     }
 
     /// The announce interval for a cluster of `members` nodes (ns).
-    public func interval(members: Int) -> UInt64 {
+    public func interval(members: Int) -> TimeSpan {
         let stretched = Double(members) / settings.aggregateRate * 1e9
-        return max(settings.baseInterval, stretched.isFinite ? UInt64(min(stretched, 3.6e12)) : settings.baseInterval)
+        return max(settings.baseInterval, stretched.isFinite ? TimeSpan(nanos: UInt64(min(stretched, 3.6e12))) : settings.baseInterval)
     }
 
-    private mutating func jittered(_ base: UInt64) -> UInt64 {
+    private mutating func jittered(_ base: TimeSpan) -> TimeSpan {
         // Uniform in [0.5, 1.5) of the interval, so that nodes started together spread out.
-        base / 2 + UInt64.random(in: 0..<max(base, 1), using: &rng)
+        base / 2 + TimeSpan(nanos: UInt64.random(in: 0..<max(base.nanos, 1), using: &rng))
     }
 
     /// The earliest time `tick` needs to be called.
-    public var nextDeadline: UInt64 { min(nextAnnounce, nextScan) }
+    public var nextDeadline: Instant { min(nextAnnounce, nextScan) }
 
     /// Starts discovery: this node enters its own map and says `join`.
-    public mutating func start(now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+    public mutating func start(now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
         started = true
         var out: [DiscoveryOutput] = []
         let c = map.observe(selfClaim, now: now)
@@ -213,12 +213,12 @@ public struct DiscoveryCore: Sendable {
     private func info(_ map: NodeMap) -> NodeInfo {
         NodeInfo(
             aliases: me.aliases, heartbeatPort: me.heartbeatPort,
-            announceIntervalMillis: UInt32(min(interval(members: map.memberCount) / 1_000_000, UInt64(UInt32.max))),
+            announceIntervalMillis: UInt32(clamping: interval(members: map.memberCount).nanos / 1_000_000),
             capabilities: me.capabilities)
     }
 
     /// Timers: the periodic announce, expiry of silent members and purge of old dead ones.
-    public mutating func tick(now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+    public mutating func tick(now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
         guard started else { return [] }
         var out: [DiscoveryOutput] = []
         map.touch(me.address, now: now)
@@ -229,10 +229,10 @@ public struct DiscoveryCore: Sendable {
         }
         if now >= nextScan {
             let iv = interval(members: map.memberCount)
-            let expiry = UInt64(Double(iv) * (detectorRunning ? settings.detectorExpiryFactor : settings.expiryFactor))
+            let expiry = TimeSpan(nanos: UInt64(Double(iv.nanos) * (detectorRunning ? settings.detectorExpiryFactor : settings.expiryFactor)))
             var changes: [NodeMapChange] = []
             for n in map.nodes where n.address != me.address {
-                let silent = now > n.lastHeard ? now - n.lastHeard : 0
+                let silent = now - n.lastHeard
                 if n.state.isMember && silent > expiry {
                     changes += map.setState(n.address, to: .dead, incarnation: n.incarnation)
                     stats.expired += 1
@@ -251,7 +251,7 @@ public struct DiscoveryCore: Sendable {
     /// Announce at once with an incarnation above both ours and the accusation's: refutes a
     /// suspicion, a death notice or a leave about us (memberlist's `refute` jumps the same way), and
     /// recovers from a restart whose clock-derived incarnation fell below what peers remember.
-    public mutating func refute(past accusation: UInt64, now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+    public mutating func refute(past accusation: UInt64, now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
         let base = max(incarnation, accusation)
         incarnation = base == .max ? base : base + 1
         stats.refutations += 1
@@ -263,7 +263,7 @@ public struct DiscoveryCore: Sendable {
     }
 
     /// Our addresses changed (interface up/down, address added): announce the new set at once.
-    public mutating func interfacesChanged(aliases: [Alias], now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+    public mutating func interfacesChanged(aliases: [Alias], now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
         guard aliases != me.aliases else { return [] }
         me.aliases = aliases
         var out: [DiscoveryOutput] = []
@@ -274,7 +274,7 @@ public struct DiscoveryCore: Sendable {
     }
 
     /// A clean stop: say `leave` so that the others drop us at once.
-    public mutating func stop(now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+    public mutating func stop(now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
         guard started else { return [] }
         started = false
         var out: [DiscoveryOutput] = [.multicast(.leave)]
@@ -285,7 +285,7 @@ public struct DiscoveryCore: Sendable {
 
     /// Relay and duplicate suppression for the multicast message types. Returns false when the
     /// message was seen before (a relayed copy) and must not be processed again.
-    public mutating func admit(_ m: Message, interface: Int, now: UInt64) -> (process: Bool, relay: DiscoveryOutput?) {
+    public mutating func admit(_ m: Message, interface: Int, now: Instant) -> (process: Bool, relay: DiscoveryOutput?) {
         guard m.header.type.isRelayed else { return (true, nil) }
         // Without relays in play a copy cannot arrive twice by design; skip the cache (it costs memory).
         // Once a relayed message was seen, originals are remembered too, so that a relayed copy that
@@ -307,7 +307,7 @@ public struct DiscoveryCore: Sendable {
     }
 
     /// Handles announce, join, leave and map-sync messages (already admitted).
-    public mutating func receive(_ m: Message, now: UInt64, map: inout NodeMap) -> [DiscoveryOutput] {
+    public mutating func receive(_ m: Message, now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
         let h = m.header
         guard h.origin != me.address else { return [] }
         var out: [DiscoveryOutput] = []
@@ -353,8 +353,7 @@ public struct DiscoveryCore: Sendable {
                     address: e.address, preferredID: e.explicitID ? NodeID(rawValue: e.preferredID) : nil,
                     explicitID: e.explicitID, aliases: e.aliases, incarnation: e.incarnation,
                     hops: UInt8(clamping: Int(e.hops) + senderHops), heartbeatPort: e.heartbeatPort)
-                let age = UInt64(e.ageMillis) * 1_000_000
-                changes += map.observe(claim, now: now > age ? now - age : 0)
+                changes += map.observe(claim, now: now - .milliseconds(UInt64(e.ageMillis)))
             }
             if !changes.isEmpty { out.append(.changes(changes)) }
         default:
@@ -372,7 +371,7 @@ public struct DiscoveryCore: Sendable {
     }
 
     /// Our members, split into datagram-sized map-sync messages.
-    public func mapSync(_ map: NodeMap, now: UInt64, clusterNameLength: Int = Wire.maxClusterName) -> [Body] {
+    public func mapSync(_ map: NodeMap, now: Instant, clusterNameLength: Int = Wire.maxClusterName) -> [Body] {
         let room = Message.mapSyncCapacity(nameLength: clusterNameLength)
         var parts: [[SyncEntry]] = [[]]
         var used = 0

@@ -122,7 +122,7 @@ public enum MapRendering {
 
     /// Wall-clock time (Unix ns) the file was written.
     public static func writtenAtUnixNanos(_ s: MapSnapshot) -> Int64 {
-        s.timeBaseUnixNanos &+ Int64(truncatingIfNeeded: s.writtenAt)
+        s.timeBaseUnixNanos &+ Int64(truncatingIfNeeded: s.writtenAt.nanos)
     }
 
     private static func hex(_ v: UInt64) -> String {

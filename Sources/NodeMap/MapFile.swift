@@ -10,12 +10,12 @@ public struct MapSnapshot: Hashable, Sendable {
     /// Wall-clock instant (Unix ns) of map time 0; node `lastHeard` values are map time.
     public var timeBaseUnixNanos: Int64
     /// Map time at which the file was written.
-    public var writtenAt: UInt64
+    public var writtenAt: Instant
     /// Primary address of the node that wrote the file (zero when unknown).
     public var selfAddress: IPAddress
     public var nodes: [Node]
 
-    public init(generation: UInt64, timeBaseUnixNanos: Int64, writtenAt: UInt64, selfAddress: IPAddress, nodes: [Node]) {
+    public init(generation: UInt64, timeBaseUnixNanos: Int64, writtenAt: Instant, selfAddress: IPAddress, nodes: [Node]) {
         self.generation = generation
         self.timeBaseUnixNanos = timeBaseUnixNanos
         self.writtenAt = writtenAt
@@ -23,14 +23,14 @@ public struct MapSnapshot: Hashable, Sendable {
         self.nodes = nodes
     }
 
-    public init(map: NodeMap, writtenAt: UInt64, selfAddress: IPAddress?) {
+    public init(map: NodeMap, writtenAt: Instant, selfAddress: IPAddress?) {
         self.init(
             generation: map.generation, timeBaseUnixNanos: map.timeBaseUnixNanos, writtenAt: writtenAt,
             selfAddress: selfAddress ?? .zero, nodes: map.sortedByID())
     }
 
     /// Wall-clock time (Unix ns) a node was last heard.
-    public func lastHeardUnixNanos(_ n: Node) -> Int64 { timeBaseUnixNanos &+ Int64(truncatingIfNeeded: n.lastHeard) }
+    public func lastHeardUnixNanos(_ n: Node) -> Int64 { timeBaseUnixNanos &+ Int64(truncatingIfNeeded: n.lastHeard.nanos) }
 }
 
 public enum MapFileError: Error, Equatable, CustomStringConvertible {
@@ -99,7 +99,7 @@ public enum MapFile {
         w.u32(0)
         w.u64(s.generation)
         w.u64(UInt64(bitPattern: s.timeBaseUnixNanos))
-        w.u64(s.writtenAt)
+        w.u64(s.writtenAt.nanos)
         w.u32(UInt32(s.nodes.count))
         let bodyLenAt = w.count
         w.u32(0)
@@ -116,7 +116,7 @@ public enum MapFile {
             w.u8(UInt8(min(n.aliases.count, 255)))
             w.address(n.address)
             w.u64(n.incarnation)
-            w.u64(n.lastHeard)
+            w.u64(n.lastHeard.nanos)
             w.u16(n.heartbeatPort)
             w.u8(UInt8(min(n.capabilities.count, 255)))
             for a in n.aliases.prefix(255) {
@@ -165,7 +165,7 @@ public enum MapFile {
             _ = try r.u32()  // flags: none defined in version 1
             let generation = try r.u64()
             let timeBase = Int64(bitPattern: try r.u64())
-            let writtenAt = try r.u64()
+            let writtenAt = Instant(nanos: try r.u64())
             let count = Int(try r.u32())
             _ = try r.u32()
             let me = try r.address()
@@ -208,7 +208,7 @@ public enum MapFile {
                 nodes.append(
                     Node(
                         address: addr, id: id, preferredID: pref, explicitID: flags & 1 != 0, aliases: aliases,
-                        state: state, incarnation: inc, lastHeard: heard, hops: hops, heartbeatPort: port,
+                        state: state, incarnation: inc, lastHeard: Instant(nanos: heard), hops: hops, heartbeatPort: port,
                         capabilities: caps))
                 try r.skip(recLen - 2)
             }

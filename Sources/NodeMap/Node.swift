@@ -95,7 +95,7 @@ public struct Node: Hashable, Sendable {
     /// Incremented by the node on each restart and on each refutation of a suspicion.
     public var incarnation: UInt64
     /// When the node was last heard from, in map time (nanoseconds; see `NodeMap.timeBaseUnixNanos`).
-    public var lastHeard: UInt64
+    public var lastHeard: Instant
     /// Gateway hops between us and the node when last heard (0 = same network).
     public var hops: UInt8
     /// UDP port of the node's heartbeat endpoint (0 = none).
@@ -104,7 +104,7 @@ public struct Node: Hashable, Sendable {
 
     public init(
         address: IPAddress, id: NodeID, preferredID: NodeID?, explicitID: Bool = false, aliases: [Alias] = [],
-        state: NodeState = .alive, incarnation: UInt64 = 0, lastHeard: UInt64 = 0, hops: UInt8 = 0,
+        state: NodeState = .alive, incarnation: UInt64 = 0, lastHeard: Instant = .zero, hops: UInt8 = 0,
         heartbeatPort: UInt16 = 0, capabilities: [Capability] = []
     ) {
         self.address = address

@@ -160,7 +160,7 @@ public struct NodeMap: Sendable {
     /// Learns or refreshes a node from what it said about itself. A claim with a lower incarnation
     /// than known is stale and ignored; a dead or left node comes back only with a higher one.
     @discardableResult
-    public mutating func observe(_ claim: NodeClaim, now: UInt64) -> [NodeMapChange] {
+    public mutating func observe(_ claim: NodeClaim, now: Instant) -> [NodeMapChange] {
         guard !claim.address.isUnspecified else { return [] }
         var changes: [NodeMapChange] = []
         guard let slot = index[claim.address] else {
@@ -209,7 +209,7 @@ public struct NodeMap: Sendable {
     }
 
     /// Records that a node was heard from (a heartbeat) without changing anything else.
-    public mutating func touch(_ address: IPAddress, now: UInt64) {
+    public mutating func touch(_ address: IPAddress, now: Instant) {
         guard let slot = index[address] else { return }
         if storage[Int(slot)].lastHeard < now { storage[Int(slot)].lastHeard = now }
     }
@@ -293,7 +293,7 @@ public struct NodeMap: Sendable {
         }
     }
 
-    private mutating func insert(_ claim: NodeClaim, now: UInt64, changes: inout [NodeMapChange]) {
+    private mutating func insert(_ claim: NodeClaim, now: Instant, changes: inout [NodeMapChange]) {
         let node = Node(
             address: claim.address, id: NodeID(rawValue: 1)!, preferredID: claim.preferredID,
             explicitID: claim.explicitID, aliases: claim.aliases, state: .alive, incarnation: claim.incarnation,

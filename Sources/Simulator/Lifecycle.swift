@@ -26,7 +26,7 @@ extension Simulator {
         guard status[i] == .running, let slot = slots[i] else { return }
         trace(7, UInt64(i))
         // A paused process cannot stop cleanly before it resumes; the leave goes out now regardless.
-        let effects = slot.node.stop(now: now)
+        let effects = slot.node.stop(now: Instant(nanos: now))
         send(effects, from: i)
         depart(i, kind: .stop, incarnation: slot.node.incarnation)
         status[i] = .stopped
@@ -95,7 +95,7 @@ extension Simulator {
             cluster: config.cluster, me: me, incarnation: incarnation, discovery: config.discovery,
             detector: config.detector, seed: Self.mix(config.seed, UInt64(i) << 20 | UInt64(processes[i])),
             logLevel: config.logLevel)
-        let slot = Slot(ClusterNode(config: cfg, now: now))
+        let slot = Slot(ClusterNode(config: cfg, now: Instant(nanos: now)))
         slots[i] = slot
         status[i] = .running
         startIncarnation[i] = incarnation
@@ -104,7 +104,7 @@ extension Simulator {
         liveCount += 1
         liveSetChanged()
         trace(5, UInt64(i) << 32 ^ incarnation)
-        let effects = slot.node.start(now: now)
+        let effects = slot.node.start(now: Instant(nanos: now))
         if let d = diagnose, d.observer == i || d.target == i {
             lastInput = "start"
             diagnosis.append("\(now) ns: node \(i) starts (\(i == d.observer ? "observer" : "target"))")

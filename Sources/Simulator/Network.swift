@@ -26,10 +26,10 @@ extension Simulator {
             guard armed[i] == e.time else { return }
             armed[i] = .max
             guard status[i] == .running, pausedUntil[i] <= now, let slot = slots[i] else { return }
-            if now >= slot.node.nextDeadline {
+            if now >= slot.node.nextDeadline.nanos {
                 trace(1, UInt64(i))
                 if diagnose?.observer == i { lastInput = "tick" }
-                let effects = slot.node.tick(now: now)
+                let effects = slot.node.tick(now: Instant(nanos: now))
                 afterInput(i, effects)
             } else {
                 rearm(i, slot)
@@ -85,7 +85,7 @@ extension Simulator {
 
     @inline(__always)
     func rearm(_ i: Int, _ slot: Slot) {
-        let d = slot.node.nextDeadline
+        let d = slot.node.nextDeadline.nanos
         if d < armed[i] {
             let t = Swift.max(d, now)
             armed[i] = t
@@ -131,7 +131,7 @@ extension Simulator {
     func receive(_ bytes: [UInt8], at j: Int) {
         traffic.delivered += 1
         traffic.deliveredBytes += bytes.count
-        let effects = slots[j]!.node.receive(bytes, interface: 0, now: now)
+        let effects = slots[j]!.node.receive(bytes, interface: 0, now: Instant(nanos: now))
         afterInput(j, effects)
     }
 

@@ -206,6 +206,6 @@ public struct SimConfig: Sendable {
     /// circulant-graph fallback for survivors that lost the multicast.
     public func detectionBound(members: Int) -> UInt64? {
         guard let d = detector else { return nil }
-        return d.timeout + d.confirmWindow + UInt64(ceilLog2(members) + 2) * latency.max
+        return d.timeout.nanos + d.confirmWindow.nanos + UInt64(ceilLog2(members) + 2) * latency.max
     }
 }

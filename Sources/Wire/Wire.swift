@@ -132,8 +132,8 @@ public struct SyncEntry: Hashable, Sendable {
     }
 
     /// The entry for `n` as seen at `now` (same clock as `n.lastHeard`).
-    public init(_ n: Node, now: UInt64) {
-        let age = now > n.lastHeard ? (now - n.lastHeard) / 1_000_000 : 0
+    public init(_ n: Node, now: Instant) {
+        let age = (now - n.lastHeard).nanos / 1_000_000
         self.init(
             address: n.address, preferredID: n.preferredID?.rawValue ?? 0, explicitID: n.explicitID, state: n.state,
             incarnation: n.incarnation, heartbeatPort: n.heartbeatPort, aliases: n.aliases, hops: n.hops,

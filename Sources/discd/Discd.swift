@@ -122,7 +122,7 @@ struct DiscdCommand: AsyncParsableCommand {
     }
 
     func resolve() throws -> Setup {
-        let startNanos = NodeDriver.now()
+        let startNanos = NodeDriver.now().nanos
         var ifNames = (interface ?? "").split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
         if ifNames.isEmpty {
             guard let d = Interfaces.defaultRouteInterface() else {

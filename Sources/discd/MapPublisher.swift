@@ -14,7 +14,7 @@ final class MapPublisher: Service, @unchecked Sendable {
     let statusPath: String?
     private let sink: LogSink
     private let queue = DispatchQueue(label: "discd.files")
-    private let pending = Mutex<(map: (NodeMap, IPAddress, UInt64)?, status: String?, scheduled: Bool)>((nil, nil, false))
+    private let pending = Mutex<(map: (NodeMap, IPAddress, Instant)?, status: String?, scheduled: Bool)>((nil, nil, false))
     private let writesCount = Atomic<Int>(0)
     private var lastError: String?
 
@@ -34,7 +34,7 @@ final class MapPublisher: Service, @unchecked Sendable {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in queue.async { c.resume() } }
     }
 
-    func map(_ m: NodeMap, selfAddress: IPAddress, at now: UInt64) {
+    func map(_ m: NodeMap, selfAddress: IPAddress, at now: Instant) {
         enqueue { $0.map = (m, selfAddress, now) }
     }
 
@@ -43,7 +43,7 @@ final class MapPublisher: Service, @unchecked Sendable {
         enqueue { $0.status = s }
     }
 
-    private func enqueue(_ f: (inout (map: (NodeMap, IPAddress, UInt64)?, status: String?, scheduled: Bool)) -> Void) {
+    private func enqueue(_ f: (inout (map: (NodeMap, IPAddress, Instant)?, status: String?, scheduled: Bool)) -> Void) {
         let schedule = pending.withLock { p -> Bool in
             f(&p)
             if p.scheduled { return false }
@@ -55,7 +55,7 @@ final class MapPublisher: Service, @unchecked Sendable {
 
     private func drain() {
         while true {
-            let job = pending.withLock { p -> ((NodeMap, IPAddress, UInt64)?, String?)? in
+            let job = pending.withLock { p -> ((NodeMap, IPAddress, Instant)?, String?)? in
                 if p.map == nil && p.status == nil {
                     p.scheduled = false
                     return nil
@@ -83,7 +83,7 @@ final class MapPublisher: Service, @unchecked Sendable {
         }
     }
 
-    private func writeMap(_ map: NodeMap, selfAddress: IPAddress, at: UInt64) {
+    private func writeMap(_ map: NodeMap, selfAddress: IPAddress, at: Instant) {
         do {
             try MapFile.write(MapSnapshot(map: map, writtenAt: at, selfAddress: selfAddress), to: mapPath)
             writesCount.add(1, ordering: .relaxed)

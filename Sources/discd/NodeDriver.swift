@@ -13,7 +13,7 @@ final class NodeDriver: @unchecked Sendable {
     let publisher: MapPublisher
     private(set) var node: ClusterNode
     private var timer: Scheduled<Void>?
-    private var timerDeadline: UInt64 = .max
+    private var timerDeadline: Instant = .distantFuture
     private var statusTimer: RepeatedTask?
     private var publishedGeneration: UInt64 = .max
     private var stopped = false
@@ -35,7 +35,8 @@ final class NodeDriver: @unchecked Sendable {
         }
     }
 
-    static func now() -> UInt64 { NIODeadline.now().uptimeNanoseconds }
+    /// CLOCK_MONOTONIC (NIO's uptime clock): the cores' time.
+    static func now() -> Instant { Instant(nanos: NIODeadline.now().uptimeNanoseconds) }
 
     func start() async throws {
         for t in transports {
@@ -95,7 +96,7 @@ final class NodeDriver: @unchecked Sendable {
 
     private func fire() {
         guard !stopped else { return }
-        timerDeadline = .max
+        timerDeadline = .distantFuture
         perform(node.tick(now: Self.now()))
         afterInput()
     }
@@ -103,11 +104,11 @@ final class NodeDriver: @unchecked Sendable {
     /// Reschedules the timer; hands the map to the publisher when it changed (and only then).
     private func afterInput() {
         let now = Self.now()
-        let next = min(node.nextDeadline, now + 1_000_000_000)
+        let next = min(node.nextDeadline, now + .seconds(1))
         if next < timerDeadline {
             timer?.cancel()
             timerDeadline = next
-            timer = loop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(next)) { self.fire() }
+            timer = loop.scheduleTask(deadline: NIODeadline.uptimeNanoseconds(next.nanos)) { self.fire() }
         }
         if node.map.generation != publishedGeneration {
             publishedGeneration = node.map.generation

@@ -2,6 +2,7 @@ import ArgumentParser
 import Cluster
 import Detector
 import Discovery
+import NodeMap
 
 /// The protocol options that `discd` and `discd simulate` share, declared once: both commands
 /// describe the same daemon, with the defaults of `DetectorSettings.default` and
@@ -48,18 +49,18 @@ struct ProtocolOptions: ParsableArguments {
         guard !noDetector else { return nil }
         let base = DetectorSettings.presets.first { $0.name == preset }?.settings ?? .default
         return try DetectorSettings(
-            period: try period.map(DurationText.parse) ?? base.period,
-            timeout: try timeout.map(DurationText.parse) ?? base.timeout,
+            period: try period.map(DurationText.span) ?? base.period,
+            timeout: try timeout.map(DurationText.span) ?? base.timeout,
             confirmations: confirmations ?? base.confirmations,
-            confirmWindow: try confirmWindow.map(DurationText.parse) ?? base.confirmWindow,
+            confirmWindow: try confirmWindow.map(DurationText.span) ?? base.confirmWindow,
             startupSlack: base.startupSlack, eventLevel: eventLevel)
     }
 
     /// The discovery settings, from the defaults with this command's announce interval.
-    func discovery(relay: Bool = false, aggregateRate: Double? = nil, purgeAfter: UInt64? = nil) throws -> DiscoverySettings {
+    func discovery(relay: Bool = false, aggregateRate: Double? = nil, purgeAfter: TimeSpan? = nil) throws -> DiscoverySettings {
         let d = Self.discoveryDefaults
         return try DiscoverySettings(
-            baseInterval: try announceInterval.map(DurationText.parse) ?? d.baseInterval,
+            baseInterval: try announceInterval.map(DurationText.span) ?? d.baseInterval,
             aggregateRate: aggregateRate ?? d.aggregateRate, expiryFactor: d.expiryFactor,
             purgeAfter: purgeAfter ?? d.purgeAfter, relay: relay, seenCacheSize: d.seenCacheSize)
     }

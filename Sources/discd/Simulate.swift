@@ -150,7 +150,7 @@ struct SimulateCommand: AsyncParsableCommand {
     private func simulate() throws {
         let until = try DurationText.parse(duration)
         let detector = try proto.detector(eventLevel: logLevel == nil ? .warning : .debug)
-        var discovery = try proto.discovery(aggregateRate: announceRate, purgeAfter: try DurationText.parse(purgeAfter))
+        var discovery = try proto.discovery(aggregateRate: announceRate, purgeAfter: try DurationText.span(purgeAfter))
         if let f = expiryFactor {
             guard f >= 2 else { throw ValidationError("--expiry-factor must be at least 2") }
             discovery.expiryFactor = f
@@ -166,7 +166,7 @@ struct SimulateCommand: AsyncParsableCommand {
         }
         let settleTime =
             try settle.map { try DurationText.parse($0) }
-            ?? ((detector?.startupGrace(memberCount: nodes) ?? 0) + 1_000_000_000)
+            ?? ((detector?.startupGrace(memberCount: nodes).nanos ?? 0) + 1_000_000_000)
         let fixedCrash = try crashAt.map { try DurationText.parse($0) }
         let restartDelay = try restartAfter.map { try DurationText.parse($0) }
         var partitionWindow: (at: UInt64, end: UInt64)?
@@ -215,7 +215,7 @@ struct SimulateCommand: AsyncParsableCommand {
         if let b = config.detectionBound(members: nodes), !json, crash > 0 {
             print(
                 "bound = δ + confirm window + (ceil(log2 N) + 2) × max latency = \(ms(b)) "
-                    + "(δ \(ms(detector!.timeout)), window \(ms(detector!.confirmWindow)), latency ≤ \(ms(config.latency.max)))")
+                    + "(δ \(ms(detector!.timeout.nanos)), window \(ms(detector!.confirmWindow.nanos)), latency ≤ \(ms(config.latency.max)))")
         }
     }
 

@@ -6,7 +6,7 @@ import Wire
 @testable import Detector
 
 /// Slack on top of the protocol's own bounds: message latency (1 ms a hop) and tick granularity.
-let bound: UInt64 = 20 * ms
+let bound: TimeSpan = 20 * ms
 
 /// The mechanism tests' own timing (η 100 ms, δ 500 ms, window 400 ms): round numbers that the
 /// expected times below are written in. The daemon's preset is checked in `defaultsAreValid`.
@@ -16,7 +16,7 @@ func defaults(confirmations: Int = 3) throws -> DetectorSettings {
 }
 
 /// A net of `n` nodes (IDs 1...n) running past the startup grace so that every ring link is live.
-func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> TestNet {
+func warmNet(_ n: Int, settings: DetectorSettings, until: Instant = at(3 * sec)) -> TestNet {
     var net = TestNet(nodes: Array(1...n), settings: settings)
     net.run(until: until)
     return net
@@ -199,7 +199,7 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
         var net = TestNet(nodes: Array(1...8), settings: try defaults(confirmations: confirmations))
         net.announceOnRefute = false  // only the helper path can save 4
         net.drop = { from, to, _ in from == addr(4) && to == addr(5) }
-        net.run(until: 6 * sec)
+        net.run(until: at(6 * sec))
         return net
     }
 
@@ -231,30 +231,30 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
         var core = DetectorCore(settings: try defaults(), selfAddress: addr(2), now: 0)
         _ = core.mapChanged(map, now: 0)
         var out = core.receive(
-            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: 10 * ms,
+            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(10 * ms),
             map: &map)
         #expect(out.contains(where: isRefute))
         #expect(core.stats.refutations == 1)
         // Suspicions of others are none of our business.
         out = core.receive(
-            .suspect(target: addr(1), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: 20 * ms,
+            .suspect(target: addr(1), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(20 * ms),
             map: &map)
         #expect(!out.contains(where: isRefute))
         // After the refutation (incarnation 1), a suspicion of incarnation 0 is stale.
-        map.observe(claim(2, incarnation: 1), now: 30 * ms)
+        map.observe(claim(2, incarnation: 1), now: at(30 * ms))
         out = core.receive(
-            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: 40 * ms,
+            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(40 * ms),
             map: &map)
         #expect(!out.contains(where: isRefute))
         // A death notice about ourselves is refuted and never forwarded.
         out = core.receive(
             .dead(target: addr(2), targetIncarnation: 1, targetID: 2), from: addr(3), originIncarnation: 0,
-            now: 50 * ms, map: &map)
+            now: at(50 * ms), map: &map)
         #expect(out.contains(where: isRefute))
         #expect(!out.contains { if case .send(.dead, _, _) = $0 { true } else { false } })
         #expect(map[addr(2)]?.state == .alive)
         // A probe of ourselves is answered with our incarnation.
-        out = core.receive(.probe(requester: addr(1), nonce: 77), from: addr(3), originIncarnation: 0, now: 60 * ms, map: &map)
+        out = core.receive(.probe(requester: addr(1), nonce: 77), from: addr(3), originIncarnation: 0, now: at(60 * ms), map: &map)
         #expect(out.contains(.send(.probeAck(target: addr(2), targetIncarnation: 1, nonce: 77), to: addr(3), port: port(3))))
     }
 
@@ -263,7 +263,7 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
         // brings it back alive in 5's map before the confirm window runs out.
         var net = TestNet(nodes: Array(1...8), settings: try defaults(confirmations: 0))
         net.drop = { from, to, _ in from == addr(4) && to == addr(5) }
-        net.run(until: 3 * sec)
+        net.run(until: at(3 * sec))
         #expect(net.refutes[addr(4), default: 0] >= 1)
         #expect(net.marked(.dead).isEmpty)
         #expect(net.core(5).stats.suspicions >= 1)
@@ -331,27 +331,28 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
         let s = try defaults()
         var core = DetectorCore(settings: s, selfAddress: addr(2), now: 0)
         _ = core.mapChanged(map, now: 0)
-        for t in stride(from: 0, through: 3 * sec, by: Int(s.period)) {
+        for k in 0...(3 * sec / s.period) {
+            let t = at(s.period * k)
             let hb = Body.heartbeat(sequence: 1, periodMillis: 100)
             _ = core.receive(hb, from: addr(1), originIncarnation: 0, now: t, map: &map)
             _ = core.tick(now: t, map: &map)
         }
         #expect(core.stats.lateTicks == 0)
-        #expect(core.observedDeadline == 3 * sec + s.timeout)
+        #expect(core.observedDeadline == at(3 * sec + s.timeout))
         // Next tick comes 1 s late instead of after η: not suspected, deadline moved by the pause.
-        let out = core.tick(now: 4 * sec + 100 * ms, map: &map)
+        let out = core.tick(now: at(4 * sec + 100 * ms), map: &map)
         #expect(!core.isSuspecting)
         #expect(map[addr(1)]?.state == .alive)
-        #expect(core.observedDeadline == 3 * sec + s.timeout + 1 * sec)
+        #expect(core.observedDeadline == at(3 * sec + s.timeout + 1 * sec))
         #expect(core.stats.lateTicks == 1)
         #expect(out.contains {
             if case .event(.lateTick(let pause, _, _, let o, let grace)) = $0 { pause == 1 * sec && o == addr(1) && grace != nil } else { false }
         })
         // On time from now on, and still silent: suspected at the extended deadline.
-        _ = core.tick(now: 4 * sec + 200 * ms, map: &map)
-        _ = core.tick(now: 4 * sec + 300 * ms, map: &map)
-        _ = core.tick(now: 4 * sec + 400 * ms, map: &map)
-        _ = core.tick(now: 4 * sec + 500 * ms, map: &map)
+        _ = core.tick(now: at(4 * sec + 200 * ms), map: &map)
+        _ = core.tick(now: at(4 * sec + 300 * ms), map: &map)
+        _ = core.tick(now: at(4 * sec + 400 * ms), map: &map)
+        _ = core.tick(now: at(4 * sec + 500 * ms), map: &map)
         #expect(core.isSuspecting)
         #expect(map[addr(1)]?.state == .suspect)
     }
@@ -363,7 +364,7 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
         var core = DetectorCore(settings: try defaults(), selfAddress: addr(1), now: 0)
         _ = core.mapChanged(map, now: 0)
         let notice = Body.dead(target: addr(5), targetIncarnation: 0, targetID: 5)
-        var out = core.receive(notice, from: addr(2), originIncarnation: 0, now: 1 * sec, map: &map)
+        var out = core.receive(notice, from: addr(2), originIncarnation: 0, now: at(1 * sec), map: &map)
         #expect(map[addr(5)]?.state == .dead)
         #expect(out.contains { if case .changes = $0 { true } else { false } })
         let forwards = out.compactMap { o -> IPAddress? in
@@ -375,25 +376,25 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
         #expect(core.stats.deathsLearned == 1)
 
         for from in [2, 3, 7] {
-            out = core.receive(notice, from: addr(from), originIncarnation: 0, now: 1 * sec + 5 * ms, map: &map)
+            out = core.receive(notice, from: addr(from), originIncarnation: 0, now: at(1 * sec + 5 * ms), map: &map)
             #expect(out.isEmpty)
         }
         #expect(core.stats.duplicateDeadNotices == 3)
         #expect(core.stats.deathsLearned == 1)
 
         // 5 comes back with incarnation 1: the old notice is stale and cannot kill it again.
-        map.observe(claim(5, incarnation: 1), now: 2 * sec)
+        map.observe(claim(5, incarnation: 1), now: at(2 * sec))
         #expect(map[addr(5)]?.state == .alive)
-        out = core.receive(notice, from: addr(6), originIncarnation: 0, now: 2 * sec, map: &map)
+        out = core.receive(notice, from: addr(6), originIncarnation: 0, now: at(2 * sec), map: &map)
         #expect(map[addr(5)]?.state == .alive)
         out = core.receive(
             .dead(target: addr(5), targetIncarnation: 0, targetID: 5), from: addr(8), originIncarnation: 0,
-            now: 2 * sec, map: &map)
+            now: at(2 * sec), map: &map)
         #expect(map[addr(5)]?.state == .alive)
         // A notice of the new incarnation is news.
         out = core.receive(
             .dead(target: addr(5), targetIncarnation: 1, targetID: 5), from: addr(8), originIncarnation: 0,
-            now: 3 * sec, map: &map)
+            now: at(3 * sec), map: &map)
         #expect(map[addr(5)]?.state == .dead)
     }
 
@@ -446,17 +447,17 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
             Set(out.compactMap { if case .send(.heartbeat, let to, _) = $0 { to } else { nil } })
         }
         #expect(heartbeatTargets(core.tick(now: 0, map: &map)) == [addr(3)])
-        #expect(core.nextDeadline == s.period)
-        #expect(heartbeatTargets(core.tick(now: 100 * ms, map: &map)) == [addr(3)])
+        #expect(core.nextDeadline == at(s.period))
+        #expect(heartbeatTargets(core.tick(now: at(100 * ms), map: &map)) == [addr(3)])
 
         // 4 thinks it observes 2 (views differ briefly): it gets a heartbeat at once and every η.
-        let w = core.receive(.watch, from: addr(4), originIncarnation: 0, now: 150 * ms, map: &map)
+        let w = core.receive(.watch, from: addr(4), originIncarnation: 0, now: at(150 * ms), map: &map)
         #expect(heartbeatTargets(w) == [addr(4)])
-        #expect(heartbeatTargets(core.tick(now: 200 * ms, map: &map)) == [addr(3), addr(4)])
+        #expect(heartbeatTargets(core.tick(now: at(200 * ms), map: &map)) == [addr(3), addr(4)])
         // Without a new `.watch` it stops after the watch lifetime (3δ).
-        var t: UInt64 = 300 * ms
+        var t = at(300 * ms)
         var last: Set<IPAddress> = []
-        while t <= 150 * ms + s.watchLifetime + 100 * ms {
+        while t <= at(150 * ms + s.watchLifetime + 100 * ms) {
             // keep 1 alive so that nothing else happens
             _ = core.receive(.heartbeat(sequence: 0, periodMillis: 100), from: addr(1), originIncarnation: 0, now: t, map: &map)
             last = heartbeatTargets(core.tick(now: t, map: &map))
@@ -468,7 +469,7 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
 
     @Test func nextDeadlineCoversTimersWithoutBusyTicking() throws {
         let s = try defaults()
-        var net = warmNet(8, settings: s, until: 5 * sec)
+        var net = warmNet(8, settings: s, until: at(5 * sec))
         // Over 5 s each node ticks about once per η (heartbeats) plus its re-watch: no busy loop.
         for i in 1...8 {
             let st = net.core(i).stats
@@ -476,7 +477,7 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: UInt64 = 3 * sec) -> T
             #expect(st.heartbeatsReceived >= 45)
             #expect(st.suspicions == 0)
         }
-        net.run(until: 6 * sec)
+        net.run(until: at(6 * sec))
         #expect(net.marked(.suspect).isEmpty)
     }
 }
@@ -495,19 +496,19 @@ func isRefute(_ o: DetectorOutput) -> Bool {
         for round in 0..<4 {
             let out = helper.receive(
                 .probeRequest(target: addr(3), targetIncarnation: 0, nonce: 77), from: addr(1), originIncarnation: 0,
-                now: UInt64(round) * 50 * ms, map: &map)
+                now: at(50 * ms * UInt64(round)), map: &map)
             #expect(out.contains { if case .send(.probe(addr(1), 77), addr(3), _) = $0 { true } else { false } })
         }
         let out = helper.receive(
             .probeAck(target: addr(3), targetIncarnation: 0, nonce: 77), from: addr(3), originIncarnation: 0,
-            now: 200 * ms, map: &map)
+            now: at(200 * ms), map: &map)
         let forwards = out.filter { if case .send(.probeAck, addr(1), _) = $0 { true } else { false } }
         #expect(forwards.count == 1)
         #expect(helper.stats.probeAcksRelayed == 1)
         // A late duplicate answer finds no relay left.
         let again = helper.receive(
             .probeAck(target: addr(3), targetIncarnation: 0, nonce: 77), from: addr(3), originIncarnation: 0,
-            now: 210 * ms, map: &map)
+            now: at(210 * ms), map: &map)
         #expect(!again.contains { if case .send(.probeAck, _, _) = $0 { true } else { false } })
     }
 }
@@ -533,13 +534,13 @@ func isRefute(_ o: DetectorOutput) -> Bool {
 
 @Suite struct DriftToleranceEdgeTests {
     /// A detector observing 1 that hears it every η until `t`, then ticks once after `gap`.
-    func lateBy(_ gap: UInt64) throws -> (DetectorCore, UInt64?, [DetectorOutput]) {
+    func lateBy(_ gap: TimeSpan) throws -> (DetectorCore, Instant?, [DetectorOutput]) {
         var map = makeMap([1, 2])
         let s = try defaults()
         var core = DetectorCore(settings: s, selfAddress: addr(2), now: 0)
         _ = core.mapChanged(map, now: 0)
-        var t: UInt64 = 0
-        while t <= 3 * sec {
+        var t = Instant.zero
+        while t <= at(3 * sec) {
             _ = core.receive(.heartbeat(sequence: 1, periodMillis: 100), from: addr(1), originIncarnation: 0, now: t, map: &map)
             _ = core.tick(now: t, map: &map)
             t += s.period
@@ -556,7 +557,7 @@ func isRefute(_ o: DetectorOutput) -> Bool {
         let (core, deadline, out) = try lateBy(s.period + s.driftTolerance - 1 * ms)
         #expect(core.stats.lateTicks == 0)
         #expect(!out.contains { if case .event(.lateTick) = $0 { true } else { false } })
-        #expect(deadline == 3 * sec + s.timeout)  // not extended
+        #expect(deadline == at(3 * sec + s.timeout))  // not extended
     }
 
     @Test func tickLateByTolerancePlusOneMillisecondIsLate() throws {
@@ -566,7 +567,7 @@ func isRefute(_ o: DetectorOutput) -> Bool {
         #expect(core.stats.lateTicks == 1)
         #expect(out.contains { if case .event(.lateTick(let pause, _, _, _, _)) = $0 { pause == gap - s.period } else { false } })
         // The deadline moved by the pause (η/2 + 1 ms).
-        #expect(deadline == 3 * sec + s.timeout + s.driftTolerance + 1 * ms)
+        #expect(deadline == at(3 * sec + s.timeout + s.driftTolerance + 1 * ms))
     }
 }
 

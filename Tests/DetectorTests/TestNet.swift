@@ -7,6 +7,9 @@ import Wire
 let ms = DetectorSettings.millisecond
 let sec = DetectorSettings.second
 
+/// The instant `s` after the start of a test run (time 0).
+func at(_ s: TimeSpan) -> Instant { .zero + s }
+
 /// 10.0.0.i: derived ID i, heartbeat port 7000+i.
 func addr(_ i: Int) -> IPAddress { IPAddress(v4: 0x0A00_0000 | UInt32(i)) }
 func port(_ i: Int) -> UInt16 { UInt16(7000 + i) }
@@ -15,7 +18,7 @@ func claim(_ i: Int, incarnation: UInt64 = 0) -> NodeClaim {
 }
 
 /// A map that knows nodes `ids`, all alive, heard at `now`.
-func makeMap(_ ids: [Int], now: UInt64 = 0) -> NodeMap {
+func makeMap(_ ids: [Int], now: Instant = .zero) -> NodeMap {
     var m = NodeMap()
     for i in ids { m.observe(claim(i), now: now) }
     return m
@@ -27,7 +30,7 @@ func makeMap(_ ids: [Int], now: UInt64 = 0) -> NodeMap {
 /// incarnation and "announces" it to every map at once (when `announceOnRefute`).
 struct TestNet {
     struct Packet {
-        var at: UInt64
+        var at: Instant
         var seq: Int
         var from: IPAddress
         var fromIncarnation: UInt64
@@ -36,19 +39,19 @@ struct TestNet {
     }
 
     struct Event {
-        var at: UInt64
+        var at: Instant
         var node: IPAddress
         var change: NodeMapChange
     }
 
-    var now: UInt64 = 0
+    var now: Instant = .zero
     var settings: DetectorSettings
     var cores: [IPAddress: DetectorCore] = [:]
     var maps: [IPAddress: NodeMap] = [:]
     var order: [IPAddress] = []
     var queue: [Packet] = []
     var seq = 0
-    var latency: UInt64 = 1 * ms
+    var latency: TimeSpan = 1 * ms
     var crashed: Set<IPAddress> = []
     var paused: Set<IPAddress> = []
     var buffered: [IPAddress: [Packet]] = [:]
@@ -87,7 +90,7 @@ struct TestNet {
     var running: [IPAddress] { order.filter { !crashed.contains($0) } }
 
     /// First time node `i`'s detector moved `j` to `state` (nil if never).
-    func firstTime(_ j: Int, became state: NodeState, at i: Int) -> UInt64? {
+    func firstTime(_ j: Int, became state: NodeState, at i: Int) -> Instant? {
         events.first {
             guard $0.node == addr(i), case .stateChanged(let a, _, _, let to, _) = $0.change else { return false }
             return a == addr(j) && to == state
@@ -161,18 +164,18 @@ struct TestNet {
     }
 
     /// Runs until `end`: packets due at a time are delivered before the ticks due then.
-    mutating func run(until end: UInt64) {
+    mutating func run(until end: Instant) {
         // A core that asks to be ticked again without time moving (a busy loop) fails the test
         // instead of hanging it: far more steps than any honest run needs.
         var steps = 0
-        let limit = 200_000 + Int((end &- min(now, end)) / 1_000_000) * 400
+        let limit = 200_000 + Int((end - now).nanos / 1_000_000) * 400
         while true {
             steps += 1
             if steps > limit {
-                Issue.record("test network exceeded \(limit) steps before \(end / 1_000_000) ms: busy loop at \(now / 1_000_000) ms")
+                Issue.record("test network exceeded \(limit) steps before \(end.nanos / 1_000_000) ms: busy loop at \(now.nanos / 1_000_000) ms")
                 break
             }
-            var t = UInt64.max
+            var t = Instant.distantFuture
             for p in queue where p.at < t { t = p.at }
             for a in running where !paused.contains(a) { t = min(t, cores[a]!.nextDeadline) }
             guard t <= end else { break }
@@ -219,6 +222,6 @@ struct TestNet {
 
 extension TestNet: CustomTestStringConvertible {
     var testDescription: String {
-        "TestNet(t = \(now / ms) ms, \(order.count) nodes, crashed \(crashed.sorted()), \(events.count) changes)"
+        "TestNet(t = \((now - .zero) / ms) ms, \(order.count) nodes, crashed \(crashed.sorted()), \(events.count) changes)"
     }
 }

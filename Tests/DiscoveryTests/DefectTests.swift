@@ -7,7 +7,7 @@ import Wire
 
 /// Regression tests for defects of the first wave (issue 8), each failing before its fix.
 @Suite struct DefectRegressionTests {
-    static let ms: UInt64 = 1_000_000
+    static let ms = TimeSpan.milliseconds(1)
 
     func forged(_ body: Body, origin: IPAddress, incarnation: UInt64) -> [UInt8] {
         let h = Header(
@@ -125,7 +125,7 @@ import Wire
     @Test func mapSyncEntriesKeepAgeAndHops() {
         var map = NodeMap()
         var d = DiscoveryCore(me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, seed: 1)
-        let now: UInt64 = 100_000 * Self.ms
+        let now = Instant.zero + 100_000 * Self.ms
         _ = d.start(now: now, map: &map)
         let sender = IPAddress("10.0.0.2")!
         map.observe(NodeClaim(address: sender, incarnation: 1, hops: 1), now: now)

@@ -37,12 +37,12 @@ func randomSnapshot(_ rng: inout SeededRNG, maxNodes: Int = 12) -> MapSnapshot {
                     ? NodeID(rawValue: UInt16.random(in: 1...65535, using: &rng)) : nil,
                 explicitID: Bool.random(using: &rng), aliases: aliases,
                 state: NodeState.allCases.randomElement(using: &rng)!,
-                incarnation: rng.next(), lastHeard: rng.next() >> 8, hops: UInt8.random(in: 0...255, using: &rng),
+                incarnation: rng.next(), lastHeard: Instant(nanos: rng.next() >> 8), hops: UInt8.random(in: 0...255, using: &rng),
                 heartbeatPort: UInt16.random(in: 0...65535, using: &rng), capabilities: caps))
     }
     return MapSnapshot(
         generation: rng.next(), timeBaseUnixNanos: Int64.random(in: 0...Int64.max, using: &rng),
-        writtenAt: rng.next() >> 8,
+        writtenAt: Instant(nanos: rng.next() >> 8),
         selfAddress: nodes.randomElement(using: &rng)?.address ?? .zero, nodes: nodes)
 }
 

@@ -30,7 +30,7 @@ struct CrashTests {
     @Test func crashIsKnownToEverySurvivorWithinTheBound() throws {
         let config = SimSetup.config(nodes: 200)
         let sim = try SimSetup.converged(config)
-        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + SimSetup.s)
+        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200).nanos + SimSetup.s)
         let victim = sim.pickRunning(1)[0]
         sim.crash(victim)
         #expect(sim.runUntilDeparturesKnown(limit: sim.now + 10 * SimSetup.s))
@@ -41,7 +41,7 @@ struct CrashTests {
         let worst = try #require(d.latencies.max())
         #expect(worst <= bound, "slowest survivor learned after \(worst) ns, bound \(bound) ns")
         // Detection cannot beat the timeout: nobody heard from it for δ at least.
-        #expect(d.latencies.allSatisfy { $0 >= config.detector!.timeout - config.latency.max })
+        #expect(d.latencies.allSatisfy { $0 >= config.detector!.timeout.nanos - config.latency.max })
         sim.run(until: sim.now + SimSetup.s)
         #expect(sim.membersEqualLiveSet())
         #expect(sim.falseDeaths.isEmpty)
@@ -61,7 +61,7 @@ struct CrashTests {
     @Test func restartWithNewIncarnationRejoinsAliveEverywhere() throws {
         let config = SimSetup.config(nodes: 200)
         let sim = try SimSetup.converged(config)
-        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + SimSetup.s)
+        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200).nanos + SimSetup.s)
         let victim = sim.pickRunning(1)[0]
         let oldIncarnation = try #require(sim.node(victim)?.incarnation)
         sim.crash(victim)
@@ -112,7 +112,7 @@ struct PartitionTests {
         var config = SimSetup.config(nodes: 200)
         config.discovery = SimSetup.discovery()
         let sim = try SimSetup.converged(config)
-        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200) + SimSetup.s)
+        sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200).nanos + SimSetup.s)
         let sideB = sim.pickRunning(70)
         let sideA = sim.runningNodes.filter { !sideB.contains($0) }
         sim.partition(sideB)
@@ -211,7 +211,7 @@ struct EventQueueTests {
         let sim = try Simulator(config: config)
         let d = config.detector!
         let scenario = Scenario(
-            duration: 12 * SimSetup.s, crash: 2, stop: 1, settle: d.startupGrace(memberCount: 60) + SimSetup.s,
+            duration: 12 * SimSetup.s, crash: 2, stop: 1, settle: d.startupGrace(memberCount: 60).nanos + SimSetup.s,
             restartAfter: 3 * SimSetup.s)
         var notes: [String] = []
         let outcome = scenario.run(on: sim) { notes.append($0) }

@@ -143,6 +143,8 @@ public struct DiscoveryCore: Sendable {
     private var nextScan: Instant = .zero
     private var seen: RecentSet<SeenKey>
     private var relaysSeen = false
+    /// When each node was last answered with a revival `suspect` (see `mayAnswerRevival`).
+    private var revivalAnswered: [IPAddress: Instant] = [:]
     public private(set) var stats = DiscoveryStats()
 
     struct SeenKey: Hashable, Sendable {
@@ -318,7 +320,8 @@ public struct DiscoveryCore: Sendable {
                 explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
                 hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
             if let known = map[h.origin],
-                (!known.state.isMember && known.incarnation == h.incarnation) || known.incarnation > h.incarnation
+                (!known.state.isMember && known.incarnation == h.incarnation) || known.incarnation > h.incarnation,
+                mayAnswerRevival(h.origin, now: now, map: map)
             {
                 // The node speaks at an incarnation our map will not take: we hold it dead or left at
                 // this incarnation (a lost-message expiry, a notice it missed, a forged leave), or we
@@ -360,6 +363,18 @@ public struct DiscoveryCore: Sendable {
             break
         }
         return out
+    }
+
+    /// At most one revival answer per node per announce interval: a replayed or forged stale
+    /// announce (repeated, or multicast so that every node answers) cannot turn this node into a
+    /// stream of unicasts at its victim. The table holds only nodes of the map.
+    private mutating func mayAnswerRevival(_ origin: IPAddress, now: Instant, map: NodeMap) -> Bool {
+        if let last = revivalAnswered[origin], now < last + settings.baseInterval { return false }
+        revivalAnswered[origin] = now
+        if revivalAnswered.count > 2 * max(map.count, 16) {
+            revivalAnswered = revivalAnswered.filter { map.contains($0.key) }
+        }
+        return true
     }
 
     /// A join is answered by the newcomer's two ring neighbours in our map (so about two answers

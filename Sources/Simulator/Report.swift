@@ -252,8 +252,8 @@ public struct SimReport: Sendable {
     }
 }
 
-/// Durations in the report, to 0.1 ms, with the project's one duration formatter.
-func ms(_ ns: UInt64) -> String { DurationText.format(ns / 100_000 * 100_000) }
+/// Virtual-time durations in reports and progress lines, to 0.1 ms, with the one duration formatter.
+public func ms(_ ns: UInt64) -> String { DurationText.format(ns / 100_000 * 100_000) }
 
 func fmt(_ v: Double, _ digits: Int) -> String {
     var scale = 1.0

@@ -20,8 +20,10 @@ final class NodeDriver: @unchecked Sendable {
     /// With two transports the same datagram can arrive twice: each is handled once.
     private var recent = RecentSet<UInt64>(capacity: 4096)
     private(set) var duplicatesAcrossTransports = 0
-    /// The link each IPv6 link-local origin was last heard on.
+    /// The link each IPv6 link-local origin was last heard on (kept only with several links: with
+    /// one, every link-local address is on it).
     private var links: [IPAddress: Int] = [:]
+    private let multiLink: Bool
 
     init(loop: EventLoop, node: ClusterNode, transports: [any Transport], publisher: MapPublisher, sink: LogSink) {
         self.loop = loop
@@ -29,6 +31,7 @@ final class NodeDriver: @unchecked Sendable {
         self.transports = transports
         self.publisher = publisher
         self.sink = sink
+        self.multiLink = transports.contains { ($0 as? UDPTransport).map { $0.interfaces.count > 1 } ?? false }
         self.node.eventLevel = sink.level
         for t in transports {
             if let u = t as? UDPTransport { u.linkOf = { [unowned self] a in self.links[a] } }
@@ -89,9 +92,19 @@ final class NodeDriver: @unchecked Sendable {
                 return
             }
         }
-        if let origin = Message.peekOrigin(d.bytes), origin.isLinkLocalV6 { links[origin] = d.link }
         perform(node.receive(d.bytes, interface: d.link, now: Self.now()))
+        if multiLink { noteLink(of: d) }
         afterInput()
+    }
+
+    /// Remembers the link a link-local node was heard on. Only origins the map holds (so a flood of
+    /// forged origins cannot grow this), pruned to the map's nodes when it outgrows them.
+    private func noteLink(of d: Datagram) {
+        guard let origin = Message.peekOrigin(d.bytes), origin.isLinkLocalV6, node.map.contains(origin) else { return }
+        links[origin] = d.link
+        if links.count > 2 * max(node.map.count, 16) {
+            links = links.filter { node.map.contains($0.key) }
+        }
     }
 
     private func fire() {
@@ -147,7 +160,7 @@ final class NodeDriver: @unchecked Sendable {
             t.heartbeatsRx += k.heartbeatsRx
             t.sendErrors += k.sendErrors
         }
-        let drops = DropReason.allCases.map { ($0.rawValue, FieldValue.int(Int64(c.drops[$0] ?? 0))) }
+        let drops: [(String, JSON.Value)] = DropReason.allCases.map { ($0.rawValue, .int(Int64(c.drops[$0] ?? 0))) }
         var f = EventFields()
         f.add("datagrams_rx", t.datagramsRx)
         f.add("datagrams_tx", t.datagramsTx)
@@ -171,6 +184,6 @@ final class NodeDriver: @unchecked Sendable {
         f.add("late_ticks", det?.lateTicks ?? 0)
         f.add("late_heartbeats", det?.lateHeartbeats ?? 0)
         f.add("map_refused_full", node.map.refusedFull)
-        return JSON.object(f.items).dropLast() + ",\"drops\":" + JSON.object(drops) + "}\n"
+        return JSON.render(.object(f.items.map { ($0.0, .scalar($0.1)) } + [("drops", .object(drops))])) + "\n"
     }
 }

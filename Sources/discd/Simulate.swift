@@ -119,7 +119,7 @@ struct SimulateCommand: AsyncParsableCommand {
         } catch let e as ValidationError {
             throw e
         } catch {
-            simStderr("discd simulate: \(error)\n")
+            writeStderr("discd simulate: \(error)\n")
             throw ExitCode(2)
         }
     }
@@ -188,20 +188,20 @@ struct SimulateCommand: AsyncParsableCommand {
         if let level {
             sim.logSink = { t, i, e in
                 guard e.level >= level else { return }
-                simStderr("[\(ms(t))] node \(i) \(e.level): \(e.text)\n")
+                writeStderr("[\(ms(t))] node \(i) \(e.level): \(e.text)\n")
             }
         }
         if progressSeconds > 0 {
             sim.progressInterval = progressSeconds
             sim.progress = { p in
                 let rss = ProcessMemory.currentRSSBytes().map { " rss \($0 / 1_048_576) MiB" } ?? ""
-                simStderr(
+                writeStderr(
                     "simulate: virtual \(ms(p.virtualTime)), \(p.running) running, \(p.converged) maps complete, "
                         + "\(p.events) events, wall \(Int(p.wallSeconds)) s\(rss)\n")
             }
         }
         func note(_ s: String) {
-            if progressSeconds > 0 { simStderr("simulate: [\(ms(sim.now))] \(s)\n") }
+            if progressSeconds > 0 { writeStderr("simulate: [\(ms(sim.now))] \(s)\n") }
         }
 
         let scenario = Scenario(
@@ -209,7 +209,7 @@ struct SimulateCommand: AsyncParsableCommand {
             restartAfter: restartDelay, partition: partitionWindow, partitionFraction: partitionFraction)
         scenario.run(on: sim, note: note)
 
-        for line in sim.diagnosis { simStderr("diagnose: \(line)\n") }
+        for line in sim.diagnosis { writeStderr("diagnose: \(line)\n") }
         let report = SimReport(sim)
         print(json ? report.json() : report.text(), terminator: "")
         if let b = config.detectionBound(members: nodes), !json, crash > 0 {
@@ -230,14 +230,6 @@ struct SimulateCommand: AsyncParsableCommand {
         }
     }
 }
-
-/// Writes to file descriptor 2 (the `stderr` global is not concurrency-safe in Swift 6).
-private func simStderr(_ text: String) {
-    var t = text
-    t.withUTF8 { b in _ = write(2, b.baseAddress, b.count) }
-}
-
-private func ms(_ ns: UInt64) -> String { DurationText.format(ns / 100_000 * 100_000) }
 
 extension String {
     fileprivate func components(separatedBy sep: String) -> [String] {

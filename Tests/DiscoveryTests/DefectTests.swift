@@ -213,3 +213,27 @@ import Wire
         #expect(full <= Int(Wire.maxHops))
     }
 }
+
+/// A replayed stale announce cannot make a node a stream of unicasts at its victim.
+@Suite struct RevivalRateTests {
+    @Test func revivalAnswerAtMostOncePerAnnounceInterval() {
+        var map = NodeMap()
+        var d = DiscoveryCore(
+            settings: try! DiscoverySettings(baseInterval: .seconds(1)), me: SelfInfo(address: IPAddress("10.0.0.1")!),
+            incarnation: 1, seed: 1)
+        _ = d.start(now: .zero, map: &map)
+        let victim = IPAddress("10.0.0.2")!
+        map.observe(NodeClaim(address: victim, incarnation: 50), now: .zero)
+        let stale = Message(
+            header: Header(type: .announce, cluster: "test", senderID: 0, incarnation: 7, messageID: 1, origin: victim),
+            body: .announce(NodeInfo(heartbeatPort: 7778)))
+        func answers(_ out: [DiscoveryOutput]) -> Int {
+            out.filter { if case .unicast(.suspect(victim, 50), victim) = $0 { true } else { false } }.count
+        }
+        var total = 0
+        for k in 0..<100 { total += answers(d.receive(stale, now: Instant.zero + .milliseconds(UInt64(k)), map: &map)) }
+        #expect(total == 1)
+        // A second later it is answered again (the node may really still be below).
+        #expect(answers(d.receive(stale, now: Instant.zero + .milliseconds(1100), map: &map)) == 1)
+    }
+}

@@ -749,6 +749,19 @@ def probe(lab, sender, receivers, dest, ttl=1, count=5, interval=0.05, port=PROB
     return got
 
 
+def routed_two_lans(lab, group):
+    """Two LANs joined by an smcroute multicast router forwarding `group` both ways, proven first
+    with plain sockets on discd's own group and port (TTL/hops 1 stays local, 2 crosses).
+    Returns (an, bn, router): the nodes of LAN A, of LAN B, and the router."""
+    _, _, an, bn, (rt,) = build_two_lans(lab, gateways=1, router=True)
+    lab.start_smcroute(rt, [("ra", group, ["rb"]), ("rb", group, ["ra"])])
+    g1 = probe(lab, an[0], [an[1], bn[0]], group, ttl=1, count=3, port=PORT)
+    g2 = probe(lab, an[0], [an[1], bn[0]], group, ttl=2, count=3, port=PORT)
+    assert g1 == {"a2": 3, "b1": 0} and g2 == {"a2": 3, "b1": 3}, \
+        "router precheck failed for %s: TTL1 %s TTL2 %s\n%s" % (group, g1, g2, lab.smcroute_show(rt))
+    return an, bn, rt
+
+
 def assert_sides_apart(daemons, side_a, a_addrs, b_addrs, seconds, what=""):
     """For `seconds` (polled every 0.1 s), no daemon's map lists an address of the other side:
     daemons whose node is in side_a must not see b_addrs, the others must not see a_addrs."""

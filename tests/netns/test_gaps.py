@@ -333,12 +333,7 @@ def test_routed_multicast_ipv6(ctx):
     """IPv6 smcroute router: discd -m 1 stays local for 4s, -m 2 converges across <=8s"""
     ctx.need_discd()
     with ctx.lab() as lab:
-        la, lb, an, bn, (rt,) = build_two_lans(lab, gateways=1, router=True)
-        lab.start_smcroute(rt, [("ra", GROUP6, ["rb"]), ("rb", GROUP6, ["ra"])])
-        g1 = probe(lab, an[0], [an[1], bn[0]], GROUP6, ttl=1, count=3, port=PORT)
-        g2 = probe(lab, an[0], [an[1], bn[0]], GROUP6, ttl=2, count=3, port=PORT)
-        assert g1 == {"a2": 3, "b1": 0} and g2 == {"a2": 3, "b1": 3}, \
-            "IPv6 router precheck failed: hops 1 %s, hops 2 %s\n%s" % (g1, g2, lab.smcroute_show(rt))
+        an, bn, rt = netlab.routed_two_lans(lab, GROUP6)
         nodes = an + bn
         a6, b6 = [n.ip6 for n in an], [n.ip6 for n in bn]
         ds = lab.start_daemons(nodes, family="ipv6", args=["-m", "1"], tag="-m1")
@@ -348,8 +343,8 @@ def test_routed_multicast_ipv6(ctx):
         netlab.stop_and_reset(lab, ds)
         ds = lab.start_daemons(nodes, family="ipv6", args=["-m", "2"], tag="-m2")
         conv = converge(ds, a6 + b6, ROUTED_BOUND, "-m 2 across the IPv6 router: ")
-        return ("router precheck hops1 %s / hops2 %s; -m 1: far LAN unseen for %.0fs; -m 2: all 4 IPv6 maps "
-                "complete in %.2fs (bound %.0fs)" % (g1, g2, ROUTED_NEGATIVE, conv, ROUTED_BOUND))
+        return ("router proven with plain sockets; -m 1: far LAN unseen for %.0fs; -m 2: all 4 IPv6 maps "
+                "complete in %.2fs (bound %.0fs)" % (ROUTED_NEGATIVE, conv, ROUTED_BOUND))
 
 
 # --------------------------------------------------------------------------- leave / death across a gateway
@@ -587,7 +582,6 @@ def test_daemon_mode(ctx):
             assert started and started[0].get("DISCD_DAEMON") == "true", \
                 "journal: no daemon.started with DISCD_DAEMON=true; %d records, events %s, first %s" % (
                     len(recs), ev[:10], recs[:1])
-            t0 = time.monotonic()
             os.kill(pid, signal.SIGTERM)
             lat = wait_all(ds, state_is(addrs[2], "left"), LEAVE_BOUND + 3.0)
             gone, t_gone = wait_until(lambda: not pid_alive(pid), STOP_BOUND, 0.02)

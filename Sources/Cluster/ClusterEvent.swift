@@ -17,6 +17,8 @@ public enum DropReason: String, CaseIterable, Sendable, Hashable {
     case own
     /// From an incarnation of its sender older than the map knows.
     case staleIncarnation = "stale_incarnation"
+    /// An RDMA immediate-only notice naming a node ID the map does not hold.
+    case unknownNotice = "unknown_notice"
 
     public init(_ e: DecodeError) {
         self = DropReason(rawValue: e.counterName) ?? .malformed
@@ -35,6 +37,8 @@ public enum ClusterEvent: Event, Hashable {
     /// `from` to `to`, above the accusation's `past`.
     case refuted(accusation: DetectorEvent.Accusation, by: IPAddress?, past: UInt64, from: UInt64, to: UInt64)
     case processExited(ProcessExit)
+    /// An immediate-only process-exit notice (kernel module fdmod over RDMA): node and watch tag.
+    case processNotice(node: IPAddress, id: NodeID, tag: UInt16)
     case encodeFailed(type: MessageType, reason: String)
 
     public var name: String {
@@ -54,6 +58,7 @@ public enum ClusterEvent: Event, Hashable {
         case .received: "datagram.received"
         case .refuted: "node.refuted"
         case .processExited: "process.exited"
+        case .processNotice: "process.notice"
         case .encodeFailed: "datagram.encode_failed"
         }
     }
@@ -71,7 +76,7 @@ public enum ClusterEvent: Event, Hashable {
         case .discovery(let e): e.level
         case .dropped, .received: .debug
         case .refuted: .warning
-        case .processExited: .notice
+        case .processExited, .processNotice: .notice
         case .encodeFailed: .error
         }
     }
@@ -131,6 +136,10 @@ public enum ClusterEvent: Event, Hashable {
             f.add("pid", UInt64(p.pid))
             f.add("name", p.name)
             f.add("status", Int(p.status))
+        case .processNotice(let node, let id, let tag):
+            f.add("node", node)
+            f.add("id", id.rawValue)
+            f.add("tag", Int(tag))
         case .encodeFailed(let t, let r):
             f.add("type", "\(t)")
             f.add("reason", r)
@@ -159,6 +168,7 @@ public enum ClusterEvent: Event, Hashable {
             "refuted \(acc.rawValue)\(by.map { " by \($0)" } ?? " in this node's name") at incarnation \(past): "
                 + "incarnation \(from) -> \(to)"
         case .processExited(let p): "process \(p.pid) (\(p.name)) on \(p.node) exited with status \(p.status)"
+        case .processNotice(let node, let id, let tag): "process with watch tag \(tag) on node \(id) (\(node)) exited"
         case .encodeFailed(let t, let r): "cannot encode \(t): \(r)"
         }
     }

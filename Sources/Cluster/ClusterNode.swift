@@ -120,6 +120,27 @@ public struct ClusterNode: Sendable {
         return flush()
     }
 
+    /// This node's transport endpoints changed (the RDMA transport came up, moved or went down).
+    public mutating func capabilitiesChanged(_ capabilities: [Capability], now: Instant) -> [Effect] {
+        apply(discovery.capabilitiesChanged(capabilities, now: now, map: &map), now: now)
+        return flush()
+    }
+
+    /// An immediate-only RDMA datagram (no payload) arrived on the cluster group: a process-exit
+    /// notice as the kernel module fdmod sends it, `ProcessNotice` layout (docs/PROTOCOL.md). It is
+    /// decoded against the map; one that names no node of the map is counted and dropped.
+    public mutating func receiveImmediate(_ value: UInt32, now: Instant) -> [Effect] {
+        guard discovery.started else { return [] }
+        counters.datagramsReceived += 1
+        let notice = ProcessNotice(immediate: value)
+        guard let id = NodeID(rawValue: notice.nodeID), let n = map.node(id: id) else {
+            drop(.unknownNotice, from: nil)
+            return flush()
+        }
+        emit(.processNotice(node: n.address, id: id, tag: notice.tag))
+        return flush()
+    }
+
     /// A datagram arrived on cluster interface `interface` (index into the shell's interface list).
     public mutating func receive(_ bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
         guard discovery.started else { return [] }

@@ -275,6 +275,18 @@ public struct DiscoveryCore: Sendable {
         return out
     }
 
+    /// Our transport endpoints changed (an RDMA device came up with a new queue pair, or went away):
+    /// the map's own entry follows and, once started, an announce tells the others at once.
+    public mutating func capabilitiesChanged(_ capabilities: [Capability], now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
+        guard capabilities != me.capabilities else { return [] }
+        me.capabilities = capabilities
+        var out: [DiscoveryOutput] = []
+        let c = map.observe(selfClaim, now: now)
+        if !c.isEmpty { out.append(.changes(c)) }
+        if started { out.append(.multicast(.announce(info(map)))) }
+        return out
+    }
+
     /// A clean stop: say `leave` so that the others drop us at once.
     public mutating func stop(now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
         guard started else { return [] }

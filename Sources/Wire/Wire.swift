@@ -147,6 +147,22 @@ public struct SyncEntry: Hashable, Sendable {
     public var encodedSize: Int { Self.minEncodedSize + 17 * aliases.count }
 }
 
+/// The 32-bit immediate of an RDMA immediate-only send (the kernel module fdmod's process-exit
+/// notice): the sending node's ID in the high 16 bits, the watched process's tag in the low 16.
+public struct ProcessNotice: Hashable, Sendable {
+    public var nodeID: UInt16
+    public var tag: UInt16
+    public init(nodeID: UInt16, tag: UInt16) {
+        self.nodeID = nodeID
+        self.tag = tag
+    }
+    public init(immediate: UInt32) {
+        self.nodeID = UInt16(truncatingIfNeeded: immediate >> 16)
+        self.tag = UInt16(truncatingIfNeeded: immediate)
+    }
+    public var immediate: UInt32 { UInt32(nodeID) << 16 | UInt32(tag) }
+}
+
 /// A process on `node` that opted in has exited (design for the process-failure issue).
 public struct ProcessExit: Hashable, Sendable {
     public var node: IPAddress

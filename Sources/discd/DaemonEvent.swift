@@ -15,6 +15,10 @@ enum DaemonEvent: Event {
     case socketError(error: String)
     case mapWriteFailed(path: String, error: String)
     case library(level: LogLevel, source: String, message: String)
+    /// The RDMA transport opened its endpoint (at start, or back after a loss).
+    case rdmaUp(device: String, port: Int, gid: String, qpn: UInt32, qkey: UInt32, mtu: Int)
+    /// The RDMA transport is down (`wasUp`: it was running; else it could not open): IP carries on.
+    case rdmaDown(reason: String, wasUp: Bool)
 
     var name: String {
         switch self {
@@ -28,6 +32,8 @@ enum DaemonEvent: Event {
         case .socketError: "transport.socket_error"
         case .mapWriteFailed: "map.write_failed"
         case .library: "library.log"
+        case .rdmaUp: "rdma.up"
+        case .rdmaDown: "rdma.down"
         }
     }
 
@@ -38,6 +44,8 @@ enum DaemonEvent: Event {
         case .socketError: .debug
         case .mapWriteFailed: .error
         case .library(let l, _, _): l
+        case .rdmaUp: .notice
+        case .rdmaDown(_, let wasUp): wasUp ? .warning : .info
         }
     }
 
@@ -74,6 +82,16 @@ enum DaemonEvent: Event {
         case .library(_, let source, let m):
             f.add("source", source)
             f.add("message", m)
+        case .rdmaUp(let d, let p, let g, let qpn, let qkey, let mtu):
+            f.add("device", d)
+            f.add("port", p)
+            f.add("gid", g)
+            f.add("qpn", UInt64(qpn))
+            f.add("qkey", UInt64(qkey))
+            f.add("mtu", mtu)
+        case .rdmaDown(let r, let wasUp):
+            f.add("reason", r)
+            f.add("was_up", wasUp)
         }
     }
 
@@ -93,6 +111,10 @@ enum DaemonEvent: Event {
         case .socketError(let e): "socket error: \(e)"
         case .mapWriteFailed(let p, let e): "cannot write map file \(p): \(e)"
         case .library(_, let source, let m): "\(source): \(m)"
+        case .rdmaUp(let d, let p, let g, let qpn, _, let mtu):
+            "RDMA transport up on \(d) port \(p): GID \(g) QPN \(qpn) MTU \(mtu)"
+        case .rdmaDown(let r, let wasUp):
+            wasUp ? "RDMA transport down (\(r)): falling back to IP" : "RDMA transport not available (\(r)): IP only"
         }
     }
 }

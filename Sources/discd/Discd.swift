@@ -70,6 +70,15 @@ struct DiscdCommand: AsyncParsableCommand {
     @Flag(help: "Start with debug logging on.")
     var debug = false
 
+    @Flag(name: .customLong("no-rdma"), help: "Do not use RDMA (InfiniBand/RoCE) even where a device exists: IP only.")
+    var noRDMA = false
+
+    @Option(name: .customLong("rdma-device"), help: "RDMA device to use (default: the one serving the first cluster interface's address).")
+    var rdmaDevice: String?
+
+    @Option(name: .customLong("rdma-port"), help: "Port of the RDMA device (default: the port serving the cluster interface).")
+    var rdmaPort: Int?
+
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port \(port) is not a UDP port (1-65535)") }
         if let h = heartbeatPort, !(1...65535).contains(h) {
@@ -81,6 +90,10 @@ struct DiscdCommand: AsyncParsableCommand {
         let c = cluster.utf8.count
         guard c >= 1, c <= 32 else { throw ValidationError("--cluster must be 1-32 bytes") }
         guard LogSink.Format(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
+        if let p = rdmaPort, !(1...255).contains(p) { throw ValidationError("--rdma-port \(p) is not in 1-255") }
+        if noRDMA, rdmaDevice != nil || rdmaPort != nil {
+            throw ValidationError("--no-rdma cannot be combined with --rdma-device or --rdma-port")
+        }
     }
 
     func run() async throws {
@@ -151,6 +164,14 @@ struct DiscdCommand: AsyncParsableCommand {
             aliases: aliases, heartbeatPort: UInt16(hbPort))
         try checkWritable(map)
         if let s = status { try checkWritable(s) }
+        if let want = rdmaDevice {
+            let present = RDMATransport.deviceNames()
+            guard present.contains(want) else {
+                throw ConfigError(
+                    "RDMA device \(want) not found"
+                        + (present.isEmpty ? " (this node has no RDMA device)" : " (present: \(present.joined(separator: ", ")))"))
+            }
+        }
 
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -194,9 +215,16 @@ struct DiscdCommand: AsyncParsableCommand {
         let udp = try UDPTransport(
             loop: loop, family: s.family, interfaces: s.active, group: s.group, port: port,
             heartbeatPort: s.heartbeatPort, ttl: multicastTTL, sink: sink)
+        var transports: [any Transport] = [udp]
+        if !noRDMA {
+            transports.append(
+                RDMATransport(
+                    loop: loop, interfaces: s.active, group: s.group,
+                    options: RDMAOptions(enabled: true, device: rdmaDevice, port: rdmaPort), sink: sink))
+        }
         let publisher = MapPublisher(mapPath: map, statusPath: status, sink: sink)
         let driver = NodeDriver(
-            loop: loop, node: ClusterNode(config: s.config, now: NodeDriver.now()), transports: [udp],
+            loop: loop, node: ClusterNode(config: s.config, now: NodeDriver.now()), transports: transports,
             publisher: publisher, sink: sink)
         let watcher = InterfaceWatcher(
             loop: loop, names: s.names, family: s.family, primary: s.config.me.address,

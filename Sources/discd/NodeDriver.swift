@@ -35,7 +35,20 @@ final class NodeDriver: @unchecked Sendable {
         self.node.eventLevel = sink.level
         for t in transports {
             if let u = t as? UDPTransport { u.linkOf = { [unowned self] a in self.links[a] } }
+            if let r = t as? RDMATransport {
+                r.peerEndpoint = { [unowned self] a in
+                    self.node.map[a]?.capabilities.first { if case .rdma = $0 { true } else { false } }
+                }
+                r.endpointChanged = { [unowned self] cap in self.endpointChanged(cap) }
+            }
         }
+    }
+
+    /// The RDMA endpoint came up (or moved, or went away): our map entry and an announce follow.
+    private func endpointChanged(_ cap: Capability?) {
+        guard !stopped else { return }
+        perform(node.capabilitiesChanged(cap.map { [$0] } ?? [], now: Self.now()))
+        afterInput()
     }
 
     /// CLOCK_MONOTONIC (NIO's uptime clock): the cores' time.
@@ -84,6 +97,11 @@ final class NodeDriver: @unchecked Sendable {
 
     func received(_ d: Datagram) {
         guard !stopped else { return }
+        if let imm = d.immediate {
+            perform(node.receiveImmediate(imm, now: Self.now()))
+            afterInput()
+            return
+        }
         if transports.count > 1 {
             var h: UInt64 = 0xCBF2_9CE4_8422_2325
             for b in d.bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
@@ -135,14 +153,22 @@ final class NodeDriver: @unchecked Sendable {
             case .multicast(let bytes, let except):
                 for t in transports { t.multicast(bytes, except: except) }
             case .unicast(let bytes, let to):
-                transports.first?.unicast(bytes, to: to, port: nil)
+                unicast(bytes, to: to, port: nil)
             case .heartbeat(let bytes, let to, let port):
-                transports.first?.unicast(bytes, to: to, port: port)
+                unicast(bytes, to: to, port: port)
             case .event(let ev):
                 sink.write(ev)
             }
         }
     }
+
+    /// Over the first transport that reaches the node: RDMA where both ends have it, else IP.
+    func unicast(_ bytes: [UInt8], to: IPAddress, port: UInt16?) {
+        for t in unicastOrder where t.unicast(bytes, to: to, port: port) { return }
+    }
+
+    private lazy var unicastOrder: [any Transport] = transports.enumerated()
+        .sorted { ($0.element.unicastRank, $0.offset) < ($1.element.unicastRank, $1.offset) }.map(\.element)
 
     /// The status file: typed counters as one JSON object.
     func statusJSON() -> String {
@@ -184,6 +210,16 @@ final class NodeDriver: @unchecked Sendable {
         f.add("late_ticks", det?.lateTicks ?? 0)
         f.add("late_heartbeats", det?.lateHeartbeats ?? 0)
         f.add("map_refused_full", node.map.refusedFull)
-        return JSON.render(.object(f.items.map { ($0.0, .scalar($0.1)) } + [("drops", .object(drops))])) + "\n"
+        var rdma = EventFields()
+        if let r = transports.lazy.compactMap({ $0 as? RDMATransport }).first {
+            r.status.fields(into: &rdma)
+        } else {
+            RDMAStatus(state: .off, reason: "--no-rdma").fields(into: &rdma)
+        }
+        return JSON.render(
+            .object(
+                f.items.map { ($0.0, .scalar($0.1)) } + [
+                    ("drops", .object(drops)), ("rdma", .object(rdma.items.map { ($0.0, .scalar($0.1)) })),
+                ])) + "\n"
     }
 }

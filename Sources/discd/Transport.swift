@@ -8,6 +8,8 @@ import NodeMap
 struct Datagram: Sendable {
     var bytes: [UInt8]
     var link: Int
+    /// An RDMA immediate-only send (no payload): the 32-bit immediate (`ProcessNotice`).
+    var immediate: UInt32? = nil
 }
 
 /// The seam between the node driver and the wires: UDP multicast/unicast today, RDMA UD multicast
@@ -18,10 +20,17 @@ protocol Transport: AnyObject, Sendable {
     func start(deliver: @escaping @Sendable (Datagram) -> Void) async throws
     /// To the cluster group on every link but `except`.
     func multicast(_ bytes: [UInt8], except: Int?)
-    /// To one node's discovery port (`port` nil) or heartbeat port.
-    func unicast(_ bytes: [UInt8], to: IPAddress, port: UInt16?)
+    /// To one node's discovery port (`port` nil) or heartbeat port. False when this transport
+    /// cannot reach the node (no address for it, down, too large): the driver tries the next one.
+    func unicast(_ bytes: [UInt8], to: IPAddress, port: UInt16?) -> Bool
     func close() async
     var counters: TransportCounters { get }
+    /// Unicasts go over the transport of lowest rank that reaches the node (RDMA 0, IP 1).
+    var unicastRank: Int { get }
+}
+
+extension Transport {
+    var unicastRank: Int { 1 }
 }
 
 struct TransportCounters: Sendable {
@@ -144,11 +153,12 @@ final class UDPTransport: Transport, @unchecked Sendable {
         }
     }
 
-    func unicast(_ bytes: [UInt8], to ip: IPAddress, port: UInt16?) {
+    func unicast(_ bytes: [UInt8], to ip: IPAddress, port: UInt16?) -> Bool {
         let ch = port == nil ? main : heartbeat
-        guard let ch, let a = socketAddress(ip, port: port.map(Int.init) ?? self.port) else { return }
+        guard let ch, let a = socketAddress(ip, port: port.map(Int.init) ?? self.port) else { return false }
         send(bytes, to: a, on: ch)
         if port == nil { counters.unicastTx += 1 } else { counters.heartbeatsTx += 1 }
+        return true
     }
 
     private func send(_ bytes: [UInt8], to: SocketAddress, on ch: Channel) {

@@ -70,14 +70,25 @@ import Glibc
     }
 }
 
-/// A transport that records what it is asked to send.
+/// A transport that records what it is asked to send; `reaches` says which unicasts it takes.
 final class RecordingTransport: Transport, @unchecked Sendable {
     let name: String
+    let unicastRank: Int
+    var reaches: (IPAddress) -> Bool = { _ in true }
     var sent: [[UInt8]] = []
-    init(_ name: String) { self.name = name }
+    var unicasts: [IPAddress] = []
+    init(_ name: String, rank: Int = 1) {
+        self.name = name
+        self.unicastRank = rank
+    }
     func start(deliver: @escaping @Sendable (Datagram) -> Void) async throws {}
     func multicast(_ bytes: [UInt8], except: Int?) { sent.append(bytes) }
-    func unicast(_ bytes: [UInt8], to: IPAddress, port: UInt16?) { sent.append(bytes) }
+    func unicast(_ bytes: [UInt8], to: IPAddress, port: UInt16?) -> Bool {
+        guard reaches(to) else { return false }
+        sent.append(bytes)
+        unicasts.append(to)
+        return true
+    }
     func close() async {}
     var counters: TransportCounters { TransportCounters() }
 }
@@ -110,6 +121,35 @@ final class RecordingTransport: Transport, @unchecked Sendable {
         again.header.messageID = 2
         driver.received(Datagram(bytes: try again.encode(), link: 0))
         #expect(driver.node.counters.datagramsReceived == 2)
+    }
+}
+
+/// Unicasts (detector traffic, map syncs) go over the preferred transport (RDMA) when it reaches the
+/// node, else over the next (IP); multicasts go over every transport.
+@Suite struct UnicastRouteTests {
+    @Test func preferredTransportFirstThenFallback() throws {
+        let loop = EmbeddedEventLoop()
+        let sink = LogSink(target: .stderr, format: .json, debug: false, startNanos: 0)
+        let node = ClusterNode(
+            config: ClusterConfig(cluster: "test", me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, detector: nil, seed: 1),
+            now: 0)
+        let publisher = MapPublisher(mapPath: FileManagerless.temporaryDirectory() + "/m.map", statusPath: nil, sink: sink)
+        let udp = RecordingTransport("udp", rank: 1)
+        let rdma = RecordingTransport("rdma", rank: 0)
+        let withRDMA = IPAddress("10.0.0.2")!
+        let ipOnly = IPAddress("10.0.0.3")!
+        rdma.reaches = { $0 == withRDMA }
+        // Listed IP first: the rank, not the order, decides.
+        let driver = NodeDriver(loop: loop, node: node, transports: [udp, rdma], publisher: publisher, sink: sink)
+        driver.unicast([1], to: withRDMA, port: 7778)
+        driver.unicast([2], to: ipOnly, port: 7778)
+        #expect(rdma.unicasts == [withRDMA])
+        #expect(udp.unicasts == [ipOnly])
+        // The RDMA endpoint goes down: the same node is reached over IP.
+        rdma.reaches = { _ in false }
+        driver.unicast([3], to: withRDMA, port: nil)
+        #expect(udp.unicasts == [ipOnly, withRDMA])
+        #expect(rdma.unicasts == [withRDMA])
     }
 }
 

@@ -32,13 +32,18 @@ public enum MapRendering {
         }
         head += " \(age(nanos: nowUnixNanos &- writtenAtUnixNanos(s))) ago"
 
-        var rows: [[String]] = [["ID", "ADDRESS", "STATE", "INC", "AGE", "HOPS", "ALIASES"]]
-        for n in nodes(s, membersOnly: membersOnly) {
+        let shown = nodes(s, membersOnly: membersOnly)
+        // The RDMA column appears when some node has an RDMA endpoint (GID and queue pair number).
+        let rdma = shown.contains { $0.capabilities.contains { if case .rdma = $0 { true } else { false } } }
+        var rows: [[String]] = [["ID", "ADDRESS", "STATE", "INC", "AGE", "HOPS", "ALIASES"] + (rdma ? ["RDMA"] : [])]
+        for n in shown {
             let aliases = n.aliases.map { "\($0.address)(\($0.source))" }.joined(separator: ",")
-            rows.append([
+            var row = [
                 "\(n.id)", "\(n.address)", "\(n.state)", "\(n.incarnation)",
                 age(nanos: nowUnixNanos &- s.lastHeardUnixNanos(n)), "\(n.hops)", aliases.isEmpty ? "-" : aliases,
-            ])
+            ]
+            if rdma { row.append(rdmaText(n.capabilities) ?? "-") }
+            rows.append(row)
         }
         var widths = [Int](repeating: 0, count: rows[0].count)
         for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
@@ -52,6 +57,18 @@ public enum MapRendering {
             out += line + "\n"
         }
         return out
+    }
+
+    /// `gid <GID as IPv6 text> qpn <N>` for a node's RDMA endpoint (a RoCE v2 IPv4 GID reads
+    /// `::ffff:a.b.c.d`), nil without one.
+    public static func rdmaText(_ caps: [Capability]) -> String? {
+        for c in caps {
+            guard case .rdma(let hi, let lo, let qpn, _) = c else { continue }
+            let mapped = hi == 0 && lo >> 32 == 0xFFFF
+            let gid = mapped ? "::ffff:\(IPAddress(hi: hi, lo: lo))" : "\(IPAddress(hi: hi, lo: lo))"
+            return "gid \(gid) qpn \(qpn)"
+        }
+        return nil
     }
 
     /// A short duration for people: `0.4s` below 10 s, then `42s`, `12m3s`, `3h12m`, `2d3h`.

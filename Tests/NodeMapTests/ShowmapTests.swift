@@ -24,14 +24,17 @@ struct MapRenderingTests {
         #expect(
             t == """
                 map generation 7: 3 nodes, 2 members; written by 10.0.0.1 (id 1) 0.4s ago
-                ID  ADDRESS   STATE    INC  AGE   HOPS  ALIASES
-                1   10.0.0.1  alive    2    0.8s  0     -
-                2   10.0.0.2  suspect  1    4.4s  1     192.168.1.2(interface)
-                9   fd00::9   dead     0    5.4s  0     -
+                ID  ADDRESS   STATE    INC  AGE   HOPS  ALIASES                 RDMA
+                1   10.0.0.1  alive    2    0.8s  0     -                       -
+                2   10.0.0.2  suspect  1    4.4s  1     192.168.1.2(interface)  -
+                9   fd00::9   dead     0    5.4s  0     -                       gid fe80::2:c903:1:203 qpn 72
 
                 """)
         let members = MapRendering.table(sampleSnapshot(), nowUnixNanos: now, membersOnly: true)
         #expect(!members.contains("fd00::9"))
+        // Without any RDMA endpoint among the nodes shown, no RDMA column.
+        #expect(!members.contains("RDMA"))
+        #expect(MapRendering.rdmaText([.rdma(gidHi: 0, gidLo: 0x0000_FFFF_0A63_000B, qpn: 17, qkey: 1)]) == "gid ::ffff:10.99.0.11 qpn 17")
         #expect(members.split(separator: "\n").count == 4)
     }
 

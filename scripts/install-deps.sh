@@ -10,9 +10,16 @@ BUILD_PKGS=(pkg-config libsystemd-dev libibverbs-dev librdmacm-dev)
 # tests/netns and bench/, /usr/bin/time (time) for bench/sim_bench.sh. tests/netns/netlab.py's
 # env_problem() checks the tools the netns tests run.
 TEST_PKGS=(iproute2 nftables smcroute procps python3 kmod util-linux time)
+# guest tests (tests/guests): qemu guests running Debian's kernel (fetched by apt-get download)
+# with the host's / as root over 9p, so the verbs tools and providers they run come from here:
+# qemu + SeaBIOS, a static busybox for the initramfs, depmod/modprobe (kmod), rdma (iproute2),
+# ibv_* (ibverbs-utils), mckey (rdmacm-utils), the rxe provider (ibverbs-providers, rdma-core).
+# tests/guests/guestbed.py's host_problem() checks them.
+GUEST_PKGS=(qemu-system-x86 seabios busybox-static kmod iproute2 rdma-core ibverbs-utils rdmacm-utils
+    ibverbs-providers)
 
 want=("${BUILD_PKGS[@]}")
-if [ "${1:-}" = "--test" ]; then want+=("${TEST_PKGS[@]}"); fi
+if [ "${1:-}" = "--test" ]; then want+=("${TEST_PKGS[@]}" "${GUEST_PKGS[@]}"); fi
 
 missing=()
 for p in "${want[@]}"; do

@@ -10,9 +10,11 @@
 #  * XCTest (SwiftPM writes no XCTest xUnit file without --parallel): one per
 #    "Test Case '...' passed|failed|skipped" line; a test that started and never finished failed.
 #  * netns: the "netns: N passed, M failed, K skipped" line of tests/netns/run.py.
+#  * guests: the "guests: N passed, M failed, K skipped" line of tests/guests/run.py (qemu guests
+#    with Soft-RoCE, after the netns tests; same rules).
 # A runner that exits non-zero (a crash or trap midway, an unreadable result file) with no failed
 # test counted is recorded as one failed test. Exit status: non-zero if M > 0, if K > 0 (unless
-# DISCD_TESTS_ALLOW_SKIP=1, which CI never sets), or if either runner exited non-zero.
+# DISCD_TESTS_ALLOW_SKIP=1, which CI never sets), or if any runner exited non-zero.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,29 +85,43 @@ if [ "$unit_rc" != 0 ] && [ "$unit_fail" = 0 ]; then
 fi
 echo "== swift test: $unit_pass passed, $unit_fail failed, $unit_skip skipped (rc=$unit_rc)"
 
-echo "== real-network tests (network namespaces)"
-python3 tests/netns/run.py 2>&1 | tee "$work/netns.log"; net_rc=${PIPESTATUS[0]}
-line=$(grep -E "^netns: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$" "$work/netns.log" | tail -1)
-if [ -n "$line" ]; then
-    read -r net_pass net_fail net_skip < <(echo "$line" | grep -Eo "[0-9]+" | tr '\n' ' ')
-else
-    echo "run.py printed no summary line: counted as 1 failed"
-    net_pass=0 net_fail=1 net_skip=0
-fi
 allow_skip=0
 [ "${DISCD_TESTS_ALLOW_SKIP:-}" = 1 ] && allow_skip=1
-# run.py exits 1 on skips without the opt-out: that is not a crash, the skips already count.
-if [ "$net_rc" != 0 ] && [ "$net_fail" = 0 ] && ! { [ "$net_skip" -gt 0 ] && [ "$allow_skip" = 0 ]; }; then
-    echo "run.py exited $net_rc with no failed test counted: counted as 1 failed"
-    net_fail=1
-fi
 
-passed=$((unit_pass + net_pass))
-failed=$((unit_fail + net_fail))
-skipped=$((unit_skip + net_skip))
-echo "== summary: swift test rc=$unit_rc ($unit_pass/$unit_fail/$unit_skip), netns rc=$net_rc ($net_pass/$net_fail/$net_skip)"
+# run_py_suite LABEL SCRIPT: runs a python test runner whose last summary line is
+# "LABEL: N passed, M failed, K skipped"; sets py_pass py_fail py_skip py_rc.
+run_py_suite() {
+    python3 "$2" 2>&1 | tee "$work/$1.log"; py_rc=${PIPESTATUS[0]}
+    local line
+    line=$(grep -E "^$1: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$" "$work/$1.log" | tail -1)
+    if [ -n "$line" ]; then
+        read -r py_pass py_fail py_skip < <(echo "${line#*:}" | grep -Eo "[0-9]+" | tr '\n' ' ')
+    else
+        echo "$2 printed no summary line: counted as 1 failed"
+        py_pass=0 py_fail=1 py_skip=0
+    fi
+    # The runner exits 1 on skips without the opt-out: that is not a crash, the skips already count.
+    if [ "$py_rc" != 0 ] && [ "$py_fail" = 0 ] && ! { [ "$py_skip" -gt 0 ] && [ "$allow_skip" = 0 ]; }; then
+        echo "$2 exited $py_rc with no failed test counted: counted as 1 failed"
+        py_fail=1
+    fi
+}
+
+echo "== real-network tests (network namespaces)"
+run_py_suite netns tests/netns/run.py
+net_pass=$py_pass net_fail=$py_fail net_skip=$py_skip net_rc=$py_rc
+
+echo "== RDMA guest tests (qemu, Soft-RoCE)"
+run_py_suite guests tests/guests/run.py
+gst_pass=$py_pass gst_fail=$py_fail gst_skip=$py_skip gst_rc=$py_rc
+
+passed=$((unit_pass + net_pass + gst_pass))
+failed=$((unit_fail + net_fail + gst_fail))
+skipped=$((unit_skip + net_skip + gst_skip))
+echo "== summary: swift test rc=$unit_rc ($unit_pass/$unit_fail/$unit_skip), netns rc=$net_rc ($net_pass/$net_fail/$net_skip), guests rc=$gst_rc ($gst_pass/$gst_fail/$gst_skip)"
 if [ "$skipped" -gt 0 ] && [ "$allow_skip" = 0 ]; then
     echo "$skipped test(s) skipped: a skip fails the test command (DISCD_TESTS_ALLOW_SKIP=1 accepts skips)"
 fi
 summary "$passed" "$failed" "$skipped"
-[ "$failed" = 0 ] && [ "$unit_rc" = 0 ] && [ "$net_rc" = 0 ] && { [ "$skipped" = 0 ] || [ "$allow_skip" = 1 ]; }
+[ "$failed" = 0 ] && [ "$unit_rc" = 0 ] && [ "$net_rc" = 0 ] && [ "$gst_rc" = 0 ] &&
+    { [ "$skipped" = 0 ] || [ "$allow_skip" = 1 ]; }

@@ -64,13 +64,13 @@ static inline int discd_post_ud_send_imm(struct ibv_qp *qp, struct ibv_ah *ah, u
 /* An address handle for a unicast to `gid` (16 bytes) through `port`, from our GID at `sgid_index`
  * (RoCE: the kernel resolves the neighbour's MAC). */
 static inline struct ibv_ah *discd_create_ah_gid(struct ibv_pd *pd, uint8_t port, uint8_t sgid_index,
-                                                 const uint8_t *gid) {
+                                                 const uint8_t *gid, uint8_t hop_limit) {
     struct ibv_ah_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.is_global = 1;
     attr.port_num = port;
     attr.grh.sgid_index = sgid_index;
-    attr.grh.hop_limit = 64;
+    attr.grh.hop_limit = hop_limit;
     memcpy(attr.grh.dgid.raw, gid, 16);
     return ibv_create_ah(pd, &attr);
 }
@@ -87,6 +87,29 @@ static inline void discd_grh_source_gid(const uint8_t *grh, uint8_t *gid_out) {
         memcpy(gid_out, grh + 8, 16);
     }
 }
+
+/* A UD queue pair taken from RESET to RTS with `qkey` on `port` (what rdma_create_qp does for an
+ * rdma_cm ID in the UDP port space). */
+static inline int discd_ud_qp_to_rts(struct ibv_qp *qp, uint8_t port, uint32_t qkey) {
+    struct ibv_qp_attr a;
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_INIT;
+    a.pkey_index = 0;
+    a.port_num = port;
+    a.qkey = qkey;
+    if (ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_QKEY)) return -1;
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_RTR;
+    if (ibv_modify_qp(qp, &a, IBV_QP_STATE)) return -1;
+    memset(&a, 0, sizeof a);
+    a.qp_state = IBV_QPS_RTS;
+    a.sq_psn = 0;
+    return ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_SQ_PSN);
+}
+
+/* The sysfs path of a device's uverbs node (/sys/class/infiniband_verbs/uverbsN): it goes first
+ * when the device is unregistered. */
+static inline const char *discd_device_dev_path(struct ibv_device *dev) { return dev->dev_path; }
 
 static inline uint32_t discd_wc_imm(const struct ibv_wc *wc) { return be32toh(wc->imm_data); }
 

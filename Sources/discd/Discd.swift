@@ -219,7 +219,7 @@ struct DiscdCommand: AsyncParsableCommand {
         if !noRDMA {
             transports.append(
                 RDMATransport(
-                    loop: loop, interfaces: s.active, group: s.group,
+                    loop: loop, interfaces: s.active, group: s.group, ttl: multicastTTL,
                     options: RDMAOptions(enabled: true, device: rdmaDevice, port: rdmaPort), sink: sink))
         }
         let publisher = MapPublisher(mapPath: map, statusPath: status, sink: sink)

@@ -95,6 +95,11 @@ final class RDMATransport: Transport, @unchecked Sendable {
     let options: RDMAOptions
     let interfaces: [ClusterInterface]
     let group: IPAddress
+    /// Multicast hop limit (`-m TTL`; 1 by default, as for IP).
+    let ttl: Int?
+    /// How often the event thread checks that the device is still there (a device without
+    /// disassociate support, like rxe, sends no event when it is being removed).
+    static let presenceCheckMillis: Int32 = 500
     /// Receive and send slots; a slot holds the 40-byte GRH and the largest datagram.
     static let recvSlots = 256
     static let sendSlots = 128
@@ -121,10 +126,11 @@ final class RDMATransport: Transport, @unchecked Sendable {
     /// Our endpoint appeared (capability) or went away (nil); called on the loop.
     var endpointChanged: ((Capability?) -> Void)?
 
-    init(loop: EventLoop, interfaces: [ClusterInterface], group: IPAddress, options: RDMAOptions, sink: LogSink) {
+    init(loop: EventLoop, interfaces: [ClusterInterface], group: IPAddress, ttl: Int?, options: RDMAOptions, sink: LogSink) {
         self.loop = loop
         self.interfaces = interfaces
         self.group = group
+        self.ttl = ttl
         self.options = options
         self.sink = sink
         var p: [Int32] = [-1, -1]
@@ -237,7 +243,7 @@ final class RDMATransport: Transport, @unchecked Sendable {
 
     private func attemptOpen() -> Endpoint? {
         do {
-            let e = try Endpoint.open(interfaces: interfaces, group: group, options: options)
+            let e = try Endpoint.open(interfaces: interfaces, group: group, options: options, ttl: ttl)
             install(e)
             return e
         } catch {
@@ -297,7 +303,7 @@ final class RDMATransport: Transport, @unchecked Sendable {
                 pollfd(fd: e.asyncFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
             ]
-            let n = poll(&fds, nfds_t(fds.count), -1)
+            let n = poll(&fds, nfds_t(fds.count), Self.presenceCheckMillis)
             if n < 0 {
                 if errno == EINTR { continue }
                 teardown(e, reason: "poll failed: \(errnoText())")
@@ -316,6 +322,7 @@ final class RDMATransport: Transport, @unchecked Sendable {
             var lost: String?
             if fds[1].revents != 0, let r = e.cmEvents() { lost = r }
             if lost == nil, fds[2].revents != 0, let r = e.asyncEvents() { lost = r }
+            if lost == nil, !e.devicePresent { lost = "device \(e.deviceName) removed" }
             if let lost {
                 teardown(e, reason: lost)
                 ep = nil
@@ -391,9 +398,25 @@ final class RDMATransport: Transport, @unchecked Sendable {
 
 /// One open RDMA endpoint: every verbs resource, created together and destroyed together.
 /// Receive-side members are used on the event thread only; send-side ones under the transport's lock.
+///
+/// Two ways to open one:
+/// - **RoCE** (an Ethernet port with a RoCE v2 GID for the interface's address): verbs only. We
+///   open the device, take the UD queue pair to RTS ourselves and attach it to the group's GID; the
+///   IP membership the group needs (IGMP/MLD, and the host accepting the group's packets) is the IP
+///   transport's, joined on the same interface. librdmacm is not used here on purpose: it keeps a
+///   device's context open after the device is removed when no other device is left (its device
+///   list sync stops early on an empty list), so `rdma link delete` of a device without
+///   disassociate support (rxe) would hang for as long as discd runs.
+/// - **rdma_cm** (InfiniBand, where the join needs the subnet administrator): an rdma_cm ID bound
+///   to the interface's address, `rdma_create_qp`, `rdma_join_multicast`.
 final class Endpoint: @unchecked Sendable {
-    let channel: UnsafeMutablePointer<rdma_event_channel>
-    let id: UnsafeMutablePointer<rdma_cm_id>
+    enum Mode { case roce, cm }
+    let mode: Mode
+    /// rdma_cm mode only.
+    var channel: UnsafeMutablePointer<rdma_event_channel>?
+    var id: UnsafeMutablePointer<rdma_cm_id>?
+    /// RoCE mode: the context we opened (rdma_cm mode: the ID's).
+    var context: UnsafeMutablePointer<ibv_context>!
     var pd: UnsafeMutablePointer<ibv_pd>!
     var compChannel: UnsafeMutablePointer<ibv_comp_channel>!
     var recvCQ: UnsafeMutablePointer<ibv_cq>!
@@ -405,10 +428,14 @@ final class Endpoint: @unchecked Sendable {
     var groupQPN: UInt32 = 0
     var groupQKey: UInt32 = 0
     var joined = false
+    var attached = false
     var groupAddr = sockaddr_storage()
+    var groupGID = ibv_gid()
     var sgidIndex: UInt8 = 0
     var portNum: UInt8 = 0
     var deviceName = ""
+    /// The device's uverbs sysfs node: gone as soon as the device is being unregistered.
+    var devPath = ""
     var mtu = 0
     var qpn: UInt32 = 0
     var qkey: UInt32 = 0
@@ -418,21 +445,23 @@ final class Endpoint: @unchecked Sendable {
     /// Unicast address handles by GID, bounded (cleared when full).
     var handles: [IPAddress: UnsafeMutablePointer<ibv_ah>] = [:]
     static let maxHandles = 4096
+    /// The Q_Key of discd's queue pairs: librdmacm's for UDP-port-space IDs (RDMA_UDP_QKEY), so
+    /// rdma_cm peers (and tools like mckey) interoperate on the group.
+    static let qkey: UInt32 = 0x0123_4567
+    static let unicastHopLimit: UInt8 = 64
 
     var compFD: Int32 { compChannel.pointee.fd }
-    var cmFD: Int32 { channel.pointee.fd }
-    var asyncFD: Int32 { id.pointee.verbs.pointee.async_fd }
+    var cmFD: Int32 { channel?.pointee.fd ?? -1 }
+    var asyncFD: Int32 { context.pointee.async_fd }
     var gidAddress: IPAddress { IPAddress(bytes: gid)! }
     var gidText: String { gid.map { String($0, radix: 16).leftPad(2) }.joined() }
     var capability: Capability {
         let a = gidAddress
         return .rdma(gidHi: a.hi, gidLo: a.lo, qpn: qpn, qkey: qkey)
     }
+    var devicePresent: Bool { devPath.isEmpty || access(devPath, F_OK) == 0 }
 
-    private init(channel: UnsafeMutablePointer<rdma_event_channel>, id: UnsafeMutablePointer<rdma_cm_id>) {
-        self.channel = channel
-        self.id = id
-    }
+    private init(mode: Mode) { self.mode = mode }
 
     func slot(_ i: Int) -> UnsafeMutableRawPointer { buffer + i * RDMATransport.slotSize }
 
@@ -471,9 +500,11 @@ final class Endpoint: @unchecked Sendable {
             handles.removeAll()
         }
         let raw = key.bytes16
-        guard let ah = raw.withUnsafeBufferPointer({ discd_create_ah_gid(pd, portNum, sgidIndex, $0.baseAddress) }) else {
-            return nil
-        }
+        guard
+            let ah = raw.withUnsafeBufferPointer({
+                discd_create_ah_gid(pd, portNum, sgidIndex, $0.baseAddress, Self.unicastHopLimit)
+            })
+        else { return nil }
         handles[key] = ah
         return ah
     }
@@ -481,6 +512,7 @@ final class Endpoint: @unchecked Sendable {
     /// rdma_cm events while up: device removal, address change and a failed group mean the endpoint
     /// is gone (the reason); anything else is acknowledged and ignored.
     func cmEvents() -> String? {
+        guard let channel else { return nil }
         var lost: String?
         for _ in 0..<16 {
             var ev: UnsafeMutablePointer<rdma_cm_event>?
@@ -501,7 +533,7 @@ final class Endpoint: @unchecked Sendable {
         var lost: String?
         for _ in 0..<16 {
             var ev = ibv_async_event()
-            guard ibv_get_async_event(id.pointee.verbs, &ev) == 0 else { break }
+            guard ibv_get_async_event(context, &ev) == 0 else { break }
             switch ev.event_type {
             case IBV_EVENT_PORT_ERR where ev.element.port_num == Int32(portNum):
                 lost = "port \(portNum) of \(deviceName) down"
@@ -516,8 +548,8 @@ final class Endpoint: @unchecked Sendable {
     }
 
     /// Opens the endpoint on the first cluster interface an RDMA device serves (or the one
-    /// `options.device` names), joins `group`, posts the receives.
-    static func open(interfaces: [ClusterInterface], group: IPAddress, options: RDMAOptions) throws -> Endpoint {
+    /// `options.device` names): RoCE by verbs, else rdma_cm; joins `group`, posts the receives.
+    static func open(interfaces: [ClusterInterface], group: IPAddress, options: RDMAOptions, ttl: Int?) throws -> Endpoint {
         let names = RDMATransport.deviceNames()
         guard !names.isEmpty else { throw RDMAUnavailable("no RDMA device") }
         if let want = options.device, !names.contains(want) {
@@ -526,8 +558,13 @@ final class Endpoint: @unchecked Sendable {
         var failures: [String] = []
         for (link, i) in interfaces.enumerated() {
             do {
-                let e = try openOn(i, link: link, group: group, options: options)
-                return e
+                if let e = try openRoCE(i, link: link, group: group, options: options, ttl: ttl) { return e }
+            } catch {
+                failures.append("\(i.name): \(error)")
+                continue
+            }
+            do {
+                return try openCM(i, link: link, group: group, options: options)
             } catch {
                 failures.append("\(i.name): \(error)")
             }
@@ -535,74 +572,111 @@ final class Endpoint: @unchecked Sendable {
         throw RDMAUnavailable(failures.joined(separator: "; "))
     }
 
-    private static func openOn(_ i: ClusterInterface, link: Int, group: IPAddress, options: RDMAOptions) throws -> Endpoint {
-        guard let ch = rdma_create_event_channel() else { throw RDMAUnavailable.verb("rdma_create_event_channel") }
-        var idp: UnsafeMutablePointer<rdma_cm_id>?
-        guard rdma_create_id(ch, &idp, nil, RDMA_PS_UDP) == 0, let id = idp else {
-            let err = RDMAUnavailable.verb("rdma_create_id")
-            rdma_destroy_event_channel(ch)
-            throw err
+    /// nil when no RoCE port has a RoCE v2 GID for the interface's address (then rdma_cm is tried).
+    private static func openRoCE(
+        _ i: ClusterInterface, link: Int, group: IPAddress, options: RDMAOptions, ttl: Int?
+    ) throws -> Endpoint? {
+        var n: Int32 = 0
+        guard let list = ibv_get_device_list(&n) else { return nil }
+        defer { ibv_free_device_list(list) }
+        let want = i.address.bytes16
+        for d in 0..<Int(n) {
+            guard let dev = list[d], let cname = ibv_get_device_name(dev) else { continue }
+            let name = String(cString: cname)
+            if let w = options.device, w != name { continue }
+            guard let ctx = ibv_open_device(dev) else { continue }
+            var da = ibv_device_attr()
+            var found: (port: UInt8, index: UInt8, attr: ibv_port_attr)?
+            if ibv_query_device(ctx, &da) == 0 {
+                search: for port in 1...max(1, Int(da.phys_port_cnt)) {
+                    if let p = options.port, p != port { continue }
+                    var pa = ibv_port_attr()
+                    guard discd_query_port(ctx, UInt8(port), &pa) == 0, pa.link_layer == UInt8(IBV_LINK_LAYER_ETHERNET) else {
+                        continue
+                    }
+                    for idx in 0..<min(Int(pa.gid_tbl_len), 256) {
+                        var entry = ibv_gid_entry()
+                        guard ibv_query_gid_ex(ctx, UInt32(port), UInt32(idx), &entry, 0) == 0 else { continue }
+                        let g = withUnsafeBytes(of: entry.gid.raw) { Array($0) }
+                        if g == want, entry.gid_type == IBV_GID_TYPE_ROCE_V2.rawValue, Int(entry.ndev_ifindex) == i.index {
+                            found = (UInt8(port), UInt8(idx), pa)
+                            break search
+                        }
+                    }
+                }
+            }
+            guard let found else {
+                ibv_close_device(ctx)
+                continue
+            }
+            let e = Endpoint(mode: .roce)
+            e.context = ctx
+            e.link = link
+            e.deviceName = name
+            e.devPath = String(cString: discd_device_dev_path(dev))
+            e.portNum = found.port
+            e.sgidIndex = found.index
+            e.gid = want
+            do {
+                try e.setUpRoCE(found.attr, group: group, hopLimit: UInt8(clamping: ttl ?? 1))
+            } catch {
+                e.destroy()
+                throw error
+            }
+            return e
         }
-        let e = Endpoint(channel: ch, id: id)
-        e.link = link
-        do {
-            try e.setUp(i, group: group, options: options)
-        } catch {
-            e.destroy()
-            throw error
-        }
-        return e
+        return nil
     }
 
-    private func setUp(_ i: ClusterInterface, group: IPAddress, options: RDMAOptions) throws {
-        var local = Self.socketAddress(i.address, scope: i.index)
-        let rc = withUnsafeMutablePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { rdma_bind_addr(id, $0) }
-        }
-        guard rc == 0, let verbs = id.pointee.verbs else {
-            throw RDMAUnavailable("no RDMA device serves \(i.address) (rdma_bind_addr: \(errnoText()))")
-        }
-        deviceName = String(cString: ibv_get_device_name(verbs.pointee.device))
-        if let want = options.device, want != deviceName {
-            throw RDMAUnavailable("\(i.address) is served by \(deviceName), not \(want)")
-        }
-        portNum = id.pointee.port_num
-        if let p = options.port, p != Int(portNum) {
-            throw RDMAUnavailable("\(i.address) is on port \(portNum) of \(deviceName), not port \(p)")
-        }
-        var pa = ibv_port_attr()
-        guard discd_query_port(verbs, portNum, &pa) == 0 else { throw RDMAUnavailable.verb("ibv_query_port") }
+    private func setUpRoCE(_ pa: ibv_port_attr, group: IPAddress, hopLimit: UInt8) throws {
         guard pa.state == IBV_PORT_ACTIVE else { throw RDMAUnavailable("port \(portNum) of \(deviceName) is not active") }
         mtu = 128 << Int(pa.active_mtu.rawValue)
+        try createQueues()
+        guard let qp = ibv_create_qp(pd, &qpInit) else { throw RDMAUnavailable.verb("ibv_create_qp") }
+        self.qp = qp
+        qpn = qp.pointee.qp_num
+        qkey = Self.qkey
+        guard discd_ud_qp_to_rts(qp, portNum, qkey) == 0 else { throw RDMAUnavailable.verb("ibv_modify_qp (UD to RTS)") }
+        try registerAndPost()
+        // The group's GID: the IPv4-mapped group (RoCE v2 over IPv4) or the IPv6 group.
+        let mgid = group.bytes16
+        withUnsafeMutableBytes(of: &groupGID.raw) { raw in for k in 0..<16 { raw[k] = mgid[k] } }
+        guard ibv_attach_mcast(qp, &groupGID, 0) == 0 else { throw RDMAUnavailable.verb("ibv_attach_mcast \(group)") }
+        attached = true
+        guard let ah = mgid.withUnsafeBufferPointer({ discd_create_ah_gid(pd, portNum, sgidIndex, $0.baseAddress, hopLimit) }) else {
+            throw RDMAUnavailable.verb("ibv_create_ah (group)")
+        }
+        groupAH = ah
+        groupQPN = 0xFF_FFFF
+        groupQKey = qkey
+        try makeNonBlocking()
+    }
 
-        guard let pd = ibv_alloc_pd(verbs) else { throw RDMAUnavailable.verb("ibv_alloc_pd") }
+    private var qpInit = ibv_qp_init_attr()
+
+    private func createQueues() throws {
+        guard let pd = ibv_alloc_pd(context) else { throw RDMAUnavailable.verb("ibv_alloc_pd") }
         self.pd = pd
-        guard let cc = ibv_create_comp_channel(verbs) else { throw RDMAUnavailable.verb("ibv_create_comp_channel") }
+        guard let cc = ibv_create_comp_channel(context) else { throw RDMAUnavailable.verb("ibv_create_comp_channel") }
         compChannel = cc
-        guard let rcq = ibv_create_cq(verbs, Int32(RDMATransport.recvSlots), nil, cc, 0) else {
+        guard let rcq = ibv_create_cq(context, Int32(RDMATransport.recvSlots), nil, cc, 0) else {
             throw RDMAUnavailable.verb("ibv_create_cq")
         }
         recvCQ = rcq
-        guard let scq = ibv_create_cq(verbs, Int32(RDMATransport.sendSlots), nil, nil, 0) else {
+        guard let scq = ibv_create_cq(context, Int32(RDMATransport.sendSlots), nil, nil, 0) else {
             throw RDMAUnavailable.verb("ibv_create_cq")
         }
         sendCQ = scq
-        var qpAttr = ibv_qp_init_attr()
-        qpAttr.send_cq = scq
-        qpAttr.recv_cq = rcq
-        qpAttr.qp_type = IBV_QPT_UD
-        qpAttr.cap.max_send_wr = UInt32(RDMATransport.sendSlots)
-        qpAttr.cap.max_recv_wr = UInt32(RDMATransport.recvSlots)
-        qpAttr.cap.max_send_sge = 1
-        qpAttr.cap.max_recv_sge = 1
-        guard rdma_create_qp(id, pd, &qpAttr) == 0, let qp = id.pointee.qp else { throw RDMAUnavailable.verb("rdma_create_qp") }
-        self.qp = qp
-        qpn = qp.pointee.qp_num
-        var attr = ibv_qp_attr()
-        var initAttr = ibv_qp_init_attr()
-        guard ibv_query_qp(qp, &attr, Int32(IBV_QP_QKEY.rawValue), &initAttr) == 0 else { throw RDMAUnavailable.verb("ibv_query_qp") }
-        qkey = attr.qkey
+        qpInit.send_cq = scq
+        qpInit.recv_cq = rcq
+        qpInit.qp_type = IBV_QPT_UD
+        qpInit.cap.max_send_wr = UInt32(RDMATransport.sendSlots)
+        qpInit.cap.max_recv_wr = UInt32(RDMATransport.recvSlots)
+        qpInit.cap.max_send_sge = 1
+        qpInit.cap.max_recv_sge = 1
+    }
 
+    private func registerAndPost() throws {
         let size = (RDMATransport.recvSlots + RDMATransport.sendSlots) * RDMATransport.slotSize
         var mem: UnsafeMutableRawPointer?
         guard posix_memalign(&mem, 4096, size) == 0, let mem else { throw RDMAUnavailable("out of memory") }
@@ -616,7 +690,66 @@ final class Endpoint: @unchecked Sendable {
             }
         }
         freeSend = Array(RDMATransport.recvSlots..<(RDMATransport.recvSlots + RDMATransport.sendSlots))
-        guard ibv_req_notify_cq(rcq, 0) == 0 else { throw RDMAUnavailable.verb("ibv_req_notify_cq") }
+        guard ibv_req_notify_cq(recvCQ, 0) == 0 else { throw RDMAUnavailable.verb("ibv_req_notify_cq") }
+    }
+
+    /// From here on the event thread polls these without blocking.
+    private func makeNonBlocking() throws {
+        for fd in [cmFD, compFD, asyncFD] where fd >= 0 {
+            let fl = fcntl(fd, F_GETFL)
+            guard fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 else { throw RDMAUnavailable.verb("fcntl") }
+        }
+    }
+
+    private static func openCM(_ i: ClusterInterface, link: Int, group: IPAddress, options: RDMAOptions) throws -> Endpoint {
+        let e = Endpoint(mode: .cm)
+        e.link = link
+        do {
+            guard let ch = rdma_create_event_channel() else { throw RDMAUnavailable.verb("rdma_create_event_channel") }
+            e.channel = ch
+            var idp: UnsafeMutablePointer<rdma_cm_id>?
+            guard rdma_create_id(ch, &idp, nil, RDMA_PS_UDP) == 0, let id = idp else { throw RDMAUnavailable.verb("rdma_create_id") }
+            e.id = id
+            try e.setUpCM(i, group: group, options: options)
+        } catch {
+            e.destroy()
+            throw error
+        }
+        return e
+    }
+
+    private func setUpCM(_ i: ClusterInterface, group: IPAddress, options: RDMAOptions) throws {
+        guard let id else { return }
+        var local = Self.socketAddress(i.address, scope: i.index)
+        let rc = withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { rdma_bind_addr(id, $0) }
+        }
+        guard rc == 0, let verbs = id.pointee.verbs else {
+            throw RDMAUnavailable("no RDMA device serves \(i.address) (rdma_bind_addr: \(errnoText()))")
+        }
+        context = verbs
+        deviceName = String(cString: ibv_get_device_name(verbs.pointee.device))
+        devPath = String(cString: discd_device_dev_path(verbs.pointee.device))
+        if let want = options.device, want != deviceName {
+            throw RDMAUnavailable("\(i.address) is served by \(deviceName), not \(want)")
+        }
+        portNum = id.pointee.port_num
+        if let p = options.port, p != Int(portNum) {
+            throw RDMAUnavailable("\(i.address) is on port \(portNum) of \(deviceName), not port \(p)")
+        }
+        var pa = ibv_port_attr()
+        guard discd_query_port(verbs, portNum, &pa) == 0 else { throw RDMAUnavailable.verb("ibv_query_port") }
+        guard pa.state == IBV_PORT_ACTIVE else { throw RDMAUnavailable("port \(portNum) of \(deviceName) is not active") }
+        mtu = 128 << Int(pa.active_mtu.rawValue)
+        try createQueues()
+        guard rdma_create_qp(id, pd, &qpInit) == 0, let qp = id.pointee.qp else { throw RDMAUnavailable.verb("rdma_create_qp") }
+        self.qp = qp
+        qpn = qp.pointee.qp_num
+        var attr = ibv_qp_attr()
+        var initAttr = ibv_qp_init_attr()
+        guard ibv_query_qp(qp, &attr, Int32(IBV_QP_QKEY.rawValue), &initAttr) == 0 else { throw RDMAUnavailable.verb("ibv_query_qp") }
+        qkey = attr.qkey
+        try registerAndPost()
 
         groupAddr = Self.socketAddress(group, scope: i.index)
         let jrc = withUnsafeMutablePointer(to: &groupAddr) {
@@ -628,15 +761,12 @@ final class Endpoint: @unchecked Sendable {
         var g = ibv_gid()
         guard ibv_query_gid(verbs, portNum, Int32(sgidIndex), &g) == 0 else { throw RDMAUnavailable.verb("ibv_query_gid") }
         gid = withUnsafeBytes(of: g.raw) { Array($0) }
-        // From here on the event thread polls these without blocking.
-        for fd in [cmFD, compFD, asyncFD] {
-            let fl = fcntl(fd, F_GETFL)
-            _ = fcntl(fd, F_SETFL, fl | O_NONBLOCK)
-        }
+        try makeNonBlocking()
     }
 
     /// Waits (bounded) for the join's answer; keeps the group's address handle, QPN and Q_Key.
     private func awaitJoin(_ group: IPAddress) throws {
+        guard let channel else { return }
         var waited = 0
         while waited < RDMATransport.joinTimeoutMillis {
             var pfd = pollfd(fd: cmFD, events: Int16(POLLIN), revents: 0)
@@ -654,9 +784,9 @@ final class Endpoint: @unchecked Sendable {
                 sgidIndex = ud.ah_attr.grh.sgid_index
                 let ah = ibv_create_ah(pd, &ud.ah_attr)
                 rdma_ack_cm_event(ev)
+                joined = true
                 guard let ah else { throw RDMAUnavailable.verb("ibv_create_ah (group)") }
                 groupAH = ah
-                joined = true
                 return
             }
             let status = ev.pointee.status
@@ -669,19 +799,23 @@ final class Endpoint: @unchecked Sendable {
     }
 
     /// Everything, in the order the verbs require (AHs and QP before the PD, CQs after the QP,
-    /// the ID before its channel). Safe on a partly set-up endpoint.
+    /// the ID before its channel, our device context last). Safe on a partly set-up endpoint.
     func destroy() {
-        if joined {
+        if joined, let id {
             withUnsafeMutablePointer(to: &groupAddr) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = rdma_leave_multicast(id, $0) }
             }
-            joined = false
         }
+        joined = false
+        if attached { _ = ibv_detach_mcast(qp, &groupGID, 0) }
+        attached = false
         for h in handles.values { ibv_destroy_ah(h) }
         handles.removeAll()
         if let g = groupAH { ibv_destroy_ah(g) }
         groupAH = nil
-        if qp != nil { rdma_destroy_qp(id) }
+        if qp != nil {
+            if mode == .cm, let id { rdma_destroy_qp(id) } else { ibv_destroy_qp(qp) }
+        }
         qp = nil
         if let mr { ibv_dereg_mr(mr) }
         mr = nil
@@ -693,16 +827,21 @@ final class Endpoint: @unchecked Sendable {
         compChannel = nil
         if let pd { ibv_dealloc_pd(pd) }
         pd = nil
-        // Events not yet taken must be acknowledged before the ID goes.
-        for _ in 0..<64 {
-            var ev: UnsafeMutablePointer<rdma_cm_event>?
-            let fl = fcntl(cmFD, F_GETFL)
-            _ = fcntl(cmFD, F_SETFL, fl | O_NONBLOCK)
-            guard rdma_get_cm_event(channel, &ev) == 0, let ev else { break }
-            rdma_ack_cm_event(ev)
+        if let channel {
+            // Events not yet taken must be acknowledged before the ID goes.
+            _ = fcntl(channel.pointee.fd, F_SETFL, fcntl(channel.pointee.fd, F_GETFL) | O_NONBLOCK)
+            for _ in 0..<64 {
+                var ev: UnsafeMutablePointer<rdma_cm_event>?
+                guard rdma_get_cm_event(channel, &ev) == 0, let ev else { break }
+                rdma_ack_cm_event(ev)
+            }
+            if let id { rdma_destroy_id(id) }
+            rdma_destroy_event_channel(channel)
         }
-        rdma_destroy_id(id)
-        rdma_destroy_event_channel(channel)
+        id = nil
+        channel = nil
+        if mode == .roce, let context { ibv_close_device(context) }
+        context = nil
         if let buffer { free(buffer) }
         buffer = nil
     }

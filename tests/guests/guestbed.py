@@ -67,11 +67,13 @@ INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 GUEST_NET = "10.99.0."          # guest i: GUEST_NET + (10 + i)
 MCAST_GROUP = "230.0.0.1"       # qemu socket netdev group, on 127.0.0.1 only
 MEMORY = "256M"
+KERNEL_ARGS = "quiet"
 # Directories guest-init mounts tmpfs on: host paths below them are invisible in the guests.
 MASKED = ("/tmp", "/run", "/var/tmp")
 MAX_GUESTS = 32
 POLL = 0.1                      # s: host-side poll interval
 KILL_GRACE = 5.0                # s: SIGTERM -> SIGKILL for qemu
+OWNER_FILE = "owner.pid"        # in a run dir while its run is live
 
 
 class GuestbedError(Exception):
@@ -168,6 +170,13 @@ class Kernel:
         self.vmlinux = os.path.join(base, "vmlinux")
         self.initramfs = None                              # set by prepare()
 
+    @property
+    def headers(self):
+        """The kbuild directory of prepare(headers=True) (make -C it to build modules), or None.
+        Its lib/modules/<version>/build symlink points at the host's /usr/src: do not use it."""
+        d = os.path.join(self.tree, "usr", "src", "linux-headers-%s" % self.version)
+        return d if os.path.isdir(d) else None
+
     def __repr__(self):
         return "Kernel(%s, %s)" % (self.version, self.base)
 
@@ -223,6 +232,8 @@ def _download_unpack(pkgs, base, tree):
             raise GuestbedError("apt-get download %s left no %s_*.deb in %s" % (pkg, pkg, debs))
         _log("unpacking %s" % os.path.basename(found[-1]))
         _run(["dpkg", "-x", found[-1], tree], timeout=600)
+    for deb in glob.glob(os.path.join(debs, "*.deb")):
+        os.unlink(deb)  # the unpacked tree is the cache
 
 
 def extract_vmlinux(bzimage, out):
@@ -387,21 +398,30 @@ _bin_path_cache = {}
 
 
 def discd_bin():
-    """$DISCD_BIN if set, else `swift build --show-bin-path` in the repository (does not build),
-    else "" (scenarios that need discd then fail with a clear message of their own)."""
+    """$DISCD_BIN if set, else `swift build --show-bin-path` in the repository (prints the path,
+    does not build).  That can wait for SwiftPM's lock while another build runs: after 60 s (or
+    if swift fails) <repo>/.build/debug is used if it exists, with a note; else "" (scenarios
+    that need discd then fail with a message of their own)."""
     env = os.environ.get("DISCD_BIN")
     if env:
         return os.path.abspath(env)
     if "v" not in _bin_path_cache:
-        v = ""
+        v, why = "", None
         try:
             r = subprocess.run(["swift", "build", "--show-bin-path"], cwd=REPO, capture_output=True,
-                               text=True, timeout=120, stdin=subprocess.DEVNULL)
+                               text=True, timeout=60, stdin=subprocess.DEVNULL)
             lines = r.stdout.strip().splitlines()
             if r.returncode == 0 and lines:
                 v = lines[-1].strip()
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+            else:
+                why = "exit %d" % r.returncode
+        except (OSError, subprocess.TimeoutExpired) as e:
+            why = str(e)
+        if not v:
+            fallback = os.path.join(REPO, ".build", "debug")
+            if os.path.isdir(fallback):
+                v = os.path.realpath(fallback)
+            _log("`swift build --show-bin-path` failed (%s): DISCD_BIN=%s" % (why, v or "(none)"))
         _bin_path_cache["v"] = v
     return _bin_path_cache["v"]
 
@@ -511,12 +531,32 @@ class RunResult:
         return lines
 
 
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
+
+
 def _tail(path, n=25):
+    """The last n lines of a log, without terminal escapes (SeaBIOS clears the screen)."""
     try:
         with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
+            return "".join(_ANSI.sub("", line) for line in f.readlines()[-n:])
     except OSError:
         return ""
+
+
+def cleanup_stale(base="/var/tmp"):
+    """Remove base/guestbed-* run dirs whose owning process died without cleaning up (SIGKILL;
+    its qemus died with it through PR_SET_PDEATHSIG).  Returns how many were removed."""
+    n = 0
+    for d in glob.glob(os.path.join(base, "guestbed-*"))[:1000]:
+        try:
+            with open(os.path.join(d, OWNER_FILE)) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue  # kept on purpose, or not ours
+        if not os.path.exists("/proc/%d" % pid):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
 
 
 def _scenario_path(scenario, script):
@@ -541,13 +581,13 @@ def _write_env(path, env):
             f.write("export %s=%s\n" % (k, shlex.quote(str(v))))
 
 
-def _qemu_argv(kernel, i, run_dir, shared, port, memory):
+def _qemu_argv(kernel, i, run_dir, shared, port, memory, kernel_args):
     return [
         QEMU, "-accel", "tcg,tb-size=64", "-cpu", "max", "-smp", "1", "-m", memory,
         "-nodefaults", "-nographic", "-no-reboot", "-monitor", "none",
         "-serial", "file:%s" % os.path.join(run_dir, "console.%d.log" % i),
         "-kernel", kernel.vmlinux, "-initrd", kernel.initramfs,
-        "-append", "console=ttyS0 quiet panic=-1 gb_index=%d gb_init=%s" % (i, GUEST_INIT),
+        "-append", "console=ttyS0 %s panic=-1 gb_index=%d gb_init=%s" % (kernel_args, i, GUEST_INIT),
         "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot",
         "-fsdev", "local,id=shared,path=%s,security_model=none" % shared,
@@ -572,7 +612,7 @@ def _stop(proc):
 
 
 def run(scenario=None, guests=2, rxe=None, timeout=180, env=None, out_dir=None, keep=False,
-        script=None, memory=MEMORY, kernel=None, verbose=False):
+        script=None, memory=MEMORY, kernel=None, kernel_args=KERNEL_ARGS, verbose=False):
     """Boot `guests` guests in parallel, run the scenario in each, and return a RunResult.
 
     scenario: a name in tests/guests/scenarios/ (without .sh); script: any script path instead.
@@ -580,8 +620,10 @@ def run(scenario=None, guests=2, rxe=None, timeout=180, env=None, out_dir=None, 
     timeout: seconds from the first qemu start; guests still running then are killed.
     env: extra environment for the scenario.  out_dir: directory for this run's files (created;
     kept, as the caller owns it); else a /var/tmp/guestbed-* dir removed unless keep=True.
-    kernel: a Kernel from prepare() (default: prepare() now).
-    qemu processes are always stopped and reaped, whatever happens (exceptions, ^C)."""
+    kernel: a Kernel from prepare() (default: prepare() now); kernel_args: its command line
+    (besides console, panic and the guestbed parameters), e.g. "loglevel=7" to debug a boot.
+    qemu processes are always stopped and reaped, whatever happens (exceptions, ^C); scripts
+    should call install_signal_handlers() so that SIGTERM/SIGHUP do the same."""
     path = _scenario_path(scenario, script)
     name = scenario or os.path.basename(path)
     if not 1 <= guests <= MAX_GUESTS:
@@ -604,6 +646,9 @@ def run(scenario=None, guests=2, rxe=None, timeout=180, env=None, out_dir=None, 
         run_dir = tempfile.mkdtemp(prefix="guestbed-", dir="/var/tmp")
     shared = os.path.join(run_dir, "shared")
     os.makedirs(shared)
+    owner = os.path.join(run_dir, OWNER_FILE)
+    with open(owner, "w") as f:
+        f.write("%d\n" % os.getpid())
     addrs = ["%s%d" % (GUEST_NET, 10 + i) for i in range(guests)]
     res = RunResult(name, run_dir, [GuestResult(i, addrs[i], rxe[i]) for i in range(guests)])
     res.kernel = kernel
@@ -630,7 +675,7 @@ def run(scenario=None, guests=2, rxe=None, timeout=180, env=None, out_dir=None, 
             log = open(g.qemu_log, "w")
             logs.append(log)
             starts[i] = time.monotonic()
-            procs[i] = subprocess.Popen(_qemu_argv(kernel, i, run_dir, shared, port, memory),
+            procs[i] = subprocess.Popen(_qemu_argv(kernel, i, run_dir, shared, port, memory, kernel_args),
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                         preexec_fn=_pdeathsig, start_new_session=True)
         deadline = t0 + timeout
@@ -675,7 +720,9 @@ def run(scenario=None, guests=2, rxe=None, timeout=180, env=None, out_dir=None, 
             g.console_tail = _tail(g.console) if g.console else ""
             g.scenario_tail = _tail(g.scenario_log) if g.scenario_log else ""
         res.kept = keep
-        if not keep:
+        if keep:
+            os.unlink(owner)  # a kept dir is no longer a stale candidate
+        else:
             shutil.rmtree(run_dir, ignore_errors=True)
     return res
 
@@ -727,12 +774,24 @@ def _collect(res, shared):
 
 # --------------------------------------------------------------------------- CLI
 
-class _Terminated(BaseException):
-    """Raised from SIGTERM/SIGHUP so that run()'s cleanup runs."""
+class Terminated(BaseException):
+    """Raised from SIGTERM/SIGHUP (install_signal_handlers) so that run()'s cleanup runs."""
+
+    def __init__(self, signum):
+        super().__init__("signal %d" % signum)
+        self.signum = signum
 
 
 def _on_signal(signum, frame):
-    raise _Terminated("signal %d" % signum)
+    raise Terminated(signum)
+
+
+def install_signal_handlers():
+    """SIGTERM/SIGHUP raise Terminated and SIGINT KeyboardInterrupt (even where the caller's
+    shell ignored SIGINT), so that run() stops its guests before the process exits."""
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv=None):
@@ -748,10 +807,13 @@ def main(argv=None):
     r.add_argument("--timeout", type=float, default=180.0)
     r.add_argument("--env", action="append", default=[], metavar="K=V", help="extra scenario env (repeatable)")
     r.add_argument("--memory", default=MEMORY)
+    r.add_argument("--kernel-args", default=KERNEL_ARGS, help="kernel command line extras (default %(default)s)")
     r.add_argument("--keep", action="store_true", help="keep the run dir (console logs, shared dir)")
     a = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    install_signal_handlers()
+    removed = cleanup_stale()
+    if removed:
+        _log("removed %d stale run dir(s) of killed runs" % removed)
     try:
         if a.cmd == "prepare":
             k = prepare(headers=a.headers)
@@ -762,7 +824,8 @@ def main(argv=None):
         no_rxe = {int(x) for x in a.no_rxe.split(",") if x.strip()}
         env = dict(kv.split("=", 1) for kv in a.env)
         res = run(a.name, script=a.script, guests=a.guests, rxe=[i not in no_rxe for i in range(a.guests)],
-                  timeout=a.timeout, env=env, keep=a.keep, verbose=True)
+                  timeout=a.timeout, env=env, keep=a.keep,
+                  kernel_args=a.kernel_args, verbose=True)
         for line in res.report():
             print(line)
         for g in res.guests:
@@ -772,9 +835,12 @@ def main(argv=None):
     except GuestbedError as e:
         print("guestbed: %s%s" % ("unavailable: " if isinstance(e, Unavailable) else "", e), file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, _Terminated) as e:
-        print("guestbed: interrupted (%s); guests stopped" % (e or "^C"), file=sys.stderr)
+    except KeyboardInterrupt:
+        print("guestbed: interrupted; guests stopped", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print("guestbed: %s; guests stopped" % e, file=sys.stderr)
+        return 128 + e.signum
 
 
 if __name__ == "__main__":

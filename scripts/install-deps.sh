@@ -13,10 +13,11 @@ TEST_PKGS=(iproute2 nftables smcroute procps python3 kmod util-linux time)
 # guest tests (tests/guests): qemu guests running Debian's kernel (fetched by apt-get download)
 # with the host's / as root over 9p, so the verbs tools and providers they run come from here:
 # qemu + SeaBIOS, a static busybox for the initramfs, depmod/modprobe (kmod), rdma (iproute2),
-# ibv_* (ibverbs-utils), mckey (rdmacm-utils), the rxe provider (ibverbs-providers, rdma-core).
+# ibv_* (ibverbs-utils), mckey (rdmacm-utils), the rxe provider (ibverbs-providers, rdma-core),
+# gcc for the test tool tests/guests/tools/imm_send.c.
 # tests/guests/guestbed.py's host_problem() checks them.
 GUEST_PKGS=(qemu-system-x86 seabios busybox-static kmod iproute2 rdma-core ibverbs-utils rdmacm-utils
-    ibverbs-providers)
+    ibverbs-providers gcc libc6-dev)
 
 want=("${BUILD_PKGS[@]}")
 if [ "${1:-}" = "--test" ]; then want+=("${TEST_PKGS[@]}" "${GUEST_PKGS[@]}"); fi

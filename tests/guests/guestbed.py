@@ -26,8 +26,9 @@ GUEST_GID_INDEX SHARED REPO DISCD_BIN and run()'s extra env; it sources tests/gu
 (barrier, wait_for, result, fail, now_ms).  Its exit status, its output and the JSON lines it
 records in $SHARED come back in the RunResult.
 
-Guests see the host's / except /tmp, /run and /var/tmp (their own tmpfs): the repository,
-DISCD_BIN and the kernel cache must not live there.  Needs root (9p as root, /var/cache).
+Guests see the host's / except /tmp, /run and /var/tmp (their own tmpfs); the repository,
+DISCD_BIN and the kernel cache are bound back into place when they live there (a clone in /tmp).
+Needs root (9p as root, /var/cache).
 """
 import argparse
 import ctypes
@@ -633,10 +634,18 @@ def run(scenario=None, guests=2, rxe=None, timeout=180, env=None, out_dir=None, 
         raise GuestbedError("rxe has %d entries for %d guests" % (len(rxe), guests))
     kernel = kernel or prepare()
     bindir = discd_bin()
-    for label, p in (("the repository", REPO), ("DISCD_BIN", bindir), ("the guest kernel", kernel.base),
-                     ("guest-init", GUEST_INIT)):
-        if p and _masked(p):
-            raise GuestbedError("%s (%s) is under %s, which guests mask with a tmpfs" % (label, p, _masked(p)))
+    # Host paths under a directory the guests mask with a tmpfs (a clone in /tmp, say) are bound
+    # back into place by the initramfs (gb_keep); the others are seen through the 9p root as is.
+    keep = []
+    for p in sorted({os.path.realpath(x) for x in (REPO, bindir, kernel.base) if x and _masked(x)}):
+        if any(p == k or p.startswith(k + "/") for k in keep):
+            continue
+        if not re.match(r"^/[A-Za-z0-9_.+/-]+$", p):
+            raise GuestbedError("%s is under %s (masked in guests) and has characters gb_keep cannot carry" % (
+                p, _masked(p)))
+        keep.append(p)
+    if keep:
+        kernel_args = "%s gb_keep=%s" % (kernel_args, ",".join(keep))
 
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

@@ -4,7 +4,8 @@
 #   1. insmods /lib/modules/*.ko in the order listed in /modules.list (dependencies first),
 #   2. mounts the host's / (9p tag "hostroot", read-only) on /newroot,
 #   3. mounts tmpfs over the few places guests must write (/tmp /run /var/tmp),
-#   4. mounts the run's writable share (9p tag "shared") on /newroot/run/shared,
+#   4. mounts the run's writable share (9p tag "shared") on /newroot/run/shared, and binds back
+#      the host paths under those tmpfs the run needs (gb_keep),
 #   5. moves /dev /proc /sys and switch_roots into $gb_init (tests/guests/guest-init.sh) run by
 #      the host's /bin/sh.
 # gb_index and gb_init come from the kernel command line (unknown key=value parameters reach
@@ -44,6 +45,16 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/var/tmp || die "tmpfs /var/tmp"
 mkdir -p /newroot/run/shared
 # cache=none (the default, spelled out): every guest must see the others' files at once (barriers).
 mount -t 9p -o "$opts,cache=none" shared /newroot/run/shared || die "cannot mount the shared dir (9p tag shared)"
+
+# Host paths the run needs that lie under the tmpfs-masked directories (a repository cloned in
+# /tmp, say; gb_keep=PATH,PATH from guestbed.py): bind them back from a second view of the host root.
+if [ -n "${gb_keep:-}" ]; then
+    mkdir -p /newroot/run/hostroot
+    mount -t 9p -o "$opts,ro,cache=loose" hostroot /newroot/run/hostroot || die "cannot mount the host root again"
+    for p in $(echo "$gb_keep" | tr ',' ' '); do
+        mkdir -p "/newroot$p" && mount --bind "/newroot/run/hostroot$p" "/newroot$p" || die "cannot bind $p"
+    done
+fi
 
 mount --move /dev /newroot/dev || die "move /dev"
 mount --move /proc /newroot/proc || die "move /proc"

@@ -41,11 +41,20 @@ STATUS_SCHEMA = {
     "late_heartbeats": int,
     "map_refused_full": int,
     "drops": dict,          # {reason: int}, every reason of DROP_REASONS
+    "rdma": "rdma",         # the RDMA transport's object, RDMA_SCHEMA (docs/RDMA.md, "Status")
 }
 DROP_REASONS = (
     "too_short", "too_long", "bad_magic", "bad_version", "unknown_type", "unknown_flags", "bad_cluster",
     "bad_length", "malformed", "missing_tag", "other_cluster", "unverifiable_tag", "own", "stale_incarnation",
+    "unknown_notice",
 )
+# RDMAStatus.fields (Sources/discd/RDMATransport.swift): strings and non-negative integers.
+RDMA_SCHEMA = {
+    "state": str, "reason": str, "device": str, "port": int, "gid": str, "qpn": int, "qkey": int, "mtu": int,
+    "datagrams_rx": int, "datagrams_tx": int, "multicast_tx": int, "unicast_tx": int, "immediate_rx": int,
+    "loopback": int, "oversize": int, "send_errors": int, "receive_errors": int, "ups": int, "downs": int,
+}
+RDMA_STATES = ("up", "down", "off")
 
 
 def is_int(v):
@@ -73,6 +82,19 @@ def schema_problems(st):
                 out.append("%s=%r is %s, not an integer" % (k, v, type(v).__name__))
             elif v < 0:
                 out.append("%s=%d is negative" % (k, v))
+        elif t == "rdma":
+            if not isinstance(v, dict):
+                out.append("rdma=%r is not an object" % (v,))
+                continue
+            rm, rx = sorted(set(RDMA_SCHEMA) - set(v)), sorted(set(v) - set(RDMA_SCHEMA))
+            if rm or rx:
+                out.append("rdma: keys missing %s, not in the schema %s" % (rm, rx))
+            for rk, rt in RDMA_SCHEMA.items():
+                rv = v.get(rk)
+                if rk in v and (not isinstance(rv, str) if rt is str else (not is_int(rv) or rv < 0)):
+                    out.append("rdma.%s=%r is not a %s" % (rk, rv, "string" if rt is str else "non-negative integer"))
+            if v.get("state") not in RDMA_STATES:
+                out.append("rdma.state=%r is not one of %s" % (v.get("state"), RDMA_STATES))
         elif t is dict:
             if not isinstance(v, dict):
                 out.append("%s=%r is %s, not an object" % (k, v, type(v).__name__))

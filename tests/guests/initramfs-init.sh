@@ -39,22 +39,25 @@ until mount -t 9p -o "$opts,ro,cache=loose" hostroot /newroot; do
     [ "$tries" -lt 50 ] || die "cannot mount the host root (9p tag hostroot)"
     sleep 0.1
 done
+# Host paths the run needs that lie under the directories masked below (a repository cloned in
+# /tmp, say; gb_keep=PATH,PATH from guestbed.py): held by a bind mount here, put back after.
+keep=$(echo "${gb_keep:-}" | tr ',' ' ')
+n=0
+for p in $keep; do
+    mkdir -p "/keep/$n" && mount --bind "/newroot$p" "/keep/$n" || die "cannot hold $p"
+    n=$((n + 1))
+done
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || die "tmpfs /tmp"
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run || die "tmpfs /run"
 mount -t tmpfs -o mode=1777 tmpfs /newroot/var/tmp || die "tmpfs /var/tmp"
+n=0
+for p in $keep; do
+    mkdir -p "/newroot$p" && mount --bind "/keep/$n" "/newroot$p" || die "cannot bind $p back"
+    n=$((n + 1))
+done
 mkdir -p /newroot/run/shared
 # cache=none (the default, spelled out): every guest must see the others' files at once (barriers).
 mount -t 9p -o "$opts,cache=none" shared /newroot/run/shared || die "cannot mount the shared dir (9p tag shared)"
-
-# Host paths the run needs that lie under the tmpfs-masked directories (a repository cloned in
-# /tmp, say; gb_keep=PATH,PATH from guestbed.py): bind them back from a second view of the host root.
-if [ -n "${gb_keep:-}" ]; then
-    mkdir -p /newroot/run/hostroot
-    mount -t 9p -o "$opts,ro,cache=loose" hostroot /newroot/run/hostroot || die "cannot mount the host root again"
-    for p in $(echo "$gb_keep" | tr ',' ' '); do
-        mkdir -p "/newroot$p" && mount --bind "/newroot/run/hostroot$p" "/newroot$p" || die "cannot bind $p"
-    done
-fi
 
 mount --move /dev /newroot/dev || die "move /dev"
 mount --move /proc /newroot/proc || die "move /proc"

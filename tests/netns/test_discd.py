@@ -445,7 +445,7 @@ def _badconf(lab, node, args, must_mention):
 
 
 def test_bad_configuration(ctx):
-    """bad -i / --port / --map / port in use: non-zero exit <=3s, one stderr line, no backtrace"""
+    """bad -i / --port / --map / --rdma-* / port in use: non-zero exit <=3s, one stderr line, no backtrace"""
     ctx.need_discd()
     with ctx.lab() as lab:
         lan = lab.add_lan("", 1, 3)
@@ -456,6 +456,10 @@ def test_bad_configuration(ctx):
             _badconf(lab, node, ["-i", "nosuchif"] + mp, ["nosuchif"]),
             _badconf(lab, node, ["-i", "e0", "--port", "70000"] + mp, ["70000"]),
             _badconf(lab, node, ["-i", "e0", "--map", "/proc/x/y"], ["/proc/x/y", "/proc/x"]),
+            # An RDMA device named but absent is refused, not silently run over IP.
+            _badconf(lab, node, ["-i", "e0", "--rdma-device", "nosuchdev0"] + mp, ["nosuchdev0"]),
+            _badconf(lab, node, ["-i", "e0", "--rdma-port", "300"] + mp, ["300"]),
+            _badconf(lab, node, ["-i", "e0", "--no-rdma", "--rdma-device", "rxe0"] + mp, ["--no-rdma"]),
         ]
         # port in use: hold 0.0.0.0:7777 without SO_REUSEADDR in the node's namespace
         holder = lab.mcast(node, "hold", "0.0.0.0", PORT, "e0", 15, log=os.path.join(node.dir, "hold.log"))

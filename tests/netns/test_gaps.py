@@ -230,7 +230,8 @@ def test_status_schema(ctx):
     ctx.need_discd()
     with ctx.lab() as lab:
         _, nodes = one_lan(lab, 2)
-        ds = lab.start_daemons(nodes)
+        # n2 runs IP only by choice (--no-rdma); n1 looks for a device and finds none here.
+        ds = [lab.start_daemon(nodes[0]), lab.start_daemon(nodes[1], args=["--no-rdma"])]
         conv = converge(ds, [nd.ip4 for nd in nodes])
         _junk(nodes[1], nodes[0].ip4, 2, "schema-junk")   # makes drops non-empty on n1
         ok, _ = wait_until(lambda: sum((ds[0].status_json() or {}).get("drops", {}).values()) >= 2, 4.0, 0.1)
@@ -248,6 +249,10 @@ def test_status_schema(ctx):
                 "%s: counters not live: %s" % (d.node.name, st)
             notes.append("%s rx=%d nonzero drops %s" % (
                 d.node.name, st["datagrams_rx"], {k: v for k, v in st["drops"].items() if v}))
+        # The RDMA transport's state: looked for and absent, or off by --no-rdma.
+        r1, r2 = ds[0].status_json()["rdma"], ds[1].status_json()["rdma"]
+        assert r1["state"] == "down" and r1["reason"] and r1["ups"] == 0, "n1 rdma %s" % r1
+        assert r2["state"] == "off", "n2 (--no-rdma) rdma %s" % r2
         # rewritten every second: the file changes within 2.5 s
         m0 = os.stat(ds[0].status).st_mtime_ns
         ok, t_new = wait_until(lambda: os.stat(ds[0].status).st_mtime_ns != m0, 2.5, 0.05)

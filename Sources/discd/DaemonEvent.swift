@@ -19,6 +19,8 @@ enum DaemonEvent: Event {
     case rdmaUp(device: String, port: Int, gid: String, qpn: UInt32, qkey: UInt32, mtu: Int)
     /// The RDMA transport is down (`wasUp`: it was running; else it could not open): IP carries on.
     case rdmaDown(reason: String, wasUp: Bool)
+    /// A control-socket request was malformed, oversized or unknown: refused, connection closed.
+    case controlRequestRefused(reason: String, total: Int)
 
     var name: String {
         switch self {
@@ -34,6 +36,7 @@ enum DaemonEvent: Event {
         case .library: "library.log"
         case .rdmaUp: "rdma.up"
         case .rdmaDown: "rdma.down"
+        case .controlRequestRefused: "control.refused"
         }
     }
 
@@ -46,6 +49,7 @@ enum DaemonEvent: Event {
         case .library(let l, _, _): l
         case .rdmaUp: .notice
         case .rdmaDown(_, let wasUp): wasUp ? .warning : .info
+        case .controlRequestRefused: .warning
         }
     }
 
@@ -92,6 +96,9 @@ enum DaemonEvent: Event {
         case .rdmaDown(let r, let wasUp):
             f.add("reason", r)
             f.add("was_up", wasUp)
+        case .controlRequestRefused(let r, let total):
+            f.add("reason", r)
+            f.add("total", total)
         }
     }
 
@@ -115,6 +122,7 @@ enum DaemonEvent: Event {
             "RDMA transport up on \(d) port \(p): GID \(g) QPN \(qpn) MTU \(mtu)"
         case .rdmaDown(let r, let wasUp):
             wasUp ? "RDMA transport down (\(r)): falling back to IP" : "RDMA transport not available (\(r)): IP only"
+        case .controlRequestRefused(let r, let total): "control request refused: \(r) (\(total) so far)"
         }
     }
 }

@@ -23,6 +23,7 @@ struct DiscdCommand: AsyncParsableCommand {
             prints why it could not start and returns 1) and logs to the journal, or to syslog.
             Signals: SIGUSR1 toggles debug logging; SIGTERM/SIGINT say leave, write the map and exit 0.
             Capacity planning with the same protocol options: discd simulate --help.
+            The event stream (membership, process and configuration events): discd events --help.
             """)
 
     @Flag(name: [.short, .customLong("nodaemon")], help: "Stay in the foreground and log to stderr.")
@@ -69,6 +70,9 @@ struct DiscdCommand: AsyncParsableCommand {
 
     @Flag(help: "Start with debug logging on.")
     var debug = false
+
+    @Option(help: "Control socket: event stream subscriptions (discd events).")
+    var control = defaultControlPath
 
     @Flag(name: .customLong("no-rdma"), help: "Do not use RDMA (InfiniBand/RoCE) even where a device exists: IP only.")
     var noRDMA = false
@@ -164,6 +168,7 @@ struct DiscdCommand: AsyncParsableCommand {
             aliases: aliases, heartbeatPort: UInt16(hbPort))
         try checkWritable(map)
         if let s = status { try checkWritable(s) }
+        try checkWritable(control)
         if let want = rdmaDevice {
             let present = RDMATransport.deviceNames()
             guard present.contains(want) else {
@@ -226,6 +231,10 @@ struct DiscdCommand: AsyncParsableCommand {
         let driver = NodeDriver(
             loop: loop, node: ClusterNode(config: s.config, now: NodeDriver.now()), transports: transports,
             publisher: publisher, sink: sink)
+        let hub = EventHub(loop: loop, epoch: s.config.incarnation)
+        driver.hub = hub
+        let controlServer = ControlServer(path: control, loop: loop, hub: hub, sink: sink)
+        try await controlServer.bind()
         let watcher = InterfaceWatcher(
             loop: loop, names: s.names, family: s.family, primary: s.config.me.address,
             initial: s.aliases.map(\.address), source: s.aliasSource, sink: sink, driver: driver)
@@ -241,7 +250,7 @@ struct DiscdCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(
                 services: [
-                    .init(service: publisher), .init(service: node), .init(service: watcher),
+                    .init(service: publisher), .init(service: node), .init(service: controlServer), .init(service: watcher),
                     .init(service: debugToggle),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -314,12 +323,17 @@ extension String {
     }
 }
 
+/// Where the daemon listens for control requests and `discd events` connects, by default.
+let defaultControlPath = "/run/discd/control.sock"
+
 @main
 enum Main {
     static func main() async {
         let args = Array(CommandLine.arguments.dropFirst())
         if args.first == "simulate" {
             await SimulateCommand.main(Array(args.dropFirst()))
+        } else if args.first == "events" {
+            await runOneLineErrors(EventsCommand.self, Array(args.dropFirst()))
         } else {
             await runOneLineErrors(DiscdCommand.self, args)
         }

@@ -24,6 +24,8 @@ final class NodeDriver: @unchecked Sendable {
     /// one, every link-local address is on it).
     private var links: [IPAddress: Int] = [:]
     private let multiLink: Bool
+    /// The event stream (control socket subscribers); nil when not served.
+    var hub: EventHub?
 
     init(loop: EventLoop, node: ClusterNode, transports: [any Transport], publisher: MapPublisher, sink: LogSink) {
         self.loop = loop
@@ -158,6 +160,7 @@ final class NodeDriver: @unchecked Sendable {
                 unicast(bytes, to: to, port: port)
             case .event(let ev):
                 sink.write(ev)
+                hub?.publish(ev)
             }
         }
     }

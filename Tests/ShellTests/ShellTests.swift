@@ -225,3 +225,57 @@ extension String {
         return s
     }
 }
+
+/// The event stream's subscriber: what a slow reader cannot take is dropped and counted, never
+/// queued without bound, and it is told how many with a DROPPED marker once it drains.
+@Suite struct EventStreamSubscriberTests {
+    @Test func unwritableSubscriberDropsAndIsToldTheCount() throws {
+        let loop = EmbeddedEventLoop()
+        let hub = EventHub(loop: loop, epoch: 7)
+        let ch = EmbeddedChannel(loop: loop)
+        let sub = Subscriber(channel: ch, filter: EventFilter(), text: false, hub: hub)
+        hub.subscribe(sub, since: nil)
+        func lines() throws -> [String] {
+            var out: [String] = []
+            while let b = try ch.readOutbound(as: ByteBuffer.self) {
+                out += String(buffer: b).split(separator: "\n").map(String.init)
+            }
+            return out
+        }
+        let ack = try lines()
+        #expect(ack.count == 1 && ack[0].hasPrefix("{\"ok\":true"))
+        let item = StreamItem(space: .membership, name: "NODE_JOIN", severity: .info, node: "10.0.0.2", nodeID: 2)
+        hub.publish(item)
+        #expect(try lines().count == 1)
+        ch.isWritable = false
+        for _ in 0..<10 { hub.publish(item) }
+        #expect(hub.dropped == 10)
+        #expect(try lines().isEmpty)
+        ch.isWritable = true
+        sub.writable()
+        let after = try lines()
+        #expect(after == ["{\"marker\":\"DROPPED\",\"count\":10}"])
+        // The history still holds all 11: a reconnect with --since gets them back.
+        #expect(hub.history.lastSeq == 11)
+        #expect(hub.history.since(1).events.count == 10)
+    }
+
+    @Test func controlRequestsParseOrAreRefused() throws {
+        let ok = try ControlRequest.parse(#"{"op":"subscribe","since":5,"names":["NODE_DEAD"],"severity":"error","format":"text"}"#)
+        #expect(ok == .subscribe(filter: EventFilter(names: ["NODE_DEAD"], minSeverity: .error), since: 5, text: true))
+        for bad in [
+            "", "[]", "{}", #"{"op":"subscribe","since":-1}"#, #"{"op":"subscribe","since":"5"}"#, #"{"op":"nope"}"#,
+            #"{"op":"subscribe","spaces":["discd.nowhere"]}"#, #"{"op":"subscribe"} trailing"#, #"{"op":"subscribe","op":"subscribe"}"#,
+            #"{"op":"subscribe","since":99999999999999999999999}"#, "{\"op\":\"sub\u{01}scribe\"}",
+        ] {
+            #expect(throws: ControlRequest.Invalid.self, "\(bad)") { try ControlRequest.parse(bad) }
+        }
+        // Random bytes never trap the parser.
+        var rng = SplitMix64(seed: 42)
+        for _ in 0..<20_000 {
+            let n = Int(rng.next() % 64)
+            let bytes = (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            _ = try? ControlRequest.parse(String(decoding: bytes, as: UTF8.self))
+        }
+    }
+}

@@ -280,6 +280,7 @@ class Daemon:
         self.lab, self.node, self.argv, self.tag = lab, node, argv, tag
         self.map = os.path.join(node.dir, "discd.map")
         self.status = os.path.join(node.dir, "status.json")
+        self.control = os.path.join(node.dir, "control%s.sock" % tag)
         self.log = os.path.join(node.dir, "discd%s.log" % tag)
         self.proc = None
         self.started_mono = None
@@ -518,7 +519,7 @@ class Lab:
         argv = [os.path.join(self.bindir, "discd"), "-n"]
         if interfaces:
             argv += ["-i", ",".join(ifaces or [i.name for i in node.ifaces])]
-        argv += ["--map", d.map, "--status", d.status]
+        argv += ["--map", d.map, "--status", d.status, "--control", d.control]
         if family:
             argv += ["--family", family]
         argv += list(args)

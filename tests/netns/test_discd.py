@@ -451,7 +451,8 @@ def test_bad_configuration(ctx):
         lan = lab.add_lan("", 1, 3)
         node = lab.add_node("n1", lan, 1)
         lab.wait_addresses()
-        mp = ["--map", os.path.join(node.dir, "m.map"), "--status", os.path.join(node.dir, "s.json")]
+        mp = ["--map", os.path.join(node.dir, "m.map"), "--status", os.path.join(node.dir, "s.json"),
+              "--control", os.path.join(node.dir, "c.sock")]
         results = [
             _badconf(lab, node, ["-i", "nosuchif"] + mp, ["nosuchif"]),
             _badconf(lab, node, ["-i", "e0", "--port", "70000"] + mp, ["70000"]),

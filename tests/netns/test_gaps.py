@@ -567,7 +567,7 @@ def test_daemon_mode(ctx):
         dm = Daemon(lab, nodes[2], None, "-dm")
         dm.map = os.path.join(nodes[2].dir, "daemon-mode.map")
         dm.status = os.path.join(nodes[2].dir, "daemon-mode-status.json")
-        args = ["-i", "e0", "--map", dm.map, "--status", dm.status, "--log-format", "json"]
+        args = ["-i", "e0", "--map", dm.map, "--status", dm.status, "--control", dm.control, "--log-format", "json"]
         pids, lpid = [], None
         try:
             rc, out, err, secs, jout, lpidf = run_daemon_mode(lab, nodes[2], args, timeout=DAEMON_READY_BOUND)

@@ -1,0 +1,399 @@
+import Cluster
+import Glibc
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// The event stream's publisher: numbers what the node publishes, keeps the bounded history and
+/// writes to the subscribers. Everything on the node's loop.
+final class EventHub: @unchecked Sendable {
+    /// Events kept for subscribers that reconnect with `--since` (docs/EVENTS.md).
+    static let historyCapacity = 4096
+    let loop: EventLoop
+    private(set) var history: EventHistory
+    private var subscribers: [ObjectIdentifier: Subscriber] = [:]
+    /// Events a subscriber could not take (its socket buffer full), over all subscribers.
+    private(set) var dropped = 0
+
+    init(loop: EventLoop, epoch: UInt64) {
+        self.loop = loop
+        self.history = EventHistory(capacity: Self.historyCapacity, epoch: epoch)
+    }
+
+    var subscriberCount: Int { subscribers.count }
+
+    static func nowUnixMillis() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// Publishes a cluster event if the stream carries it.
+    func publish(_ e: ClusterEvent) {
+        guard let item = StreamMapping.item(for: e) else { return }
+        publish(item)
+    }
+
+    func publish(_ item: StreamItem) {
+        let ev = history.append(item, timeUnixMillis: Self.nowUnixMillis())
+        for s in subscribers.values where s.filter.matches(ev) { s.send(ev) }
+        for s in subscribers.values { s.flush() }
+    }
+
+    /// A new subscriber: the acknowledgement, what it missed since `since` (or a marker saying what
+    /// it cannot have), then the live stream.
+    func subscribe(_ s: Subscriber, since: UInt64?) {
+        subscribers[ObjectIdentifier(s)] = s
+        s.send(
+            JSON.render(
+                .object([
+                    ("ok", .bool(true)), ("op", .string("subscribe")), ("epoch", .uint(history.epoch)),
+                    ("last_seq", .uint(history.lastSeq)), ("history", .int(Int64(history.capacity))),
+                ])))
+        if let since {
+            let (gap, events) = history.since(since)
+            switch gap {
+            case .evicted(let from, let to)?:
+                s.send(Self.marker("HISTORY_LOST", [("missed_from", .uint(from)), ("missed_to", .uint(to)), ("reason", .string("evicted"))]))
+            case .restarted(let last)?:
+                s.send(
+                    Self.marker(
+                        "HISTORY_LOST",
+                        [("since", .uint(since)), ("last_seq", .uint(last)), ("reason", .string("daemon_restarted"))]))
+            case nil:
+                break
+            }
+            for ev in events where s.filter.matches(ev) { s.send(ev) }
+        }
+        s.flush()
+    }
+
+    func unsubscribe(_ s: Subscriber) {
+        subscribers[ObjectIdentifier(s)] = nil
+    }
+
+    func noteDropped(_ n: Int) { dropped += n }
+
+    static func marker(_ name: String, _ fields: [(String, FieldValue)]) -> String {
+        JSON.render(.object([("marker", .string(name))] + fields.map { ($0.0, .scalar($0.1)) }))
+    }
+}
+
+/// One subscriber's connection: events are written while the socket takes them; while it does not
+/// (a slow or stalled reader), they are dropped and counted, and a `DROPPED` marker with the count
+/// is written once it drains. Heartbeats never wait for a subscriber.
+final class Subscriber: @unchecked Sendable {
+    let channel: Channel
+    let filter: EventFilter
+    /// Text lines for people instead of JSON (`discd events` without `--json`).
+    let text: Bool
+    let hub: EventHub
+    private var droppedSinceMarker = 0
+    private var pending = false
+
+    init(channel: Channel, filter: EventFilter, text: Bool, hub: EventHub) {
+        self.channel = channel
+        self.filter = filter
+        self.text = text
+        self.hub = hub
+    }
+
+    func send(_ e: StreamEvent) { send(text ? e.text : e.jsonLine) }
+
+    func send(_ line: String) {
+        guard channel.isWritable else {
+            droppedSinceMarker += 1
+            hub.noteDropped(1)
+            return
+        }
+        if droppedSinceMarker > 0 {
+            write(EventHub.marker("DROPPED", [("count", .int(Int64(droppedSinceMarker)))]))
+            droppedSinceMarker = 0
+        }
+        write(line)
+    }
+
+    private func write(_ line: String) {
+        var buf = channel.allocator.buffer(capacity: line.utf8.count + 1)
+        buf.writeString(line)
+        buf.writeInteger(UInt8(ascii: "\n"))
+        channel.write(buf, promise: nil)
+        pending = true
+    }
+
+    func flush() {
+        if pending {
+            channel.flush()
+            pending = false
+        }
+    }
+
+    func writable() {
+        if droppedSinceMarker > 0, channel.isWritable {
+            write(EventHub.marker("DROPPED", [("count", .int(Int64(droppedSinceMarker)))]))
+            droppedSinceMarker = 0
+            flush()
+        }
+    }
+}
+
+/// The control socket's requests (docs/EVENTS.md, "The control socket"): one JSON object per line.
+enum ControlRequest: Equatable {
+    case subscribe(filter: EventFilter, since: UInt64?, text: Bool)
+
+    struct Invalid: Error, Equatable { let reason: String }
+
+    /// The largest request line; longer ones are refused and the connection closed.
+    static let maxLine = 4096
+
+    static func parse(_ line: String) throws(Invalid) -> ControlRequest {
+        guard let obj = MiniJSON.object(line) else { throw Invalid(reason: "not a JSON object") }
+        guard case .string(let op)? = obj["op"] else { throw Invalid(reason: "no op") }
+        switch op {
+        case "subscribe":
+            var f = EventFilter()
+            if let v = obj["spaces"] {
+                guard case .strings(let a) = v else { throw Invalid(reason: "spaces must be an array of strings") }
+                for s in a where EventSpace(rawValue: s) == nil { throw Invalid(reason: "unknown space \(s)") }
+                f.spaces = Set(a)
+            }
+            if let v = obj["names"] {
+                guard case .strings(let a) = v else { throw Invalid(reason: "names must be an array of strings") }
+                f.names = Set(a)
+            }
+            if let v = obj["severity"] {
+                guard case .string(let s) = v, let sev = Severity(text: s) else {
+                    throw Invalid(reason: "severity must be INFO, WARNING, ERROR or FATAL")
+                }
+                f.minSeverity = sev
+            }
+            var since: UInt64?
+            if let v = obj["since"] {
+                guard case .uint(let n) = v else { throw Invalid(reason: "since must be a non-negative integer") }
+                since = n
+            }
+            var text = false
+            if let v = obj["format"] {
+                guard case .string(let fmt) = v, fmt == "json" || fmt == "text" else { throw Invalid(reason: "format must be json or text") }
+                text = fmt == "text"
+            }
+            return .subscribe(filter: f, since: since, text: text)
+        default:
+            throw Invalid(reason: "unknown op \(op)")
+        }
+    }
+}
+
+/// A deliberately small JSON reader for control requests: one flat object whose values are strings,
+/// non-negative integers, booleans or arrays of strings. Anything else is refused.
+enum MiniJSON {
+    enum Value: Equatable {
+        case string(String), uint(UInt64), bool(Bool), strings([String])
+    }
+
+    static func object(_ text: String) -> [String: Value]? {
+        var p = Parser(Array(text.utf8))
+        return p.object()
+    }
+
+    struct Parser {
+        let b: [UInt8]
+        var i = 0
+        init(_ b: [UInt8]) { self.b = b }
+
+        mutating func ws() { while i < b.count, b[i] == 32 || b[i] == 9 || b[i] == 13 || b[i] == 10 { i += 1 } }
+        mutating func eat(_ c: UInt8) -> Bool {
+            ws()
+            guard i < b.count, b[i] == c else { return false }
+            i += 1
+            return true
+        }
+
+        mutating func object() -> [String: Value]? {
+            guard eat(UInt8(ascii: "{")) else { return nil }
+            var out: [String: Value] = [:]
+            if eat(UInt8(ascii: "}")) { return end(out) }
+            for _ in 0..<64 {
+                guard let k = string(), eat(UInt8(ascii: ":")), let v = value(), out[k] == nil else { return nil }
+                out[k] = v
+                if eat(UInt8(ascii: ",")) { continue }
+                guard eat(UInt8(ascii: "}")) else { return nil }
+                return end(out)
+            }
+            return nil
+        }
+
+        mutating func end(_ o: [String: Value]) -> [String: Value]? {
+            ws()
+            return i == b.count ? o : nil
+        }
+
+        mutating func value() -> Value? {
+            ws()
+            guard i < b.count else { return nil }
+            switch b[i] {
+            case UInt8(ascii: "\""): return string().map { .string($0) }
+            case UInt8(ascii: "["):
+                i += 1
+                var a: [String] = []
+                if eat(UInt8(ascii: "]")) { return .strings(a) }
+                for _ in 0..<64 {
+                    guard let s = string() else { return nil }
+                    a.append(s)
+                    if eat(UInt8(ascii: ",")) { continue }
+                    return eat(UInt8(ascii: "]")) ? .strings(a) : nil
+                }
+                return nil
+            case UInt8(ascii: "t"), UInt8(ascii: "f"):
+                for (word, v) in [("true", true), ("false", false)] where b[i...].starts(with: word.utf8) {
+                    i += word.utf8.count
+                    return .bool(v)
+                }
+                return nil
+            case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                var n: UInt64 = 0
+                var digits = 0
+                while i < b.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b[i]) {
+                    let (m, o1) = n.multipliedReportingOverflow(by: 10)
+                    let (s, o2) = m.addingReportingOverflow(UInt64(b[i] - UInt8(ascii: "0")))
+                    guard !o1, !o2, digits < 20 else { return nil }
+                    n = s
+                    digits += 1
+                    i += 1
+                }
+                return .uint(n)
+            default:
+                return nil
+            }
+        }
+
+        /// A string without escapes other than \" \\ \/ (requests need no more).
+        mutating func string() -> String? {
+            guard eat(UInt8(ascii: "\"")) else { return nil }
+            var out: [UInt8] = []
+            while i < b.count, out.count <= ControlRequest.maxLine {
+                let c = b[i]
+                i += 1
+                switch c {
+                case UInt8(ascii: "\""): return String(decoding: out, as: UTF8.self)
+                case UInt8(ascii: "\\"):
+                    guard i < b.count, [UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/")].contains(b[i]) else { return nil }
+                    out.append(b[i])
+                    i += 1
+                case 0..<32: return nil
+                default: out.append(c)
+                }
+            }
+            return nil
+        }
+    }
+}
+
+/// The control socket (`--control PATH`, a Unix stream socket): subscriptions to the event stream
+/// today (docs/EVENTS.md). A malformed or oversized request gets an error line and the connection is
+/// closed; it is counted and never reaches the node.
+final class ControlServer: Service, @unchecked Sendable {
+    let path: String
+    let loop: EventLoop
+    let hub: EventHub
+    let sink: LogSink
+    private(set) var badRequests = 0
+    private var channel: Channel?
+
+    init(path: String, loop: EventLoop, hub: EventHub, sink: LogSink) {
+        self.path = path
+        self.loop = loop
+        self.hub = hub
+        self.sink = sink
+    }
+
+    /// Binds before the daemon reports ready, so that a client started after `discd` returns finds it.
+    func bind() async throws {
+        do {
+            channel = try await ServerBootstrap(group: loop)
+                .serverChannelOption(.backlog, value: 64)
+                .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 256 * 1024))
+                .childChannelInitializer { ch in
+                    ch.eventLoop.makeCompletedFuture {
+                        try ch.pipeline.syncOperations.addHandler(ControlHandler(server: self))
+                    }
+                }
+                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            chmod(path, 0o666)
+        } catch {
+            throw ConfigError("cannot listen on control socket \(path): \(describe(error))")
+        }
+    }
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        try? await channel?.close().get()
+        unlink(path)
+    }
+
+    func refused(_ reason: String) {
+        badRequests += 1
+        sink.write(DaemonEvent.controlRequestRefused(reason: reason, total: badRequests))
+    }
+}
+
+final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    let server: ControlServer
+    private var buffered: [UInt8] = []
+    private var subscriber: Subscriber?
+
+    init(server: ControlServer) { self.server = server }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buf = unwrapInboundIn(data)
+        guard subscriber == nil else { return }  // a subscriber only reads; later input is ignored
+        buffered += buf.readBytes(length: buf.readableBytes) ?? []
+        guard let nl = buffered.firstIndex(of: UInt8(ascii: "\n")) else {
+            if buffered.count > ControlRequest.maxLine { refuse(context, "request longer than \(ControlRequest.maxLine) bytes") }
+            return
+        }
+        guard nl <= ControlRequest.maxLine else {
+            refuse(context, "request longer than \(ControlRequest.maxLine) bytes")
+            return
+        }
+        let line = String(decoding: buffered[..<nl], as: UTF8.self)
+        buffered.removeAll()
+        do {
+            switch try ControlRequest.parse(line) {
+            case .subscribe(let filter, let since, let text):
+                let s = Subscriber(channel: context.channel, filter: filter, text: text, hub: server.hub)
+                subscriber = s
+                server.hub.subscribe(s, since: since)
+            }
+        } catch {
+            refuse(context, error.reason)
+        }
+    }
+
+    private func refuse(_ context: ChannelHandlerContext, _ reason: String) {
+        server.refused(reason)
+        var out = context.channel.allocator.buffer(capacity: 128)
+        out.writeString(JSON.render(.object([("ok", .bool(false)), ("error", .string(reason))])) + "\n")
+        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in context.close(promise: nil) }
+        buffered.removeAll()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        subscriber?.writable()
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let s = subscriber { server.hub.unsubscribe(s) }
+        subscriber = nil
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+extension ControlHandler {
+    typealias OutboundOut = ByteBuffer
+}

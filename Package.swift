@@ -22,6 +22,8 @@ let package = Package(
         .systemLibrary(
             name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd",
             providers: [.apt(["libsystemd-dev"])]),
+        // Linux system calls without a Swift-callable wrapper (pidfd_open, waitid without reaping).
+        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
         .systemLibrary(
             name: "CVerbs", path: "Sources/CVerbs", pkgConfig: "libibverbs",
             providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]),
@@ -45,7 +47,7 @@ let package = Package(
         .executableTarget(
             name: "discd",
             dependencies: [
-                "NodeMap", "MapStore", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "CSystemd", "CVerbs",
+                "NodeMap", "MapStore", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "CSystemd", "CVerbs", "CLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

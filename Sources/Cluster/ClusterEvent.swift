@@ -134,8 +134,11 @@ public enum ClusterEvent: Event, Hashable {
         case .processExited(let p):
             f.add("node", p.node)
             f.add("pid", UInt64(p.pid))
+            f.add("tag", Int(p.tag))
             f.add("name", p.name)
             f.add("status", Int(p.status))
+            f.add("exit_code", p.exitCode.map { FieldValue.int(Int64($0)) } ?? .null)
+            f.add("signal", p.signal.map { FieldValue.int(Int64($0)) } ?? .null)
         case .processNotice(let node, let id, let tag):
             f.add("node", node)
             f.add("id", id.rawValue)

@@ -62,6 +62,22 @@ public struct ClusterNode: Sendable {
     public private(set) var counters = ClusterCounters()
     private var messageID: UInt32 = 0
     private var out: [Effect] = []
+    /// Process exits already reported, by (node, pid, start time): each is reported once however
+    /// many copies arrive (retransmissions, relays, both transports).
+    private var exitsSeen = RecentSet<ProcessKey>(capacity: 8192)
+    /// Our own exit notices still to be sent again (at `due`), `left` more times.
+    private var exitResends: [(notice: ProcessExit, due: Instant, left: Int)] = []
+
+    struct ProcessKey: Hashable, Sendable {
+        let node: IPAddress
+        let pid: UInt32
+        let startTime: UInt64
+    }
+
+    /// How many times an exit notice is multicast in all, and how far apart: independent loss of
+    /// all copies is p³ (8·10⁻⁶ at 2 %), without waiting for any repair round.
+    public static let exitNoticeCopies = 3
+    public var exitNoticeSpacing: TimeSpan { config.detector?.period ?? .milliseconds(150) }
 
     public init(config: ClusterConfig, now: Instant) {
         self.config = config
@@ -88,7 +104,7 @@ public struct ClusterNode: Sendable {
 
     /// The earliest time `tick` must be called.
     public var nextDeadline: Instant {
-        min(discovery.nextDeadline, detector?.nextDeadline ?? .distantFuture)
+        min(discovery.nextDeadline, detector?.nextDeadline ?? .distantFuture, exitResends.first?.due ?? .distantFuture)
     }
 
     // MARK: Inputs
@@ -101,6 +117,7 @@ public struct ClusterNode: Sendable {
 
     public mutating func tick(now: Instant) -> [Effect] {
         guard discovery.started else { return [] }
+        resendExits(now: now)
         apply(discovery.tick(now: now, map: &map), now: now)
         if detector != nil {
             let o = detector!.tick(now: now, map: &map)
@@ -139,6 +156,44 @@ public struct ClusterNode: Sendable {
         }
         emit(.processNotice(node: n.address, id: id, tag: notice.tag))
         return flush()
+    }
+
+    /// A watched process on this node exited: every node is told at once (multicast, then again
+    /// `exitNoticeCopies - 1` times `exitNoticeSpacing` apart) and the event is reported here too.
+    public mutating func processExited(pid: UInt32, startTime: UInt64, status: Int32, tag: UInt16, name: String, now: Instant) -> [Effect] {
+        guard discovery.started else { return [] }
+        let p = ProcessExit(node: config.me.address, pid: pid, startTime: startTime, status: status, tag: tag, name: name)
+        if exitsSeen.insert(ProcessKey(node: p.node, pid: pid, startTime: startTime)) {
+            emit(.processExited(p))
+        }
+        sendExit(p)
+        if Self.exitNoticeCopies > 1 {
+            exitResends.append((p, now + exitNoticeSpacing, Self.exitNoticeCopies - 1))
+        }
+        return flush()
+    }
+
+    private mutating func sendExit(_ p: ProcessExit) {
+        if let bytes = encode(.processExit(p)) {
+            out.append(.multicast(bytes, except: nil))
+            counters.multicastSent += 1
+        }
+    }
+
+    private mutating func resendExits(now: Instant) {
+        guard let first = exitResends.first, first.due <= now else { return }
+        var keep: [(notice: ProcessExit, due: Instant, left: Int)] = []
+        for var r in exitResends {
+            if r.due <= now {
+                sendExit(r.notice)
+                r.left -= 1
+                r.due = now + exitNoticeSpacing
+                if r.left > 0 { keep.append(r) }
+            } else {
+                keep.append(r)
+            }
+        }
+        exitResends = keep.sorted { $0.due < $1.due }
     }
 
     /// A datagram arrived on cluster interface `interface` (index into the shell's interface list).
@@ -204,7 +259,9 @@ public struct ClusterNode: Sendable {
                 }
             }
         case .processExit(let p):
-            emit(.processExited(p))
+            if exitsSeen.insert(ProcessKey(node: p.node, pid: p.pid, startTime: p.startTime)) {
+                emit(.processExited(p))
+            }
         }
         return flush()
     }

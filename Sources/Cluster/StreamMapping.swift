@@ -66,8 +66,12 @@ public enum StreamMapping {
                 payload: [("tag", .int(Int64(tag))), ("source", .string("rdma_immediate"))])
         case .processExited(let p):
             return StreamItem(
-                space: .process, name: "PROC_EXIT", severity: .error, node: "\(p.node)", nodeID: nil,
-                payload: [("pid", .uint(UInt64(p.pid))), ("name", .string(p.name)), ("status", .int(Int64(p.status)))])
+                space: .process, name: "PROC_EXIT", severity: p.exitCode == 0 ? .info : .error, node: "\(p.node)", nodeID: nil,
+                payload: [
+                    ("pid", .uint(UInt64(p.pid))), ("tag", .int(Int64(p.tag))), ("name", .string(p.name)),
+                    ("status", .int(Int64(p.status))), ("exit_code", p.exitCode.map { .int(Int64($0)) } ?? .null),
+                    ("signal", p.signal.map { .int(Int64($0)) } ?? .null), ("source", .string("daemon")),
+                ])
         case .refuted(let acc, _, _, let from, let to):
             return StreamItem(
                 space: .membership, name: "SELF_REFUTED", severity: .warning, node: nil, nodeID: nil,

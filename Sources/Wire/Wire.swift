@@ -169,17 +169,25 @@ public struct ProcessExit: Hashable, Sendable {
     public var pid: UInt32
     /// Process start time (clock ticks since boot, as /proc/PID/stat field 22): with the pid, unique.
     public var startTime: UInt64
-    /// Wait status as waitpid reports it.
+    /// Wait status as waitpid reports it (-1: not known, the process was reaped before discd read it).
     public var status: Int32
+    /// The watch tag the process was opted in with (0 = none).
+    public var tag: UInt16
     public var name: String
 
-    public init(node: IPAddress, pid: UInt32, startTime: UInt64, status: Int32, name: String) {
+    public init(node: IPAddress, pid: UInt32, startTime: UInt64, status: Int32, tag: UInt16 = 0, name: String) {
         self.node = node
         self.pid = pid
         self.startTime = startTime
         self.status = status
+        self.tag = tag
         self.name = name
     }
+
+    /// The exit code when the process exited normally.
+    public var exitCode: Int? { status >= 0 && status & 0x7F == 0 ? Int((status >> 8) & 0xFF) : nil }
+    /// The signal that killed it.
+    public var signal: Int? { status >= 0 && status & 0x7F != 0 && status & 0x7F != 0x7F ? Int(status & 0x7F) : nil }
 }
 
 public enum Body: Hashable, Sendable {

@@ -1,3 +1,4 @@
+import CLinux
 import Cluster
 import Glibc
 import NIOCore
@@ -140,6 +141,9 @@ final class Subscriber: @unchecked Sendable {
 /// The control socket's requests (docs/EVENTS.md, "The control socket"): one JSON object per line.
 enum ControlRequest: Equatable {
     case subscribe(filter: EventFilter, since: UInt64?, text: Bool)
+    /// Watch process `pid` with `tag`; `notify`: write `{"exited":PID,"status":S}` to this
+    /// connection once its exit is known (the `discd watch -- CMD` client waits for it).
+    case watch(pid: Int32, tag: UInt16, notify: Bool)
 
     struct Invalid: Error, Equatable { let reason: String }
 
@@ -178,6 +182,21 @@ enum ControlRequest: Equatable {
                 text = fmt == "text"
             }
             return .subscribe(filter: f, since: since, text: text)
+        case "watch":
+            guard case .uint(let pid)? = obj["pid"], pid >= 1, pid <= UInt64(Int32.max) else {
+                throw Invalid(reason: "pid must be a process ID")
+            }
+            var tag: UInt16 = 0
+            if let v = obj["tag"] {
+                guard case .uint(let t) = v, t <= UInt64(UInt16.max) else { throw Invalid(reason: "tag must be 0-65535") }
+                tag = UInt16(t)
+            }
+            var notify = false
+            if let v = obj["notify"] {
+                guard case .bool(let b) = v else { throw Invalid(reason: "notify must be true or false") }
+                notify = b
+            }
+            return .watch(pid: Int32(pid), tag: tag, notify: notify)
         default:
             throw Invalid(reason: "unknown op \(op)")
         }
@@ -296,14 +315,16 @@ final class ControlServer: Service, @unchecked Sendable {
     let path: String
     let loop: EventLoop
     let hub: EventHub
+    let watcher: ProcessWatcher
     let sink: LogSink
     private(set) var badRequests = 0
     private var channel: Channel?
 
-    init(path: String, loop: EventLoop, hub: EventHub, sink: LogSink) {
+    init(path: String, loop: EventLoop, hub: EventHub, watcher: ProcessWatcher, sink: LogSink) {
         self.path = path
         self.loop = loop
         self.hub = hub
+        self.watcher = watcher
         self.sink = sink
     }
 
@@ -320,6 +341,7 @@ final class ControlServer: Service, @unchecked Sendable {
                 }
                 .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
             chmod(path, 0o666)
+            watcher.start()
         } catch {
             throw ConfigError("cannot listen on control socket \(path): \(describe(error))")
         }
@@ -329,6 +351,7 @@ final class ControlServer: Service, @unchecked Sendable {
         try? await gracefulShutdown()
         try? await channel?.close().get()
         unlink(path)
+        await watcher.stop()
     }
 
     func refused(_ reason: String) {
@@ -365,17 +388,63 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
                 let s = Subscriber(channel: context.channel, filter: filter, text: text, hub: server.hub)
                 subscriber = s
                 server.hub.subscribe(s, since: since)
+            case .watch(let pid, let tag, let notify):
+                watch(context, pid: pid, tag: tag, notify: notify)
             }
         } catch {
             refuse(context, error.reason)
         }
     }
 
+    /// Permission by SO_PEERCRED: the caller's uid must own the process, unless it is root.
+    private func watch(_ context: ChannelHandlerContext, pid: Int32, tag: UInt16, notify: Bool) {
+        guard let uid = Self.peerUID(context.channel) else {
+            refuse(context, "cannot read the caller's credentials")
+            return
+        }
+        let ch = context.channel
+        var n: (@Sendable (Int32) -> Void)?
+        if notify {
+            n = { status in
+                let line = JSON.render(.object([("exited", .int(Int64(pid))), ("status", .int(Int64(status)))])) + "\n"
+                ch.writeAndFlush(ch.allocator.buffer(string: line), promise: nil)
+            }
+        }
+        switch server.watcher.watch(pid: pid, tag: tag, callerUID: uid, notify: n) {
+        case .success(let w):
+            server.sink.write(DaemonEvent.watching(pid: w.pid, tag: w.tag, name: w.name))
+            reply(
+                context,
+                [("ok", .bool(true)), ("op", .string("watch")), ("pid", .int(Int64(w.pid))), ("tag", .int(Int64(w.tag))),
+                 ("name", .string(w.name)), ("start_time", .uint(w.startTime))], close: !notify)
+        case .failure(let r):
+            server.sink.write(DaemonEvent.watchRefused(pid: pid, uid: uid, reason: r.description))
+            reply(context, [("ok", .bool(false)), ("error", .string(r.description))], close: true)
+        }
+        buffered.removeAll()
+    }
+
+    private func reply(_ context: ChannelHandlerContext, _ fields: [(String, JSON.Value)], close: Bool) {
+        var out = context.channel.allocator.buffer(capacity: 128)
+        out.writeString(JSON.render(.object(fields)) + "\n")
+        let ch = context.channel
+        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in if close { ch.close(promise: nil) } }
+    }
+
+    static func peerUID(_ ch: Channel) -> UInt32? {
+        guard let p = ch as? SocketOptionProvider else { return nil }
+        let f: EventLoopFuture<discd_ucred> = p.unsafeGetSocketOption(level: .socket, name: .init(rawValue: SO_PEERCRED))
+        var uid: UInt32?
+        f.whenSuccess { uid = $0.uid }
+        return uid
+    }
+
     private func refuse(_ context: ChannelHandlerContext, _ reason: String) {
         server.refused(reason)
         var out = context.channel.allocator.buffer(capacity: 128)
         out.writeString(JSON.render(.object([("ok", .bool(false)), ("error", .string(reason))])) + "\n")
-        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in context.close(promise: nil) }
+        let ch = context.channel
+        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in ch.close(promise: nil) }
         buffered.removeAll()
     }
 

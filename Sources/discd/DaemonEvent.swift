@@ -21,6 +21,10 @@ enum DaemonEvent: Event {
     case rdmaDown(reason: String, wasUp: Bool)
     /// A control-socket request was malformed, oversized or unknown: refused, connection closed.
     case controlRequestRefused(reason: String, total: Int)
+    /// A watch request was refused (no such process, another user's process, ...).
+    case watchRefused(pid: Int32, uid: UInt32, reason: String)
+    /// A process is watched.
+    case watching(pid: Int32, tag: UInt16, name: String)
 
     var name: String {
         switch self {
@@ -37,6 +41,8 @@ enum DaemonEvent: Event {
         case .rdmaUp: "rdma.up"
         case .rdmaDown: "rdma.down"
         case .controlRequestRefused: "control.refused"
+        case .watchRefused: "process.watch_refused"
+        case .watching: "process.watching"
         }
     }
 
@@ -49,7 +55,8 @@ enum DaemonEvent: Event {
         case .library(let l, _, _): l
         case .rdmaUp: .notice
         case .rdmaDown(_, let wasUp): wasUp ? .warning : .info
-        case .controlRequestRefused: .warning
+        case .controlRequestRefused, .watchRefused: .warning
+        case .watching: .info
         }
     }
 
@@ -99,6 +106,14 @@ enum DaemonEvent: Event {
         case .controlRequestRefused(let r, let total):
             f.add("reason", r)
             f.add("total", total)
+        case .watchRefused(let pid, let uid, let r):
+            f.add("pid", Int(pid))
+            f.add("uid", Int(uid))
+            f.add("reason", r)
+        case .watching(let pid, let tag, let name):
+            f.add("pid", Int(pid))
+            f.add("tag", Int(tag))
+            f.add("name", name)
         }
     }
 
@@ -123,6 +138,8 @@ enum DaemonEvent: Event {
         case .rdmaDown(let r, let wasUp):
             wasUp ? "RDMA transport down (\(r)): falling back to IP" : "RDMA transport not available (\(r)): IP only"
         case .controlRequestRefused(let r, let total): "control request refused: \(r) (\(total) so far)"
+        case .watchRefused(let pid, let uid, let r): "watch of process \(pid) for uid \(uid) refused: \(r)"
+        case .watching(let pid, let tag, let name): "watching process \(pid) (\(name)) tag \(tag)"
         }
     }
 }

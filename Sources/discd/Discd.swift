@@ -24,6 +24,7 @@ struct DiscdCommand: AsyncParsableCommand {
             Signals: SIGUSR1 toggles debug logging; SIGTERM/SIGINT say leave, write the map and exit 0.
             Capacity planning with the same protocol options: discd simulate --help.
             The event stream (membership, process and configuration events): discd events --help.
+            Process exits known on every node at once: discd watch --help.
             """)
 
     @Flag(name: [.short, .customLong("nodaemon")], help: "Stay in the foreground and log to stderr.")
@@ -233,9 +234,11 @@ struct DiscdCommand: AsyncParsableCommand {
             publisher: publisher, sink: sink)
         let hub = EventHub(loop: loop, epoch: s.config.incarnation)
         driver.hub = hub
-        let controlServer = ControlServer(path: control, loop: loop, hub: hub, sink: sink)
+        let watcher = ProcessWatcher(loop: loop)
+        watcher.exited = { w, status in driver.processExited(w, status: status) }
+        let controlServer = ControlServer(path: control, loop: loop, hub: hub, watcher: watcher, sink: sink)
         try await controlServer.bind()
-        let watcher = InterfaceWatcher(
+        let interfaceWatcher = InterfaceWatcher(
             loop: loop, names: s.names, family: s.family, primary: s.config.me.address,
             initial: s.aliases.map(\.address), source: s.aliasSource, sink: sink, driver: driver)
         let started = DaemonEvent.started(
@@ -250,7 +253,8 @@ struct DiscdCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(
                 services: [
-                    .init(service: publisher), .init(service: node), .init(service: controlServer), .init(service: watcher),
+                    .init(service: publisher), .init(service: node), .init(service: controlServer),
+                    .init(service: interfaceWatcher),
                     .init(service: debugToggle),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -334,6 +338,8 @@ enum Main {
             await SimulateCommand.main(Array(args.dropFirst()))
         } else if args.first == "events" {
             await runOneLineErrors(EventsCommand.self, Array(args.dropFirst()))
+        } else if args.first == "watch" {
+            await runOneLineErrors(WatchCommand.self, Array(args.dropFirst()))
         } else {
             await runOneLineErrors(DiscdCommand.self, args)
         }

@@ -85,6 +85,13 @@ final class NodeDriver: @unchecked Sendable {
         sink.write(DaemonEvent.stopped(incarnation: node.incarnation))
     }
 
+    /// A watched process exited (on the loop): the node tells the cluster.
+    func processExited(_ w: ProcessWatcher.Watch, status: Int32) {
+        guard !stopped else { return }
+        perform(node.processExited(pid: UInt32(w.pid), startTime: w.startTime, status: status, tag: w.tag, name: w.name, now: Self.now()))
+        afterInput()
+    }
+
     func setDebug(_ on: Bool) {
         loop.execute { self.node.eventLevel = on ? .debug : .info }
     }

@@ -176,3 +176,76 @@ def test_events_bad_requests_and_stalled_subscriber(ctx):
         assert susp == 0, "suspicions while a subscriber stalled: %d" % susp
         return "%d bad requests refused with an error line (%s); stalled subscriber through 6 restarts: " \
                "0 late ticks, 0 suspicions" % (len(replies), " | ".join(r[:50] for r in replies))
+
+
+PROC_BOUND = 1.0    # s: a watched process's exit -> PROC_EXIT on another node's subscriber (veth: ~ms)
+
+
+def _proc_exits(sub):
+    return [e for e in sub.events() if e["name"] == "PROC_EXIT"]
+
+
+def test_watched_process_exit_reaches_other_nodes(ctx):
+    """discd watch -- CMD: SIGKILL and a normal exit reach another node's subscriber as PROC_EXIT (node, pid,
+    tag, signal / exit code) once each; discd watch exits with the child's status; --pid; a foreign PID as non-root"""
+    ctx.need_discd()
+    with ctx.lab() as lab:
+        nodes, ds, conv = _start(lab, 3)
+        far = Sub(lab, ds[2], "--json", "--space", "discd.process")
+        near = Sub(lab, ds[0], "--json", "--space", "discd.process")
+        discd = os.path.join(lab.bindir, "discd")
+        try:
+            ok, _ = wait_until(lambda: len(far.objects()) >= 1 and len(near.objects()) >= 1, 3.0)
+            assert ok, "subscribers not acknowledged: %s / %s" % (far.lines(), near.lines())
+            # 1. killed by a signal: `discd watch` exits 128 + 9.
+            t0 = time.monotonic()
+            p = subprocess.run(nodes[0].exec_argv([discd, "watch", "--control", ds[0].control, "--tag", "7", "--",
+                                                   "sh", "-c", "sleep 0.3; kill -9 $$"]),
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            assert p.returncode == 128 + 9, "discd watch exited %d: %s" % (p.returncode, p.stderr[-300:])
+            ok, lat = wait_until(lambda: len(_proc_exits(far)) >= 1, 5.0, 0.005)
+            assert ok, "no PROC_EXIT on n3:\n%s" % "\n".join(far.lines())
+            e = _proc_exits(far)[0]
+            assert e["node"] == nodes[0].ip4 and e["payload"]["tag"] == 7 and e["payload"]["signal"] == 9, e
+            assert e["payload"]["exit_code"] is None and e["payload"]["name"] == "sh", e
+            # 2. a normal exit with code 3.
+            p = subprocess.run(nodes[0].exec_argv([discd, "watch", "--control", ds[0].control, "--tag", "8", "--",
+                                                   "sh", "-c", "exit 3"]),
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            assert p.returncode == 3, "discd watch exited %d: %s" % (p.returncode, p.stderr[-300:])
+            ok, _ = wait_until(lambda: len(_proc_exits(far)) >= 2, 5.0, 0.005)
+            assert ok, "no second PROC_EXIT on n3:\n%s" % "\n".join(far.lines())
+            e2 = _proc_exits(far)[1]
+            assert e2["payload"]["tag"] == 8 and e2["payload"]["exit_code"] == 3 and e2["payload"]["signal"] is None, e2
+            # 3. --pid of a running process of ours, then SIGKILL it.
+            victim = subprocess.Popen(nodes[0].exec_argv(["sleep", "30"]), stdin=subprocess.DEVNULL)
+            time.sleep(0.2)
+            vpid = int(subprocess.run(["pgrep", "-n", "-x", "sleep"], capture_output=True, text=True).stdout.split()[0])
+            p = subprocess.run([discd, "watch", "--control", ds[0].control, "--tag", "9", "--pid", str(vpid)],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            assert p.returncode == 0, "discd watch --pid: %d %s" % (p.returncode, p.stderr)
+            os.kill(vpid, signal.SIGKILL)
+            ok, _ = wait_until(lambda: len(_proc_exits(far)) >= 3, 5.0, 0.005)
+            victim.wait(5)
+            assert ok, "no PROC_EXIT for --pid %d:\n%s" % (vpid, "\n".join(far.lines()))
+            e3 = _proc_exits(far)[2]
+            assert e3["payload"]["pid"] == vpid and e3["payload"]["tag"] == 9, e3
+            # Each exit once, on the node itself too (3 copies were multicast per exit).
+            time.sleep(0.6)
+            assert len(_proc_exits(far)) == 3 and len(_proc_exits(near)) == 3, (far.lines(), near.lines())
+            # 4. A non-root caller may not watch another user's process (pid 1 is root's).
+            p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", discd, "watch",
+                                "--control", ds[0].control, "--pid", "1"],
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
+            assert p.returncode != 0 and p.stderr.strip(), "non-root watch of pid 1: rc %d %r" % (p.returncode, p.stderr)
+            assert len(_proc_exits(far)) == 3
+            # Cluster latency: the watching node publishes the exit, the far node publishes it after
+            # the multicast crossed (one host clock for both).
+            spread = [f["time_unix_ms"] - n["time_unix_ms"] for f, n in zip(_proc_exits(far), _proc_exits(near))]
+            assert all(0 <= d <= PROC_BOUND * 1000 for d in spread), "far - near publish times %s ms" % spread
+            return "SIGKILL of a watched child -> PROC_EXIT (signal 9, tag 7) on another node; exit 3 -> exit_code 3; " \
+                   "--pid works; each exit reported once per node; far node published %s ms after the watching node " \
+                   "(bound %.0f ms); non-root watch of pid 1 refused (rc %d)" % (spread, PROC_BOUND * 1000, p.returncode)
+        finally:
+            far.stop()
+            near.stop()

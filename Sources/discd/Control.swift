@@ -15,6 +15,8 @@ final class EventHub: @unchecked Sendable {
     private var subscribers: [ObjectIdentifier: Subscriber] = [:]
     /// Events a subscriber could not take (its socket buffer full), over all subscribers.
     private(set) var dropped = 0
+    /// Event hooks (`--hook`), fed every published event.
+    var hooks: HookRunner?
 
     init(loop: EventLoop, epoch: UInt64) {
         self.loop = loop
@@ -39,6 +41,7 @@ final class EventHub: @unchecked Sendable {
         let ev = history.append(item, timeUnixMillis: Self.nowUnixMillis())
         for s in subscribers.values where s.filter.matches(ev) { s.send(ev) }
         for s in subscribers.values { s.flush() }
+        hooks?.offer(ev)
     }
 
     /// A new subscriber: the acknowledgement, what it missed since `since` (or a marker saying what
@@ -352,6 +355,7 @@ final class ControlServer: Service, @unchecked Sendable {
         try? await channel?.close().get()
         unlink(path)
         await watcher.stop()
+        await hub.hooks?.shutdown()
     }
 
     func refused(_ reason: String) {

@@ -25,6 +25,11 @@ enum DaemonEvent: Event {
     case watchRefused(pid: Int32, uid: UInt32, reason: String)
     /// A process is watched.
     case watching(pid: Int32, tag: UInt16, name: String)
+    /// An event hook ran and exited 0.
+    case hookRan(program: String, event: String, seq: UInt64)
+    /// An event hook failed: could not start, exited non-zero, was killed, hit its time limit, or
+    /// was dropped (queue full).
+    case hookFailed(program: String, event: String, seq: UInt64, reason: String)
 
     var name: String {
         switch self {
@@ -43,6 +48,8 @@ enum DaemonEvent: Event {
         case .controlRequestRefused: "control.refused"
         case .watchRefused: "process.watch_refused"
         case .watching: "process.watching"
+        case .hookRan: "hook.ran"
+        case .hookFailed: "hook.failed"
         }
     }
 
@@ -57,6 +64,8 @@ enum DaemonEvent: Event {
         case .rdmaDown(_, let wasUp): wasUp ? .warning : .info
         case .controlRequestRefused, .watchRefused: .warning
         case .watching: .info
+        case .hookRan: .debug
+        case .hookFailed: .warning
         }
     }
 
@@ -114,6 +123,15 @@ enum DaemonEvent: Event {
             f.add("pid", Int(pid))
             f.add("tag", Int(tag))
             f.add("name", name)
+        case .hookRan(let p, let e, let seq):
+            f.add("program", p)
+            f.add("event", e)
+            f.add("seq", seq)
+        case .hookFailed(let p, let e, let seq, let r):
+            f.add("program", p)
+            f.add("event", e)
+            f.add("seq", seq)
+            f.add("reason", r)
         }
     }
 
@@ -140,6 +158,8 @@ enum DaemonEvent: Event {
         case .controlRequestRefused(let r, let total): "control request refused: \(r) (\(total) so far)"
         case .watchRefused(let pid, let uid, let r): "watch of process \(pid) for uid \(uid) refused: \(r)"
         case .watching(let pid, let tag, let name): "watching process \(pid) (\(name)) tag \(tag)"
+        case .hookRan(let p, let e, let seq): "hook \(p) ran for \(e) #\(seq)"
+        case .hookFailed(let p, let e, let seq, let r): "hook \(p) for \(e) #\(seq) failed: \(r)"
         }
     }
 }

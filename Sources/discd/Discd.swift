@@ -75,6 +75,17 @@ struct DiscdCommand: AsyncParsableCommand {
     @Option(help: "Control socket: event stream subscriptions (discd events).")
     var control = defaultControlPath
 
+    @Option(name: .customLong("hook"), help: ArgumentHelp(
+        "Run PROGRAM for each stream event (of the NAMEs given), fields in its environment (repeatable).",
+        valueName: "[NAME,...=]PROGRAM"))
+    var hooks: [String] = []
+
+    @Option(name: .customLong("hook-timeout"), help: "Time limit of one hook run (then SIGKILL).")
+    var hookTimeout = "10s"
+
+    @Option(name: .customLong("hook-concurrency"), help: "Hooks running at once, at most (1-64).")
+    var hookConcurrency = 4
+
     @Flag(name: .customLong("no-rdma"), help: "Do not use RDMA (InfiniBand/RoCE) even where a device exists: IP only.")
     var noRDMA = false
 
@@ -95,6 +106,7 @@ struct DiscdCommand: AsyncParsableCommand {
         let c = cluster.utf8.count
         guard c >= 1, c <= 32 else { throw ValidationError("--cluster must be 1-32 bytes") }
         guard LogSink.Format(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
+        if !(1...64).contains(hookConcurrency) { throw ValidationError("--hook-concurrency \(hookConcurrency) is not in 1-64") }
         if let p = rdmaPort, !(1...255).contains(p) { throw ValidationError("--rdma-port \(p) is not in 1-255") }
         if noRDMA, rdmaDevice != nil || rdmaPort != nil {
             throw ValidationError("--no-rdma cannot be combined with --rdma-device or --rdma-port")
@@ -137,6 +149,8 @@ struct DiscdCommand: AsyncParsableCommand {
         var aliases: [Alias]
         var detectorText: String
         var startNanos: UInt64
+        var hooks: [HookRunner.Hook]
+        var hookTimeoutMillis: Int32
     }
 
     func resolve() throws -> Setup {
@@ -191,9 +205,15 @@ struct DiscdCommand: AsyncParsableCommand {
                 "η=\(DurationText.format($0.period)) δ=\(DurationText.format($0.timeout)) k=\($0.confirmations) "
                     + "confirm=\(DurationText.format($0.confirmWindow))"
             } ?? "off"
+        let hookList = try hooks.map { try HookRunner.Hook(parsing: $0) }
+        let hookTimeoutNanos = try DurationText.parse(hookTimeout)
+        guard hookTimeoutNanos >= 1_000_000, hookTimeoutNanos <= 3_600_000_000_000 else {
+            throw ConfigError("--hook-timeout \(hookTimeout) is not between 1ms and 1h")
+        }
         return Setup(
             config: config, family: fam, active: active, names: ifNames, group: group, heartbeatPort: hbPort,
-            aliasSource: aliasSource, aliases: aliases, detectorText: detText, startNanos: startNanos)
+            aliasSource: aliasSource, aliases: aliases, detectorText: detText, startNanos: startNanos, hooks: hookList,
+            hookTimeoutMillis: Int32(hookTimeoutNanos / 1_000_000))
     }
 
     /// A new life's incarnation: wall-clock milliseconds, but above the one this node had in its
@@ -234,6 +254,9 @@ struct DiscdCommand: AsyncParsableCommand {
             publisher: publisher, sink: sink)
         let hub = EventHub(loop: loop, epoch: s.config.incarnation)
         driver.hub = hub
+        if !s.hooks.isEmpty {
+            hub.hooks = HookRunner(hooks: s.hooks, timeoutMillis: s.hookTimeoutMillis, concurrency: hookConcurrency, sink: sink)
+        }
         let watcher = ProcessWatcher(loop: loop)
         watcher.exited = { w, status in driver.processExited(w, status: status) }
         let controlServer = ControlServer(path: control, loop: loop, hub: hub, watcher: watcher, sink: sink)

@@ -249,3 +249,59 @@ def test_watched_process_exit_reaches_other_nodes(ctx):
         finally:
             far.stop()
             near.stop()
+
+
+def test_event_hooks(ctx):
+    """--hook NODE_DEAD=PROG runs with the event's fields in its environment; a hook over its time limit is
+    killed and logged (hook.failed), a failing hook is logged; heartbeats are never delayed (no suspicion)"""
+    ctx.need_discd()
+    with ctx.lab() as lab:
+        _, nodes = one_lan(lab, 3, y=6)
+        d0 = nodes[0].dir
+        good = os.path.join(d0, "hook-good.sh")
+        slow = os.path.join(d0, "hook-slow.sh")
+        bad = os.path.join(d0, "hook-bad.sh")
+        out = os.path.join(d0, "hook.env")
+        for path, body in ((good, "env | grep ^DISCD_ | sort > %s.$DISCD_EVENT_SEQ\n" % out),
+                           (slow, "exec sleep 30\n"), (bad, "exit 4\n")):
+            with open(path, "w") as f:
+                f.write("#!/bin/sh\n" + body)
+            os.chmod(path, 0o755)
+        ds = [lab.start_daemon(nodes[0], args=["--log-format", "json", "--hook", "NODE_DEAD=" + good,
+                                               "--hook", "NODE_DEAD,NODE_LEAVE=" + slow, "--hook", "NODE_DEAD=" + bad,
+                                               "--hook-timeout", "500ms"])]
+        ds += [lab.start_daemon(n) for n in nodes[1:]]
+        converge(ds, [nd.ip4 for nd in nodes])
+        time.sleep(settle(3))
+        victim = nodes[2].ip4
+        ds[2].proc.send_signal(signal.SIGKILL)
+
+        def env_files():
+            return [f for f in os.listdir(d0) if f.startswith("hook.env.")]
+        ok, lat = wait_until(lambda: env_files(), EVENT_BOUND + 3)
+        assert ok, "the NODE_DEAD hook never ran"
+        with open(os.path.join(d0, env_files()[0])) as f:
+            env = dict(l.rstrip("\n").split("=", 1) for l in f if "=" in l)
+        assert env.get("DISCD_EVENT_NAME") == "NODE_DEAD" and env.get("DISCD_EVENT_NODE") == victim, env
+        assert env.get("DISCD_EVENT_SPACE") == "discd.membership" and env.get("DISCD_PAYLOAD_TO") == "dead", env
+        assert json.loads(env["DISCD_EVENT_JSON"])["seq"] == int(env["DISCD_EVENT_SEQ"])
+
+        def failures():
+            out = []
+            with open(ds[0].log, errors="replace") as f:
+                for l in f:
+                    if l.startswith("{") and '"event":"hook.failed"' in l:
+                        out.append(json.loads(l))
+            return out
+        ok, _ = wait_until(lambda: len(failures()) >= 2, 5.0)
+        fails = failures()
+        assert ok, "hook failures not logged: %s" % fails
+        progs = sorted(f["program"] for f in fails)
+        assert progs == sorted([slow, bad]), fails
+        # The status file is rewritten every second: wait for the one written after the death.
+        ok, _ = wait_until(lambda: (ds[0].status_json() or {}).get("members") == 2, 3.0)
+        st = ds[0].status_json()
+        assert ok and st["late_ticks"] == 0, st
+        return "NODE_DEAD hook ran %.2fs after the SIGKILL with DISCD_EVENT_*/DISCD_PAYLOAD_* set; slow hook killed " \
+               "at its 500 ms limit and failing hook logged (%s); 0 late ticks, both live nodes still members" % (
+                   lat, "; ".join(f["reason"] for f in fails))

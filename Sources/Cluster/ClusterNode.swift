@@ -163,10 +163,11 @@ public struct ClusterNode: Sendable {
     public mutating func processExited(pid: UInt32, startTime: UInt64, status: Int32, tag: UInt16, name: String, now: Instant) -> [Effect] {
         guard discovery.started else { return [] }
         let p = ProcessExit(node: config.me.address, pid: pid, startTime: startTime, status: status, tag: tag, name: name)
+        // The datagram first: the shell carries effects out in order, and the other nodes wait.
+        sendExit(p)
         if exitsSeen.insert(ProcessKey(node: p.node, pid: pid, startTime: startTime)) {
             emit(.processExited(p))
         }
-        sendExit(p)
         if Self.exitNoticeCopies > 1 {
             exitResends.append((p, now + exitNoticeSpacing, Self.exitNoticeCopies - 1))
         }

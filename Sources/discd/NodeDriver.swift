@@ -166,8 +166,9 @@ final class NodeDriver: @unchecked Sendable {
             case .heartbeat(let bytes, let to, let port):
                 unicast(bytes, to: to, port: port)
             case .event(let ev):
-                sink.write(ev)
+                // Subscribers first: they wait for it; the log line can follow.
                 hub?.publish(ev)
+                sink.write(ev)
             }
         }
     }

@@ -124,7 +124,7 @@ public enum MapRendering {
         switch c {
         case .rdma(let gh, let gl, let qpn, let qkey):
             return obj([
-                "type": .string("rdma"), "gid": .string(hex(gh) + hex(gl)), "qpn": .uint(UInt64(qpn)),
+                "type": .string("rdma"), "gid": .string(gidHex(hi: gh, lo: gl)), "qpn": .uint(UInt64(qpn)),
                 "qkey": .uint(UInt64(qkey)),
             ])
         case .unknown(let t, let v):
@@ -141,6 +141,9 @@ public enum MapRendering {
     public static func writtenAtUnixNanos(_ s: MapSnapshot) -> Int64 {
         s.timeBaseUnixNanos &+ Int64(truncatingIfNeeded: s.writtenAt.nanos)
     }
+
+    /// An RDMA GID as 32 hex digits, as the JSON view and the daemon's status show it.
+    public static func gidHex(hi: UInt64, lo: UInt64) -> String { hex(hi) + hex(lo) }
 
     private static func hex(_ v: UInt64) -> String {
         let d = String(v, radix: 16)

@@ -53,10 +53,10 @@ struct EventsCommand: AsyncParsableCommand {
         if !names.isEmpty { req.append(("names", .array(names.map { .string($0) }))) }
         if let s = severity { req.append(("severity", .string(s.uppercased()))) }
         if let s = since { req.append(("since", .uint(s))) }
-        let fd = try Self.connect(control)
+        let fd = try ControlClient.connect(control)
         defer { close(fd) }
         let line = JSON.render(.object(req)) + "\n"
-        guard Self.writeAll(fd, Array(line.utf8)) else { throw ConfigError("cannot write to \(control): \(errnoText())") }
+        guard ControlClient.writeAll(fd, Array(line.utf8)) else { throw ConfigError("cannot write to \(control): \(errnoText())") }
 
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -73,11 +73,11 @@ struct EventsCommand: AsyncParsableCommand {
                 if first {
                     first = false
                     guard l.hasPrefix("{\"ok\":true") else { throw ConfigError("the daemon refused the subscription: \(l)") }
-                    if json { Self.emit(l) }
+                    if json { ControlClient.emit(l) }
                     continue
                 }
                 let marker = l.hasPrefix("{\"marker\"")
-                Self.emit(marker && !json ? "# " + l : l)
+                ControlClient.emit(marker && !json ? "# " + l : l)
                 if !marker {
                     seen += 1
                     if let c = count, seen >= c { return }
@@ -85,7 +85,10 @@ struct EventsCommand: AsyncParsableCommand {
             }
         }
     }
+}
 
+/// The client side of the control socket, shared by `discd events` and `discd watch`.
+enum ControlClient {
     static func emit(_ line: String) {
         let b = Array((line + "\n").utf8)
         _ = writeAll(STDOUT_FILENO, b)

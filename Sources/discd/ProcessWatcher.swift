@@ -45,8 +45,7 @@ final class ProcessWatcher: @unchecked Sendable {
     let loop: EventLoop
     private let lock = NIOLock()
     private var watches: [Int32: Watch] = [:]
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
+    private let wakeup = WakePipe()
     private let stopping = NIOLockedValueBox(false)
     private var pool: NIOThreadPool?
     /// An exit, on the loop: the watch and the wait status (-1 unknown).
@@ -54,15 +53,6 @@ final class ProcessWatcher: @unchecked Sendable {
 
     init(loop: EventLoop) {
         self.loop = loop
-        var p: [Int32] = [-1, -1]
-        if pipe(&p) == 0 {
-            for fd in p {
-                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            }
-        }
-        wakeRead = p[0]
-        wakeWrite = p[1]
     }
 
     var count: Int { lock.withLock { watches.count } }
@@ -76,19 +66,13 @@ final class ProcessWatcher: @unchecked Sendable {
 
     func stop() async {
         stopping.withLockedValue { $0 = true }
-        wake()
+        wakeup.wake()
         try? await pool?.shutdownGracefully()
         lock.withLock {
             for w in watches.values { close(w.pidfd) }
             watches.removeAll()
         }
-        close(wakeRead)
-        close(wakeWrite)
-    }
-
-    private func wake() {
-        var one: UInt8 = 1
-        _ = write(wakeWrite, &one, 1)
+        wakeup.close()
     }
 
     /// Starts watching `pid` for a caller of uid `callerUID` (root may watch anyone).
@@ -111,7 +95,7 @@ final class ProcessWatcher: @unchecked Sendable {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             let w = Watch(pid: pid, tag: tag, startTime: info.startTime, name: info.name, pidfd: fd, notify: notify)
             watches[pid] = w
-            wake()
+            wakeup.wake()
             return .success(w)
         }
     }
@@ -119,14 +103,11 @@ final class ProcessWatcher: @unchecked Sendable {
     private func run() {
         while !stopping.withLockedValue({ $0 }) {
             let current = lock.withLock { Array(watches.values) }
-            var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+            var fds = [pollfd(fd: wakeup.fd, events: Int16(POLLIN), revents: 0)]
             fds += current.map { pollfd(fd: $0.pidfd, events: Int16(POLLIN), revents: 0) }
             let n = poll(&fds, nfds_t(fds.count), -1)
             if n < 0 { continue }
-            if fds[0].revents != 0 {
-                var buf = [UInt8](repeating: 0, count: 64)
-                _ = read(wakeRead, &buf, 64)
-            }
+            if fds[0].revents != 0 { wakeup.drain() }
             for (i, w) in current.enumerated() where fds[i + 1].revents != 0 {
                 let status = Self.exitStatus(w)
                 lock.withLock {
@@ -171,15 +152,40 @@ final class ProcessWatcher: @unchecked Sendable {
         let name = String(text[text.index(after: open)..<close])
         let rest = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)
         guard rest.count >= 20, let state = rest[0].first, let start = UInt64(rest[19]) else { return nil }
-        let exit = rest.count >= 50 ? Int32(rest[49].trimmingCharacters(in: "\n")) : nil
+        let exit = rest.count >= 50 ? Int32(rest[49].split(separator: "\n").first ?? "") : nil
         return ProcStat(name: name, state: state, startTime: start, exitCode: exit)
     }
 }
 
-extension Substring {
-    func trimmingCharacters(in set: Character) -> Substring {
-        var s = self
-        while s.last == set { s = s.dropLast() }
-        return s
+/// Wakes a thread sleeping in poll(2): a non-blocking, close-on-exec pipe whose read end it polls.
+struct WakePipe: Sendable {
+    let fd: Int32
+    private let writeFD: Int32
+
+    init() {
+        var p: [Int32] = [-1, -1]
+        if pipe(&p) == 0 {
+            for f in p {
+                _ = fcntl(f, F_SETFL, fcntl(f, F_GETFL) | O_NONBLOCK)
+                _ = fcntl(f, F_SETFD, FD_CLOEXEC)
+            }
+        }
+        fd = p[0]
+        writeFD = p[1]
+    }
+
+    func wake() {
+        var one: UInt8 = 1
+        _ = write(writeFD, &one, 1)
+    }
+
+    func drain() {
+        var buf = [UInt8](repeating: 0, count: 64)
+        while read(fd, &buf, 64) > 0 {}
+    }
+
+    func close() {
+        Glibc.close(fd)
+        Glibc.close(writeFD)
     }
 }

@@ -1,6 +1,7 @@
 import CVerbs
 import Cluster
 import Glibc
+import MapStore
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -114,9 +115,8 @@ final class RDMATransport: Transport, @unchecked Sendable {
     private var sendEndpoint: Endpoint?
     /// Guarded by `lock`.
     private var state = RDMAStatus()
-    /// A pipe that wakes the event thread (stop): read end polled, write end written.
-    private let wakeFD: Int32
-    private let wakeWriteFD: Int32
+    /// Wakes the event thread (stop).
+    private let wakeup = WakePipe()
     private let stopping = NIOLockedValueBox(false)
     private var pool: NIOThreadPool?
     private var deliver: (@Sendable (Datagram) -> Void)?
@@ -133,12 +133,6 @@ final class RDMATransport: Transport, @unchecked Sendable {
         self.ttl = ttl
         self.options = options
         self.sink = sink
-        var p: [Int32] = [-1, -1]
-        if pipe(&p) == 0 {
-            for fd in p { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        }
-        self.wakeFD = p[0]
-        self.wakeWriteFD = p[1]
     }
 
     var status: RDMAStatus { lock.withLock { state } }
@@ -181,11 +175,9 @@ final class RDMATransport: Transport, @unchecked Sendable {
 
     func close() async {
         stopping.withLockedValue { $0 = true }
-        var one: UInt8 = 1
-        _ = write(wakeWriteFD, &one, 1)
+        wakeup.wake()
         try? await pool?.shutdownGracefully()
-        Glibc.close(wakeFD)
-        Glibc.close(wakeWriteFD)
+        wakeup.close()
     }
 
     // MARK: Sending (on the node's loop)
@@ -290,9 +282,9 @@ final class RDMATransport: Transport, @unchecked Sendable {
         while !isStopping {
             guard let e = ep else {
                 // Down: wait for a retry or for stop, then try again.
-                var pfd = pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)
+                var pfd = pollfd(fd: wakeup.fd, events: Int16(POLLIN), revents: 0)
                 _ = poll(&pfd, 1, Self.retryMillis)
-                drainWake()
+                wakeup.drain()
                 if isStopping { break }
                 ep = attemptOpen()
                 continue
@@ -301,7 +293,7 @@ final class RDMATransport: Transport, @unchecked Sendable {
                 pollfd(fd: e.compFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: e.cmFD, events: Int16(POLLIN), revents: 0),
                 pollfd(fd: e.asyncFD, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: wakeup.fd, events: Int16(POLLIN), revents: 0),
             ]
             let n = poll(&fds, nfds_t(fds.count), Self.presenceCheckMillis)
             if n < 0 {
@@ -310,7 +302,7 @@ final class RDMATransport: Transport, @unchecked Sendable {
                 ep = nil
                 continue
             }
-            if fds[3].revents != 0 { drainWake() }
+            if fds[3].revents != 0 { wakeup.drain() }
             if fds[0].revents != 0 {
                 receive(e, into: &batch)
                 if !batch.isEmpty, let deliver {
@@ -329,11 +321,6 @@ final class RDMATransport: Transport, @unchecked Sendable {
             }
         }
         if let e = ep { teardown(e, reason: "stopped", quiet: true) }
-    }
-
-    private func drainWake() {
-        var v = [UInt8](repeating: 0, count: 64)
-        _ = read(wakeFD, &v, 64)
     }
 
     /// Takes the completion event, re-arms, and drains the receive queue.
@@ -454,7 +441,7 @@ final class Endpoint: @unchecked Sendable {
     var cmFD: Int32 { channel?.pointee.fd ?? -1 }
     var asyncFD: Int32 { context.pointee.async_fd }
     var gidAddress: IPAddress { IPAddress(bytes: gid)! }
-    var gidText: String { gid.map { String($0, radix: 16).leftPad(2) }.joined() }
+    var gidText: String { MapRendering.gidHex(hi: gidAddress.hi, lo: gidAddress.lo) }
     var capability: Capability {
         let a = gidAddress
         return .rdma(gidHi: a.hi, gidLo: a.lo, qpn: qpn, qkey: qkey)
@@ -767,12 +754,10 @@ final class Endpoint: @unchecked Sendable {
     /// Waits (bounded) for the join's answer; keeps the group's address handle, QPN and Q_Key.
     private func awaitJoin(_ group: IPAddress) throws {
         guard let channel else { return }
-        var waited = 0
-        while waited < RDMATransport.joinTimeoutMillis {
+        let deadline = NodeDriver.now() + .milliseconds(UInt64(RDMATransport.joinTimeoutMillis))
+        while NodeDriver.now() < deadline {
             var pfd = pollfd(fd: cmFD, events: Int16(POLLIN), revents: 0)
-            let t0 = DurationClock.millis()
-            let n = poll(&pfd, 1, Int32(RDMATransport.joinTimeoutMillis - waited))
-            waited += max(1, DurationClock.millis() - t0)
+            let n = poll(&pfd, 1, Int32(max(1, (deadline - NodeDriver.now()).nanos / 1_000_000)))
             guard n > 0 else { continue }
             var ev: UnsafeMutablePointer<rdma_cm_event>?
             guard rdma_get_cm_event(channel, &ev) == 0, let ev else { throw RDMAUnavailable.verb("rdma_get_cm_event") }
@@ -869,15 +854,3 @@ final class Endpoint: @unchecked Sendable {
     }
 }
 
-/// Milliseconds on CLOCK_MONOTONIC, for the bounded waits of the set-up (not protocol time).
-enum DurationClock {
-    static func millis() -> Int {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000
-    }
-}
-
-extension String {
-    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
-}

@@ -38,12 +38,12 @@ struct WatchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let fd = try EventsCommand.connect(control)
+        let fd = try ControlClient.connect(control)
         defer { close(fd) }
         var reader = LineReader(fd: fd)
         if let p = pid {
             let reply = try request(fd, &reader, pid: p, notify: false)
-            EventsCommand.emit(reply)
+            ControlClient.emit(reply)
             return
         }
         // Run the command, watched; keep it unreaped until the daemon has its exit status.
@@ -67,7 +67,7 @@ struct WatchCommand: AsyncParsableCommand {
     private func request(_ fd: Int32, _ reader: inout LineReader, pid: Int32, notify: Bool) throws -> String {
         let req = JSON.render(
             .object([("op", .string("watch")), ("pid", .int(Int64(pid))), ("tag", .int(Int64(tag))), ("notify", .bool(notify))]))
-        guard EventsCommand.writeAll(fd, Array((req + "\n").utf8)) else { throw ConfigError("cannot write to \(control): \(errnoText())") }
+        guard ControlClient.writeAll(fd, Array((req + "\n").utf8)) else { throw ConfigError("cannot write to \(control): \(errnoText())") }
         guard let reply = reader.line(timeoutMillis: 10_000) else { throw ConfigError("no answer from the daemon at \(control)") }
         guard reply.hasPrefix("{\"ok\":true") else {
             let msg = reply.split(separator: "\"error\":").last.map { String($0.dropFirst().dropLast(2)) } ?? reply

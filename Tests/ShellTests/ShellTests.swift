@@ -129,18 +129,13 @@ final class RecordingTransport: Transport, @unchecked Sendable {
 @Suite struct UnicastRouteTests {
     @Test func preferredTransportFirstThenFallback() throws {
         let loop = EmbeddedEventLoop()
-        let sink = LogSink(target: .stderr, format: .json, debug: false, startNanos: 0)
-        let node = ClusterNode(
-            config: ClusterConfig(cluster: "test", me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, detector: nil, seed: 1),
-            now: 0)
-        let publisher = MapPublisher(mapPath: FileManagerless.temporaryDirectory() + "/m.map", statusPath: nil, sink: sink)
         let udp = RecordingTransport("udp", rank: 1)
         let rdma = RecordingTransport("rdma", rank: 0)
         let withRDMA = IPAddress("10.0.0.2")!
         let ipOnly = IPAddress("10.0.0.3")!
         rdma.reaches = { $0 == withRDMA }
         // Listed IP first: the rank, not the order, decides.
-        let driver = NodeDriver(loop: loop, node: node, transports: [udp, rdma], publisher: publisher, sink: sink)
+        let driver = TestDriver.make(loop, transports: [udp, rdma])
         driver.unicast([1], to: withRDMA, port: 7778)
         driver.unicast([2], to: ipOnly, port: 7778)
         #expect(rdma.unicasts == [withRDMA])
@@ -150,6 +145,18 @@ final class RecordingTransport: Transport, @unchecked Sendable {
         driver.unicast([3], to: withRDMA, port: nil)
         #expect(udp.unicasts == [ipOnly, withRDMA])
         #expect(rdma.unicasts == [withRDMA])
+    }
+}
+
+/// A node driver for 10.0.0.1 (no detector) on `loop`, writing its map to a temporary directory.
+enum TestDriver {
+    static func make(_ loop: EventLoop, transports: [any Transport]) -> NodeDriver {
+        let sink = LogSink(target: .stderr, format: .json, debug: false, startNanos: 0)
+        let node = ClusterNode(
+            config: ClusterConfig(cluster: "test", me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, detector: nil, seed: 1),
+            now: 0)
+        let publisher = MapPublisher(mapPath: FileManagerless.temporaryDirectory() + "/m.map", statusPath: nil, sink: sink)
+        return NodeDriver(loop: loop, node: node, transports: transports, publisher: publisher, sink: sink)
     }
 }
 
@@ -165,12 +172,8 @@ enum FileManagerless {
 @Suite struct InterfaceWatcherTests {
     @Test func noPollAfterStop() throws {
         let loop = EmbeddedEventLoop()
-        let sink = LogSink(target: .stderr, format: .json, debug: false, startNanos: 0)
-        let node = ClusterNode(
-            config: ClusterConfig(cluster: "test", me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, detector: nil, seed: 1),
-            now: 0)
-        let publisher = MapPublisher(mapPath: FileManagerless.temporaryDirectory() + "/m.map", statusPath: nil, sink: sink)
-        let driver = NodeDriver(loop: loop, node: node, transports: [], publisher: publisher, sink: sink)
+        let driver = TestDriver.make(loop, transports: [])
+        let sink = driver.sink
         let w = InterfaceWatcher(
             loop: loop, names: ["lo"], family: .ipv4, primary: IPAddress("127.0.0.1")!, initial: [], source: .interface,
             sink: sink, driver: driver)

@@ -14,6 +14,10 @@
 #   record_status             result "status" with the status file as JSON
 #   record_map                result "map" with `showmap --json` of the map file
 #   elapsed_ms T0             milliseconds since T0 (from now_ms)
+#   kill_discd_hard           SIGKILL our discd, after marking $SHARED/killed (the others time from it)
+#   detect_kill ADDR          wait for the killed mark, then until discd declares ADDR dead (30 s);
+#                             result detect_ms, then record_status
+#   stop_discd                SIGTERM our discd and wait; result discd_exit (its exit status)
 # Every wait is bounded; the JSON fields are read with grep/sed (no interpreter start-up under TCG).
 
 DISCD_MAP=/tmp/discd.map
@@ -90,6 +94,26 @@ declared_dead() {
 dropped_at_least() {
     _n=$(sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p" "$DISCD_STATUS" 2>/dev/null | head -n 1)
     [ -n "$_n" ] && [ "$_n" -ge "$2" ]
+}
+
+kill_discd_hard() {
+    : > "$SHARED/killed"
+    kill -9 "$DISCD_PID"
+    result killed true
+}
+
+detect_kill() {
+    wait_for "$SHARED/killed" 30 || fail "no discd was killed"
+    _t1=$(now_ms)
+    wait_until 30 declared_dead "$1" || fail "$1 not declared dead within 30 s of the kill"
+    result detect_ms "$(elapsed_ms "$_t1")"
+    record_status
+}
+
+stop_discd() {
+    kill "$DISCD_PID"
+    wait "$DISCD_PID"
+    result discd_exit "$?"
 }
 
 members_are() { [ "$(status_num members)" = "$1" ]; }

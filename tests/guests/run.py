@@ -21,27 +21,21 @@ passes (unless --keep) and kept, and printed, when it fails.  The guests see $DI
 set, else `swift build --show-bin-path` (printed first).
 """
 import argparse
-import glob
-import importlib.util
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "lib"))
 
 import guestbed  # noqa: E402
+import testrun  # noqa: E402
 
 DEFAULT_TEST_TIMEOUT = 300
-ALLOW_SKIP_ENV = "DISCD_TESTS_ALLOW_SKIP"
 
-
-class TestTimeout(Exception):
-    pass
 
 
 class Context:
@@ -67,51 +61,21 @@ class Context:
         return r
 
 
-def collect():
-    tests = []
-    for path in sorted(glob.glob(os.path.join(HERE, "test_*.py"))):
-        modname = os.path.splitext(os.path.basename(path))[0]
-        spec = importlib.util.spec_from_file_location(modname, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        fns = [v for k, v in vars(mod).items() if k.startswith("test_") and callable(v)]
-        fns.sort(key=lambda f: f.__code__.co_firstlineno)
-        for f in fns:
-            tests.append(("%s.%s" % (modname, f.__name__), f))
-    return tests
-
-
-def _alarm(signum, frame):
-    raise TestTimeout("test exceeded its overall time limit")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-k", dest="k", action="append", default=[],
-                    help="run only tests whose name contains this substring (repeatable: any)")
-    ap.add_argument("--list", action="store_true", help="list the tests and exit")
-    ap.add_argument("--keep", action="store_true", help="keep every test's logs, even on success")
-    ap.add_argument("--timeout", type=float, default=DEFAULT_TEST_TIMEOUT,
-                    help="overall limit per test (s); a test function's `timeout` attribute raises it")
+    testrun.add_common_args(ap, DEFAULT_TEST_TIMEOUT, "keep every test's logs, even on success")
     a = ap.parse_args()
 
-    tests = collect()
-    if a.k:
-        tests = [(n, f) for n, f in tests if any(k in n for k in a.k)]
+    tests = testrun.select(testrun.collect(HERE), a)
     if a.list:
-        for n, f in tests:
-            doc = (f.__doc__ or "").strip().splitlines()
-            print("%-40s %s" % (n, doc[0] if doc else ""))
+        testrun.print_list(tests, 40)
         return 0
-    allow_skip = os.environ.get(ALLOW_SKIP_ENV) == "1"
     if not tests:
-        print("guests: no test selected")
-        print("guests: 0 passed, 0 failed, 0 skipped")
-        return 1
+        return testrun.no_tests("guests")
 
     guestbed.install_signal_handlers()
     guestbed.cleanup_stale()
-    passed = failed = skipped = 0
+    tally = testrun.Tally()
     kernel, skip_why, fail_why = None, None, None
     try:
         kernel = guestbed.prepare()
@@ -127,47 +91,28 @@ def main():
               flush=True)
     if skip_why or fail_why:
         for n, _ in tests:
-            print("%s %s (0.0s) - %s" % ("SKIP" if skip_why else "FAIL", n, skip_why or fail_why))
-        return finish(0, 0 if skip_why else len(tests), len(tests) if skip_why else 0, allow_skip)
+            status = "SKIP" if skip_why else "FAIL"
+            testrun.report(status, n, 0.0, skip_why or fail_why)
+            tally.add(status)
+        return testrun.finish("guests", tally)
 
     base = tempfile.mkdtemp(prefix="guestbed-tests-", dir="/var/tmp")
     owner = os.path.join(base, guestbed.OWNER_FILE)
     with open(owner, "w") as f:
         f.write("%d\n" % os.getpid())
     ctx = Context(kernel, base, a.keep)
-    signal.signal(signal.SIGALRM, _alarm)
+
+    def classify(e):
+        return ("SKIP", str(e)) if isinstance(e, guestbed.Unavailable) else None
+
     t_all = time.monotonic()
     kept_any = False
     try:
         for name, fn in tests:
-            t0 = time.monotonic()
             ctx.start(name)
-            signal.alarm(int(max(a.timeout, getattr(fn, "timeout", 0))))
-            status, detail = None, ""
-            try:
-                detail = fn(ctx) or ""
-                status = "PASS"
-            except guestbed.Unavailable as e:
-                status, detail = "SKIP", str(e)
-            except AssertionError as e:
-                status, detail = "FAIL", str(e) or "assertion failed"
-                detail += "\n" + "".join(traceback.format_tb(e.__traceback__)[-1:])
-            except Exception as e:  # noqa: any other error fails the test
-                status, detail = "FAIL", "%s: %s\n%s" % (type(e).__name__, e, traceback.format_exc())
-            finally:
-                signal.alarm(0)
-            el = time.monotonic() - t0
-            if status == "PASS":
-                passed += 1
-            elif status == "SKIP":
-                skipped += 1
-            else:
-                failed += 1
-            first, _, rest = str(detail).partition("\n")
-            print("%s %s (%.1fs) - %s" % (status, name, el, first), flush=True)
-            if status == "FAIL":
-                for line in rest.rstrip().splitlines():
-                    print("    " + line)
+            status, detail, el = testrun.run_one(fn, ctx, a.timeout, classify)
+            tally.add(status)
+            testrun.report(status, name, el, detail)
             if status == "FAIL" or a.keep:
                 if os.path.isdir(ctx.dir):
                     print("    logs kept in %s" % ctx.dir)
@@ -180,19 +125,7 @@ def main():
         else:
             shutil.rmtree(base, ignore_errors=True)
     print("# total %.1fs" % (time.monotonic() - t_all))
-    return finish(passed, failed, skipped, allow_skip)
-
-
-def finish(passed, failed, skipped, allow_skip):
-    """Print the summary line; the exit code: 1 on any failure, on any skip unless
-    DISCD_TESTS_ALLOW_SKIP=1."""
-    rc = 1 if failed else 0
-    if skipped and not allow_skip:
-        print("guests: %d test(s) skipped: a skip fails the run (set %s=1 to accept skips)"
-              % (skipped, ALLOW_SKIP_ENV))
-        rc = 1
-    print("guests: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
-    return rc
+    return testrun.finish("guests", tally)
 
 
 if __name__ == "__main__":

@@ -24,26 +24,20 @@ printed first.  A missing discd/showmap, or a discd whose `--help` fails or lack
 even when the environment is unusable and skips are allowed.
 """
 import argparse
-import glob
-import importlib.util
 import os
-import signal
 import sys
 import time
-import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "lib"))
 
 import netlab  # noqa: E402
 from netlab import Skip  # noqa: E402
+import testrun  # noqa: E402
 
 DEFAULT_TEST_TIMEOUT = 180
-ALLOW_SKIP_ENV = "DISCD_TESTS_ALLOW_SKIP"
 
-
-class TestTimeout(Exception):
-    pass
 
 
 class DiscdUnusable(Exception):
@@ -69,20 +63,6 @@ class Context:
             raise DiscdUnusable(p)
 
 
-def collect():
-    tests = []
-    for path in sorted(glob.glob(os.path.join(HERE, "test_*.py"))):
-        modname = os.path.splitext(os.path.basename(path))[0]
-        spec = importlib.util.spec_from_file_location(modname, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        fns = [v for k, v in vars(mod).items() if k.startswith("test_") and callable(v)]
-        fns.sort(key=lambda f: f.__code__.co_firstlineno)
-        for f in fns:
-            tests.append(("%s.%s" % (modname, f.__name__), f))
-    return tests
-
-
 def describe_binaries(bindir):
     """Lines saying which binaries are tested: path, mtime, size."""
     if not bindir:
@@ -102,28 +82,16 @@ def describe_binaries(bindir):
     return out
 
 
-def _alarm(signum, frame):
-    raise TestTimeout("test exceeded its overall time limit")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-k", dest="k", action="append", default=[],
-                    help="run only tests whose name contains this substring (repeatable: any)")
-    ap.add_argument("--list", action="store_true", help="list the tests and exit")
-    ap.add_argument("--keep", action="store_true", help="keep /tmp/ddXXXX work dirs (logs, maps) even on success")
+    testrun.add_common_args(ap, DEFAULT_TEST_TIMEOUT, "keep /tmp/ddXXXX work dirs (logs, maps) even on success")
     ap.add_argument("--cleanup", action="store_true", help="remove stale dd????-* namespaces and exit")
     ap.add_argument("--force", action="store_true", help="with --cleanup: also remove namespaces of live runs")
-    ap.add_argument("--timeout", type=float, default=DEFAULT_TEST_TIMEOUT, help="overall limit per test (s); a test function's `timeout` attribute raises it")
     a = ap.parse_args()
 
-    tests = collect()
-    if a.k:
-        tests = [(n, f) for n, f in tests if any(k in n for k in a.k)]
+    tests = testrun.select(testrun.collect(HERE), a)
     if a.list:
-        for n, f in tests:
-            doc = (f.__doc__ or "").strip().splitlines()
-            print("%-55s %s" % (n, doc[0] if doc else ""))
+        testrun.print_list(tests, 55)
         return 0
 
     if a.cleanup:
@@ -134,93 +102,57 @@ def main():
         print("netns cleanup: %d namespace(s) removed" % n)
         return 0
 
-    allow_skip = os.environ.get(ALLOW_SKIP_ENV) == "1"
     bindir = netlab.find_bindir()
     for line in describe_binaries(bindir):
         print(line, flush=True)
     bin_problem = netlab.discd_problem(bindir)
     if bin_problem:
         print("# discd UNUSABLE, every test that needs it FAILS: %s" % bin_problem, flush=True)
+    unusable = "the discd under test is unusable: %s" % bin_problem if bin_problem else None
     if not tests:
-        print("netns: no test selected")
-        print("netns: 0 passed, 0 failed, 0 skipped")
-        return 1
+        return testrun.no_tests("netns")
 
+    tally = testrun.Tally()
     problem = netlab.env_problem()
-    passed = failed = skipped = 0
     if problem:
         for n, _ in tests:
-            print("SKIP %s (0.0s) - %s" % (n, problem))
-            skipped += 1
-        return finish(passed, failed, skipped, allow_skip, bin_problem)
+            testrun.report("SKIP", n, 0.0, problem)
+            tally.add("SKIP")
+        return testrun.finish("netns", tally, unusable)
+
+    def classify(e):
+        if isinstance(e, DiscdUnusable):
+            return "FAIL", "discd under test unusable: %s" % e
+        if isinstance(e, Skip):
+            # a Lab refusing to start the broken binary is a failure, not a skip
+            if bin_problem and str(e) == bin_problem:
+                return "FAIL", "discd under test unusable: %s" % e
+            return "SKIP", str(e)
+        return None
 
     netlab.install_cleanup_handlers()
-    signal.signal(signal.SIGALRM, _alarm)
     ctx = Context(bindir, a.keep)
     t_all = time.monotonic()
     for name, fn in tests:
-        t0 = time.monotonic()
         ctx.labs = []
-        # a test may ask for more time with a `timeout` attribute (seconds)
-        signal.alarm(int(max(a.timeout, getattr(fn, "timeout", 0))))
-        status, detail = None, ""
+        status = "FAIL"
         try:
-            detail = fn(ctx) or ""
-            status = "PASS"
-        except DiscdUnusable as e:
-            status, detail = "FAIL", "discd under test unusable: %s" % e
-        except Skip as e:
-            if bin_problem and str(e) == bin_problem:  # a Lab refusing to start the broken binary
-                status, detail = "FAIL", "discd under test unusable: %s" % e
-            else:
-                status, detail = "SKIP", str(e)
-        except AssertionError as e:
-            status, detail = "FAIL", str(e) or "assertion failed"
-            detail += "\n" + "".join(traceback.format_tb(e.__traceback__)[-1:])
-        except Exception as e:  # noqa
-            status, detail = "FAIL", "%s: %s\n%s" % (type(e).__name__, e, traceback.format_exc())
+            status, detail, el = testrun.run_one(fn, ctx, a.timeout, classify)
         finally:
-            signal.alarm(0)
             for lab in ctx.labs:
                 if status == "FAIL":
-                    lab.failed = True
+                    lab.failed = True   # keeps its work directory
                 try:
                     lab.close()
                 except Exception as e:  # noqa
                     print("# cleanup of %s failed: %s" % (lab.id, e))
-        el = time.monotonic() - t0
-        if status == "PASS":
-            passed += 1
-        elif status == "SKIP":
-            skipped += 1
-        else:
-            failed += 1
-        first, _, rest = str(detail).partition("\n")
-        print("%s %s (%.1fs) - %s" % (status, name, el, first), flush=True)
+        tally.add(status)
+        testrun.report(status, name, el, detail)
         if status == "FAIL":
-            for line in rest.rstrip().splitlines():
-                print("    " + line)
             for lab in ctx.labs:
                 print("    logs kept in %s" % lab.workdir)
     print("# total %.1fs" % (time.monotonic() - t_all))
-    return finish(passed, failed, skipped, allow_skip, bin_problem)
-
-
-def finish(passed, failed, skipped, allow_skip, bin_problem):
-    """Print the summary line; the exit code: 1 on any failure, on any skip unless
-    DISCD_TESTS_ALLOW_SKIP=1, and on an unusable discd even if no test got to use it."""
-    rc = 0
-    if failed:
-        rc = 1
-    if skipped and not allow_skip:
-        print("netns: %d test(s) skipped: a skip fails the run (set %s=1 to accept skips)"
-              % (skipped, ALLOW_SKIP_ENV))
-        rc = 1
-    if bin_problem:
-        print("netns: the discd under test is unusable: %s" % bin_problem)
-        rc = 1
-    print("netns: %d passed, %d failed, %d skipped" % (passed, failed, skipped))
-    return rc
+    return testrun.finish("netns", tally, unusable)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,5 @@ declared_dead "$PEER" && fail "$PEER was declared dead"
 record_status
 record_map
 barrier done 60
-kill "$DISCD_PID"
-wait "$DISCD_PID"
-result discd_exit "$?"
+stop_discd
 exit 0

@@ -239,13 +239,13 @@ def test_watched_process_exit_reaches_other_nodes(ctx):
                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
             assert p.returncode != 0 and p.stderr.strip(), "non-root watch of pid 1: rc %d %r" % (p.returncode, p.stderr)
             assert len(_proc_exits(far)) == 3
-            # Cluster latency: the watching node publishes the exit, the far node publishes it after
-            # the multicast crossed (one host clock for both).
+            # Cluster latency (one host clock for both): the watching node multicasts the exit before it
+            # publishes its own event, so the far node may publish first; |far - near| stays within the bound.
             spread = [f["time_unix_ms"] - n["time_unix_ms"] for f, n in zip(_proc_exits(far), _proc_exits(near))]
-            assert all(0 <= d <= PROC_BOUND * 1000 for d in spread), "far - near publish times %s ms" % spread
+            assert all(abs(d) <= PROC_BOUND * 1000 for d in spread), "far - near publish times %s ms" % spread
             return "SIGKILL of a watched child -> PROC_EXIT (signal 9, tag 7) on another node; exit 3 -> exit_code 3; " \
-                   "--pid works; each exit reported once per node; far node published %s ms after the watching node " \
-                   "(bound %.0f ms); non-root watch of pid 1 refused (rc %d)" % (spread, PROC_BOUND * 1000, p.returncode)
+                   "--pid works; each exit reported once per node; far - watching node publish times %s ms " \
+                   "(bound ±%.0f ms); non-root watch of pid 1 refused (rc %d)" % (spread, PROC_BOUND * 1000, p.returncode)
         finally:
             far.stop()
             near.stop()

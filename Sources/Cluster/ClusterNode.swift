@@ -50,6 +50,69 @@ public struct ClusterCounters: Sendable, Equatable {
     public var unicastSent = 0
     public var heartbeatDatagramsSent = 0
     public var mapChanges = 0
+    /// Exit notices forwarded to binomial-graph neighbours (the repair of lost multicast copies).
+    public var exitForwardsSent = 0
+    /// Copies of an exit already reported (retransmissions, forwards, the other transport).
+    public var duplicateExitNotices = 0
+    /// Kernel-module exits reported by their first path and not again by the second.
+    public var pairedKernelExits = 0
+}
+
+/// Pairs the two paths of one kernel-module exit — fdmod's immediate (which names only the node and
+/// the tag) and the daemon's full notice — so that each exit is reported once, by whichever path
+/// arrives first. Per (node, tag) it counts arrivals of each kind; an arrival pairs with an earlier
+/// unpaired one of the other kind. Counts older than `window` since their last arrival are dropped,
+/// and at most `capacity` (node, tag) pairs are kept (the oldest go first).
+struct KernelExitPairing: Sendable {
+    enum Path { case immediate, notice }
+    struct Key: Hashable, Sendable {
+        let node: IPAddress
+        let tag: UInt16
+    }
+    struct Counts: Sendable {
+        var immediate = 0
+        var notice = 0
+        var last: Instant
+    }
+    static let window = TimeSpan.seconds(10)
+    static let capacity = 8192
+    private var counts: [Key: Counts] = [:]
+    private var order: [(key: Key, at: Instant)] = []
+    private var head = 0
+
+    /// Whether this arrival is the first report of its exit (false: it pairs with an earlier one).
+    mutating func arrived(_ path: Path, node: IPAddress, tag: UInt16, now: Instant) -> Bool {
+        expire(now: now)
+        let key = Key(node: node, tag: tag)
+        var c = counts[key] ?? Counts(last: now)
+        let first: Bool
+        switch path {
+        case .immediate:
+            first = c.immediate >= c.notice
+            c.immediate += 1
+        case .notice:
+            first = c.notice >= c.immediate
+            c.notice += 1
+        }
+        c.last = now
+        counts[key] = c
+        order.append((key, now))
+        return first
+    }
+
+    private mutating func expire(now: Instant) {
+        while head < order.count,
+            order[head].at + Self.window <= now || counts.count > Self.capacity || order.count - head > 4 * Self.capacity
+        {
+            let (k, at) = order[head]
+            head += 1
+            if let c = counts[k], c.last == at { counts[k] = nil }
+        }
+        if head > 1024, head * 2 > order.count {
+            order.removeFirst(head)
+            head = 0
+        }
+    }
 }
 
 /// One node's protocol: Discovery and Detector over one NodeMap, fed datagrams and clock ticks,
@@ -67,6 +130,12 @@ public struct ClusterNode: Sendable {
     private var exitsSeen = RecentSet<ProcessKey>(capacity: 8192)
     /// Our own exit notices still to be sent again (at `due`), `left` more times.
     private var exitResends: [(notice: ProcessExit, due: Instant, left: Int)] = []
+    /// Exit notices to forward to our binomial-graph neighbours (but `except`, who sent it) at `due`.
+    private var exitForwards: [(notice: ProcessExit, due: Instant, except: IPAddress?)] = []
+    /// Exits the kernel module watched reach us twice — fdmod's immediate (node ID, tag) and the
+    /// daemon's full notice (source `.kernel`) — and are reported once: the k-th of either kind for
+    /// (node, tag) pairs with the k-th of the other kind within `kernelPairWindow`.
+    private var kernelExits = KernelExitPairing()
 
     struct ProcessKey: Hashable, Sendable {
         let node: IPAddress
@@ -78,6 +147,10 @@ public struct ClusterNode: Sendable {
     /// all copies is p³ (8·10⁻⁶ at 2 %), without waiting for any repair round.
     public static let exitNoticeCopies = 3
     public var exitNoticeSpacing: TimeSpan { config.detector?.period ?? .milliseconds(150) }
+    /// How long after an exit notice first reaches a node (or leaves its origin) that node forwards
+    /// it to its binomial-graph neighbours: the repair round for receivers that lost every multicast
+    /// copy. Deferred so that the forwards never compete with the first delivery.
+    public static let exitForwardDelay = TimeSpan.milliseconds(20)
 
     public init(config: ClusterConfig, now: Instant) {
         self.config = config
@@ -104,7 +177,9 @@ public struct ClusterNode: Sendable {
 
     /// The earliest time `tick` must be called.
     public var nextDeadline: Instant {
-        min(discovery.nextDeadline, detector?.nextDeadline ?? .distantFuture, exitResends.first?.due ?? .distantFuture)
+        min(
+            discovery.nextDeadline, detector?.nextDeadline ?? .distantFuture, exitResends.first?.due ?? .distantFuture,
+            exitForwards.first?.due ?? .distantFuture)
     }
 
     // MARK: Inputs
@@ -118,6 +193,7 @@ public struct ClusterNode: Sendable {
     public mutating func tick(now: Instant) -> [Effect] {
         guard discovery.started else { return [] }
         resendExits(now: now)
+        forwardExits(now: now)
         apply(discovery.tick(now: now, map: &map), now: now)
         if detector != nil {
             let o = detector!.tick(now: now, map: &map)
@@ -154,24 +230,68 @@ public struct ClusterNode: Sendable {
             drop(.unknownNotice, from: nil)
             return flush()
         }
-        emit(.processNotice(node: n.address, id: id, tag: notice.tag))
+        if kernelExits.arrived(.immediate, node: n.address, tag: notice.tag, now: now) {
+            emit(.processNotice(node: n.address, id: id, tag: notice.tag))
+        } else {
+            counters.pairedKernelExits += 1
+        }
         return flush()
     }
 
     /// A watched process on this node exited: every node is told at once (multicast, then again
     /// `exitNoticeCopies - 1` times `exitNoticeSpacing` apart) and the event is reported here too.
-    public mutating func processExited(pid: UInt32, startTime: UInt64, status: Int32, tag: UInt16, name: String, now: Instant) -> [Effect] {
+    /// `source` says who watched it: the daemon, or the kernel module (whose immediate notice of the
+    /// same exit may arrive too; see `kernelExits`).
+    public mutating func processExited(
+        pid: UInt32, startTime: UInt64, status: Int32, tag: UInt16, source: ProcessExit.Source = .daemon, name: String,
+        now: Instant
+    ) -> [Effect] {
         guard discovery.started else { return [] }
-        let p = ProcessExit(node: config.me.address, pid: pid, startTime: startTime, status: status, tag: tag, name: name)
+        let p = ProcessExit(
+            node: config.me.address, pid: pid, startTime: startTime, status: status, tag: tag, source: source, name: name)
         // The datagram first: the shell carries effects out in order, and the other nodes wait.
         sendExit(p)
         if exitsSeen.insert(ProcessKey(node: p.node, pid: pid, startTime: startTime)) {
-            emit(.processExited(p))
+            report(p, now: now)
         }
         if Self.exitNoticeCopies > 1 {
             exitResends.append((p, now + exitNoticeSpacing, Self.exitNoticeCopies - 1))
         }
+        scheduleForward(p, except: nil, now: now)
         return flush()
+    }
+
+    /// The first copy of an exit here: reported, unless the kernel module's immediate for it came first.
+    private mutating func report(_ p: ProcessExit, now: Instant) {
+        if p.source == .kernel, !kernelExits.arrived(.notice, node: p.node, tag: p.tag, now: now) {
+            counters.pairedKernelExits += 1
+            return
+        }
+        emit(.processExited(p))
+    }
+
+    private mutating func scheduleForward(_ p: ProcessExit, except: IPAddress?, now: Instant) {
+        guard detector != nil, exitForwards.count < Self.maxPendingForwards else { return }
+        exitForwards.append((p, now + Self.exitForwardDelay, except))
+    }
+
+    /// Bound on exit notices waiting for their forward (a burst of exits beyond it is still multicast).
+    static let maxPendingForwards = 4096
+
+    private mutating func forwardExits(now: Instant) {
+        guard let first = exitForwards.first, first.due <= now, let d = detector else { return }
+        let n = exitForwards.prefix { $0.due <= now }.count
+        let due = exitForwards.prefix(n)
+        exitForwards.removeFirst(n)
+        let neighbours = d.bmgNeighbours(in: map)
+        for f in due {
+            guard let bytes = encode(.processExit(f.notice)) else { continue }
+            for to in neighbours where to != f.except && to != f.notice.node {
+                guard let port = map[to]?.heartbeatPort, port != 0 else { continue }
+                out.append(.heartbeat(bytes, to: to, port: port))
+                counters.exitForwardsSent += 1
+            }
+        }
     }
 
     private mutating func sendExit(_ p: ProcessExit) {
@@ -261,7 +381,10 @@ public struct ClusterNode: Sendable {
             }
         case .processExit(let p):
             if exitsSeen.insert(ProcessKey(node: p.node, pid: p.pid, startTime: p.startTime)) {
-                emit(.processExited(p))
+                report(p, now: now)
+                scheduleForward(p, except: h.origin, now: now)
+            } else {
+                counters.duplicateExitNotices += 1
             }
         }
         return flush()

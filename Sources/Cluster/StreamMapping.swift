@@ -70,7 +70,8 @@ public enum StreamMapping {
                 payload: [
                     ("pid", .uint(UInt64(p.pid))), ("tag", .int(Int64(p.tag))), ("name", .string(p.name)),
                     ("status", .int(Int64(p.status))), ("exit_code", p.exitCode.map { .int(Int64($0)) } ?? .null),
-                    ("signal", p.signal.map { .int(Int64($0)) } ?? .null), ("source", .string("daemon")),
+                    ("signal", p.signal.map { .int(Int64($0)) } ?? .null),
+                    ("source", .string(p.source == .kernel ? "kernel" : "daemon")),
                 ])
         case .refuted(let acc, _, _, let from, let to):
             return StreamItem(

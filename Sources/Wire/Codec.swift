@@ -91,6 +91,7 @@ extension Message {
             w.u64(p.startTime)
             w.u32(UInt32(bitPattern: p.status))
             w.u16(p.tag)
+            w.u8(p.source.rawValue)
             // At most 64 bytes, cut at a character boundary so that the decoder's UTF-8 check passes.
             var n = Array(p.name.utf8.prefix(64))
             while String(validating: n, as: UTF8.self) == nil { n.removeLast() }
@@ -215,12 +216,14 @@ extension Message {
             let st = try r.u64()
             let status = Int32(bitPattern: try r.u32())
             let tag = try r.u16()
+            let sv = try r.u8()
+            guard let source = ProcessExit.Source(rawValue: sv) else { throw DecodeError.malformedBody("process exit source \(sv)") }
             let nl = Int(try r.u8())
             guard nl <= 64 else { throw DecodeError.malformedBody("process name of \(nl) bytes") }
             guard let name = String(validating: try r.raw(nl), as: UTF8.self) else {
                 throw DecodeError.malformedBody("process name is not UTF-8")
             }
-            return .processExit(ProcessExit(node: node, pid: pid, startTime: st, status: status, tag: tag, name: name))
+            return .processExit(ProcessExit(node: node, pid: pid, startTime: st, status: status, tag: tag, source: source, name: name))
         }
     }
 

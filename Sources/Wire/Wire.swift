@@ -173,14 +173,23 @@ public struct ProcessExit: Hashable, Sendable {
     public var status: Int32
     /// The watch tag the process was opted in with (0 = none).
     public var tag: UInt16
+    /// Who watched it: the daemon (a pidfd) or the kernel module `heartbeat` (whose `fdmod` may also
+    /// have sent the immediate-only RDMA notice for the same exit: receivers report one of the two).
+    public var source: Source
     public var name: String
 
-    public init(node: IPAddress, pid: UInt32, startTime: UInt64, status: Int32, tag: UInt16 = 0, name: String) {
+    public enum Source: UInt8, Hashable, Sendable {
+        case daemon = 0
+        case kernel = 1
+    }
+
+    public init(node: IPAddress, pid: UInt32, startTime: UInt64, status: Int32, tag: UInt16 = 0, source: Source = .daemon, name: String) {
         self.node = node
         self.pid = pid
         self.startTime = startTime
         self.status = status
         self.tag = tag
+        self.source = source
         self.name = name
     }
 

@@ -16,6 +16,11 @@ struct TestNet {
     var deliveriesPerLAN: [Int: Int] = [:]
     var down: Set<Int> = []
     var queue: [(from: Int, effect: Effect)] = []
+    /// Nodes that lose every multicast (unicasts still reach them).
+    var deafToMulticast: Set<Int> = []
+    /// Events the nodes produced, in order, when `recordEvents` is set.
+    var recordEvents = false
+    var events: [(node: Int, event: ClusterEvent)] = []
 
     static func address(_ s: String) -> IPAddress { IPAddress(s)! }
 
@@ -57,7 +62,7 @@ struct TestNet {
             switch e {
             case .multicast(let bytes, let except):
                 for (i, lan) in lans[from].enumerated() where i != except {
-                    for m in nodes.indices where m != from && !down.contains(m) {
+                    for m in nodes.indices where m != from && !down.contains(m) && !deafToMulticast.contains(m) {
                         for (k, l) in lans[m].enumerated() where l == lan {
                             deliver(bytes, to: m, interface: k, lan: lan)
                             count += 1
@@ -69,8 +74,8 @@ struct TestNet {
                     deliver(bytes, to: m, interface: 0, lan: -1)
                     count += 1
                 }
-            case .event:
-                break
+            case .event(let e):
+                if recordEvents { events.append((from, e)) }
             }
         }
     }

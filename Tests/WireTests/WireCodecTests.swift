@@ -49,7 +49,7 @@ let everyBody: [Body] = MessageType.allCases.map { t in
     case .dead: return .dead(target: ip("10.0.0.2"), targetIncarnation: 9, targetID: 2)
     case .processExit:
         return .processExit(
-            ProcessExit(node: ip("10.0.0.2"), pid: 4242, startTime: 123_456, status: -9, name: "mpirun ✓"))
+            ProcessExit(node: ip("10.0.0.2"), pid: 4242, startTime: 123_456, status: -9, tag: 7, source: .kernel, name: "mpirun ✓"))
     case .watch: return .watch
     }
 }
@@ -137,7 +137,9 @@ struct WireRoundTripTests {
                 body = .processExit(
                     ProcessExit(
                         node: addr(), pid: UInt32.random(in: 0...UInt32.max, using: &rng), startTime: rng.next(),
-                        status: Int32.random(in: Int32.min...Int32.max, using: &rng), name: name))
+                        status: Int32.random(in: Int32.min...Int32.max, using: &rng),
+                        tag: UInt16.random(in: 0...UInt16.max, using: &rng), source: Bool.random(using: &rng) ? .kernel : .daemon,
+                        name: name))
             default:
                 body = everyBody.randomElement(using: &rng)!
             }
@@ -170,6 +172,21 @@ struct WireRoundTripTests {
             return
         }
         #expect(p2.name == String(repeating: "z", count: 64))
+    }
+
+    @Test func processExitSourceTravelsAndAnUnknownOneIsRefused() throws {
+        let p = ProcessExit(node: ip("10.0.0.1"), pid: 9, startTime: 2, status: 9, tag: 300, source: .kernel, name: "x")
+        var bytes = try message(.processExit(p)).encode()
+        guard case .processExit(let q) = try Message.decode(bytes).body else {
+            Issue.record("not a process exit")
+            return
+        }
+        #expect(q == p && q.source == .kernel && q.tag == 300)
+        // The source byte sits right after the tag, before the name's length and the name ("x").
+        let at = bytes.count - 3
+        #expect(bytes[at] == ProcessExit.Source.kernel.rawValue)
+        bytes[at] = 7
+        #expect(throws: DecodeError.self) { try Message.decode(bytes) }
     }
 }
 

@@ -7,16 +7,20 @@
 #include <signal.h>
 #include <sys/wait.h>
 #include <errno.h>
+#include <sys/ioctl.h>
+
+/* /dev/heartbeat's records and ioctls: the one definition, shared with the kernel module. */
+#include "../../kernel/include/uapi/discd_heartbeat.h"
+_Static_assert(sizeof(struct heartbeat_exit) == HEARTBEAT_EXIT_RECORD_SIZE, "heartbeat_exit record size");
+
+/* ioctl(2) is variadic: opt a process in through /dev/heartbeat (0, or -1 with errno). */
+static inline int discd_heartbeat_optin(int fd, unsigned pid, unsigned tag) {
+    struct heartbeat_optin o = { .pid = pid, .tag = tag };
+    return ioctl(fd, HEARTBEAT_IOC_OPTIN, &o);
+}
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
-
-/* struct ucred (SO_PEERCRED), which glibc declares only under _GNU_SOURCE: same layout. */
-struct discd_ucred {
-    pid_t pid;
-    uid_t uid;
-    gid_t gid;
-};
 #endif
 
 /* A pidfd for `pid` (readable once the process has exited), or -1 with errno. */

@@ -147,6 +147,9 @@ enum ControlRequest: Equatable {
     /// Watch process `pid` with `tag`; `notify`: write `{"exited":PID,"status":S}` to this
     /// connection once its exit is known (the `discd watch -- CMD` client waits for it).
     case watch(pid: Int32, tag: UInt16, notify: Bool)
+    /// The kernel-module link's state; `attach` false lets go of /dev/heartbeat (so the modules can
+    /// be unloaded under a running daemon), true takes it again. Changing it needs root.
+    case kernel(attach: Bool?)
 
     struct Invalid: Error, Equatable { let reason: String }
 
@@ -200,6 +203,13 @@ enum ControlRequest: Equatable {
                 notify = b
             }
             return .watch(pid: Int32(pid), tag: tag, notify: notify)
+        case "kernel":
+            var attach: Bool?
+            if let v = obj["attach"] {
+                guard case .bool(let b) = v else { throw Invalid(reason: "attach must be true or false") }
+                attach = b
+            }
+            return .kernel(attach: attach)
         default:
             throw Invalid(reason: "unknown op \(op)")
         }
@@ -319,15 +329,17 @@ final class ControlServer: Service, @unchecked Sendable {
     let loop: EventLoop
     let hub: EventHub
     let watcher: ProcessWatcher
+    let kernel: KernelLink?
     let sink: LogSink
     private(set) var badRequests = 0
     private var channel: Channel?
 
-    init(path: String, loop: EventLoop, hub: EventHub, watcher: ProcessWatcher, sink: LogSink) {
+    init(path: String, loop: EventLoop, hub: EventHub, watcher: ProcessWatcher, kernel: KernelLink? = nil, sink: LogSink) {
         self.path = path
         self.loop = loop
         self.hub = hub
         self.watcher = watcher
+        self.kernel = kernel
         self.sink = sink
     }
 
@@ -394,6 +406,8 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
                 server.hub.subscribe(s, since: since)
             case .watch(let pid, let tag, let notify):
                 watch(context, pid: pid, tag: tag, notify: notify)
+            case .kernel(let attach):
+                kernel(context, attach: attach)
             }
         } catch {
             refuse(context, error.reason)
@@ -426,6 +440,26 @@ final class ControlHandler: ChannelInboundHandler, @unchecked Sendable {
             reply(context, [("ok", .bool(false)), ("error", .string(r.description))], close: true)
         }
         buffered.removeAll()
+    }
+
+    private func kernel(_ context: ChannelHandlerContext, attach: Bool?) {
+        buffered.removeAll()
+        guard let link = server.kernel else {
+            reply(context, [("ok", .bool(false)), ("error", .string("no kernel link"))], close: true)
+            return
+        }
+        func answer(_ context: ChannelHandlerContext) {
+            var f = EventFields()
+            link.fields(into: &f)
+            reply(context, [("ok", .bool(true)), ("op", .string("kernel"))] + f.items.map { ($0.0, .scalar($0.1)) }, close: true)
+        }
+        guard let attach else { return answer(context) }
+        guard Self.peerUID(context.channel) == 0 else {
+            refuse(context, "only root may attach or detach the kernel modules")
+            return
+        }
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        link.setAttached(attach).hop(to: context.eventLoop).whenComplete { _ in answer(loopBound.value) }
     }
 
     private func reply(_ context: ChannelHandlerContext, _ fields: [(String, JSON.Value)], close: Bool) {

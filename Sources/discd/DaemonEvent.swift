@@ -30,6 +30,10 @@ enum DaemonEvent: Event {
     /// An event hook failed: could not start, exited non-zero, was killed, hit its time limit, or
     /// was dropped (queue full).
     case hookFailed(program: String, event: String, seq: UInt64, reason: String)
+    /// The kernel module link opened `/dev/heartbeat` (kernel/README.md).
+    case kernelAttached(device: String)
+    /// The kernel module link let go of `/dev/heartbeat` (on request, or the module went away).
+    case kernelDetached(reason: String)
 
     var name: String {
         switch self {
@@ -50,6 +54,8 @@ enum DaemonEvent: Event {
         case .watching: "process.watching"
         case .hookRan: "hook.ran"
         case .hookFailed: "hook.failed"
+        case .kernelAttached: "kernel.attached"
+        case .kernelDetached: "kernel.detached"
         }
     }
 
@@ -66,6 +72,7 @@ enum DaemonEvent: Event {
         case .watching: .info
         case .hookRan: .debug
         case .hookFailed: .warning
+        case .kernelAttached, .kernelDetached: .notice
         }
     }
 
@@ -132,6 +139,8 @@ enum DaemonEvent: Event {
             f.add("event", e)
             f.add("seq", seq)
             f.add("reason", r)
+        case .kernelAttached(let d): f.add("device", d)
+        case .kernelDetached(let r): f.add("reason", r)
         }
     }
 
@@ -160,6 +169,36 @@ enum DaemonEvent: Event {
         case .watching(let pid, let tag, let name): "watching process \(pid) (\(name)) tag \(tag)"
         case .hookRan(let p, let e, let seq): "hook \(p) ran for \(e) #\(seq)"
         case .hookFailed(let p, let e, let seq, let r): "hook \(p) for \(e) #\(seq) failed: \(r)"
+        case .kernelAttached(let d): "kernel modules: reading process exits from \(d)"
+        case .kernelDetached(let r): "kernel modules: \(r)"
+        }
+    }
+
+    /// The `discd.config` stream event for a change of this node's configuration (docs/EVENTS.md), or nil.
+    var streamItem: StreamItem? {
+        func item(_ name: String, _ sev: Severity, _ payload: [(String, FieldValue)]) -> StreamItem {
+            StreamItem(space: .config, name: name, severity: sev, node: nil, nodeID: nil, payload: payload)
+        }
+        switch self {
+        case .rdmaUp(let d, let p, let g, let qpn, _, let mtu):
+            return item("RDMA_UP", .info, [("device", .string(d)), ("port", .int(Int64(p))), ("gid", .string(g)),
+                                            ("qpn", .uint(UInt64(qpn))), ("mtu", .int(Int64(mtu)))])
+        case .rdmaDown(let r, let wasUp):
+            return item("RDMA_DOWN", wasUp ? .warning : .info, [("reason", .string(r)), ("was_up", .bool(wasUp))])
+        case .aliasesChanged(let a):
+            return item("ADDRESSES_CHANGED", .info, [("aliases", .strings(a.map(\.description)))])
+        case .primaryAddressGone(let a, let ifs):
+            return item("PRIMARY_ADDRESS_GONE", .error, [("address", .string(a.description)), ("interfaces", .strings(ifs))])
+        case .debugToggled(let on):
+            return item("DEBUG_TOGGLED", .info, [("debug", .bool(on))])
+        case .mapWriteFailed(let p, let e):
+            return item("MAP_WRITE_FAILED", .error, [("path", .string(p)), ("error", .string(e))])
+        case .kernelAttached(let d):
+            return item("KERNEL_ATTACHED", .info, [("device", .string(d))])
+        case .kernelDetached(let r):
+            return item("KERNEL_DETACHED", .warning, [("reason", .string(r))])
+        default:
+            return nil
         }
     }
 }

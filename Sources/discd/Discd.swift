@@ -25,6 +25,7 @@ struct DiscdCommand: AsyncParsableCommand {
             Capacity planning with the same protocol options: discd simulate --help.
             The event stream (membership, process and configuration events): discd events --help.
             Process exits known on every node at once: discd watch --help.
+            The kernel modules (kernel/README.md): discd kernel --help.
             """)
 
     @Flag(name: [.short, .customLong("nodaemon")], help: "Stay in the foreground and log to stderr.")
@@ -88,6 +89,11 @@ struct DiscdCommand: AsyncParsableCommand {
 
     @Flag(name: .customLong("no-rdma"), help: "Do not use RDMA (InfiniBand/RoCE) even where a device exists: IP only.")
     var noRDMA = false
+
+    @Flag(
+        name: .customLong("no-kernel"),
+        help: "Do not use discd's kernel modules even where they are loaded (no /dev/heartbeat exits, no map for fdmod).")
+    var noKernel = false
 
     @Option(name: .customLong("rdma-device"), help: "RDMA device to use (default: the one serving the first cluster interface's address).")
     var rdmaDevice: String?
@@ -259,7 +265,12 @@ struct DiscdCommand: AsyncParsableCommand {
         }
         let watcher = ProcessWatcher(loop: loop)
         watcher.exited = { w, status in driver.processExited(w, status: status) }
-        let controlServer = ControlServer(path: control, loop: loop, hub: hub, watcher: watcher, sink: sink)
+        driver.watcher = watcher
+        let kernel = KernelLink(loop: loop, sink: sink, enabled: !noKernel)
+        kernel.exited = { e, name in driver.kernelExited(e, name: name) }
+        driver.kernel = kernel
+        sink.observeConfig { item in loop.execute { hub.publish(item) } }
+        let controlServer = ControlServer(path: control, loop: loop, hub: hub, watcher: watcher, kernel: kernel, sink: sink)
         try await controlServer.bind()
         let interfaceWatcher = InterfaceWatcher(
             loop: loop, names: s.names, family: s.family, primary: s.config.me.address,
@@ -276,7 +287,7 @@ struct DiscdCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(
                 services: [
-                    .init(service: publisher), .init(service: node), .init(service: controlServer),
+                    .init(service: publisher), .init(service: node), .init(service: controlServer), .init(service: kernel),
                     .init(service: interfaceWatcher),
                     .init(service: debugToggle),
                 ],
@@ -363,6 +374,8 @@ enum Main {
             await runOneLineErrors(EventsCommand.self, Array(args.dropFirst()))
         } else if args.first == "watch" {
             await runOneLineErrors(WatchCommand.self, Array(args.dropFirst()))
+        } else if args.first == "kernel" {
+            await runOneLineErrors(KernelCommand.self, Array(args.dropFirst()))
         } else {
             await runOneLineErrors(DiscdCommand.self, args)
         }

@@ -14,6 +14,8 @@ final class LogSink: Sendable {
     let format: Format
     let startNanos: UInt64
     private let debugOn: Atomic<Bool>
+    /// Told of every daemon event that is also a `discd.config` stream event (the event hub).
+    private let configObserver = Mutex<(@Sendable (StreamItem) -> Void)?>(nil)
 
     init(target: Target, format: Format, debug: Bool, startNanos: UInt64) {
         self.target = target
@@ -41,8 +43,13 @@ final class LogSink: Sendable {
         return (UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)) &- startNanos
     }
 
-    /// Writes one event (if its level is enabled).
+    func observeConfig(_ f: @escaping @Sendable (StreamItem) -> Void) {
+        configObserver.withLock { $0 = f }
+    }
+
+    /// Writes one event (if its level is enabled); configuration changes also go to the stream.
     func write(_ e: some Event) {
+        if let d = e as? DaemonEvent, let item = d.streamItem, let o = configObserver.withLock({ $0 }) { o(item) }
         guard enabled(e.level) else { return }
         let t = sinceStart()
         switch target {

@@ -26,6 +26,10 @@ final class NodeDriver: @unchecked Sendable {
     private let multiLink: Bool
     /// The event stream (control socket subscribers); nil when not served.
     var hub: EventHub?
+    /// The kernel modules' link (exits from /dev/heartbeat, the map into fdmod).
+    var kernel: KernelLink?
+    /// Processes watched through pidfds (for the status file).
+    var watcher: ProcessWatcher?
 
     init(loop: EventLoop, node: ClusterNode, transports: [any Transport], publisher: MapPublisher, sink: LogSink) {
         self.loop = loop
@@ -92,6 +96,15 @@ final class NodeDriver: @unchecked Sendable {
         afterInput()
     }
 
+    /// A process opted in through the kernel module exited (on the loop): told like a watched one.
+    func kernelExited(_ e: KernelLink.Exit, name: String) {
+        guard !stopped else { return }
+        perform(
+            node.processExited(
+                pid: e.pid, startTime: e.startTicks, status: e.status, tag: e.tag, source: .kernel, name: name, now: Self.now()))
+        afterInput()
+    }
+
     func setDebug(_ on: Bool) {
         loop.execute { self.node.eventLevel = on ? .debug : .info }
     }
@@ -153,6 +166,7 @@ final class NodeDriver: @unchecked Sendable {
         if node.map.generation != publishedGeneration {
             publishedGeneration = node.map.generation
             publisher.map(node.map, selfAddress: node.address, at: now)
+            kernel?.mapChanged(node.map, me: node.address)
         }
     }
 
@@ -227,10 +241,18 @@ final class NodeDriver: @unchecked Sendable {
         } else {
             RDMAStatus(state: .off, reason: "--no-rdma").fields(into: &rdma)
         }
+        var procs = EventFields()
+        procs.add("watched", watcher?.count ?? 0)
+        procs.add("exit_forwards_tx", c.exitForwardsSent)
+        procs.add("duplicate_exit_notices", c.duplicateExitNotices)
+        procs.add("paired_kernel_exits", c.pairedKernelExits)
+        var kern = EventFields()
+        if let k = kernel { k.fields(into: &kern) } else { KernelLink.offFields(into: &kern) }
+        func object(_ f: EventFields) -> JSON.Value { .object(f.items.map { ($0.0, .scalar($0.1)) }) }
         return JSON.render(
             .object(
                 f.items.map { ($0.0, .scalar($0.1)) } + [
-                    ("drops", .object(drops)), ("rdma", .object(rdma.items.map { ($0.0, .scalar($0.1)) })),
+                    ("drops", .object(drops)), ("rdma", object(rdma)), ("processes", object(procs)), ("kernel", object(kern)),
                 ])) + "\n"
     }
 }

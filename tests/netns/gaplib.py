@@ -42,6 +42,8 @@ STATUS_SCHEMA = {
     "map_refused_full": int,
     "drops": dict,          # {reason: int}, every reason of DROP_REASONS
     "rdma": "rdma",         # the RDMA transport's object, RDMA_SCHEMA (docs/RDMA.md, "Status")
+    "processes": "processes",  # watched processes and exit notices, PROCESSES_SCHEMA (docs/EVENTS.md)
+    "kernel": "kernel",     # the kernel-module link, KERNEL_SCHEMA (kernel/README.md)
 }
 DROP_REASONS = (
     "too_short", "too_long", "bad_magic", "bad_version", "unknown_type", "unknown_flags", "bad_cluster",
@@ -55,6 +57,14 @@ RDMA_SCHEMA = {
     "loopback": int, "oversize": int, "send_errors": int, "receive_errors": int, "ups": int, "downs": int,
 }
 RDMA_STATES = ("up", "down", "off")
+# The status file's "processes" object (NodeDriver.statusJSON) and "kernel" object (KernelLink.fields).
+PROCESSES_SCHEMA = {"watched": int, "exit_forwards_tx": int, "duplicate_exit_notices": int, "paired_kernel_exits": int}
+KERNEL_SCHEMA = {
+    "state": str, "reason": str, "exits": int, "lost": int, "read_errors": int, "map_writes": int,
+    "map_write_errors": int, "attaches": int,
+}
+KERNEL_STATES = ("off", "absent", "attached", "detached", "refused")
+NESTED = {"rdma": (RDMA_SCHEMA, RDMA_STATES), "processes": (PROCESSES_SCHEMA, None), "kernel": (KERNEL_SCHEMA, KERNEL_STATES)}
 
 
 def is_int(v):
@@ -82,19 +92,20 @@ def schema_problems(st):
                 out.append("%s=%r is %s, not an integer" % (k, v, type(v).__name__))
             elif v < 0:
                 out.append("%s=%d is negative" % (k, v))
-        elif t == "rdma":
+        elif t in NESTED:
+            schema, states = NESTED[t]
             if not isinstance(v, dict):
-                out.append("rdma=%r is not an object" % (v,))
+                out.append("%s=%r is not an object" % (k, v))
                 continue
-            rm, rx = sorted(set(RDMA_SCHEMA) - set(v)), sorted(set(v) - set(RDMA_SCHEMA))
+            rm, rx = sorted(set(schema) - set(v)), sorted(set(v) - set(schema))
             if rm or rx:
-                out.append("rdma: keys missing %s, not in the schema %s" % (rm, rx))
-            for rk, rt in RDMA_SCHEMA.items():
+                out.append("%s: keys missing %s, not in the schema %s" % (k, rm, rx))
+            for rk, rt in schema.items():
                 rv = v.get(rk)
                 if rk in v and (not isinstance(rv, str) if rt is str else (not is_int(rv) or rv < 0)):
-                    out.append("rdma.%s=%r is not a %s" % (rk, rv, "string" if rt is str else "non-negative integer"))
-            if v.get("state") not in RDMA_STATES:
-                out.append("rdma.state=%r is not one of %s" % (v.get("state"), RDMA_STATES))
+                    out.append("%s.%s=%r is not a %s" % (k, rk, rv, "string" if rt is str else "non-negative integer"))
+            if states and v.get("state") not in states:
+                out.append("%s.state=%r is not one of %s" % (k, v.get("state"), states))
         elif t is dict:
             if not isinstance(v, dict):
                 out.append("%s=%r is %s, not an object" % (k, v, type(v).__name__))

@@ -231,7 +231,7 @@ def test_status_schema(ctx):
     with ctx.lab() as lab:
         _, nodes = one_lan(lab, 2)
         # n2 runs IP only by choice (--no-rdma); n1 looks for a device and finds none here.
-        ds = [lab.start_daemon(nodes[0]), lab.start_daemon(nodes[1], args=["--no-rdma"])]
+        ds = [lab.start_daemon(nodes[0]), lab.start_daemon(nodes[1], args=["--no-rdma", "--no-kernel"])]
         conv = converge(ds, [nd.ip4 for nd in nodes])
         _junk(nodes[1], nodes[0].ip4, 2, "schema-junk")   # makes drops non-empty on n1
         ok, _ = wait_until(lambda: sum((ds[0].status_json() or {}).get("drops", {}).values()) >= 2, 4.0, 0.1)
@@ -253,6 +253,10 @@ def test_status_schema(ctx):
         r1, r2 = ds[0].status_json()["rdma"], ds[1].status_json()["rdma"]
         assert r1["state"] == "down" and r1["reason"] and r1["ups"] == 0, "n1 rdma %s" % r1
         assert r2["state"] == "off", "n2 (--no-rdma) rdma %s" % r2
+        # The kernel-module link: looked for and absent (no module on this host), or off by --no-kernel.
+        k1, k2 = ds[0].status_json()["kernel"], ds[1].status_json()["kernel"]
+        assert k1["state"] == "absent" and k1["attaches"] == 0, "n1 kernel %s" % k1
+        assert k2["state"] == "off", "n2 (--no-kernel) kernel %s" % k2
         # rewritten every second: the file changes within 2.5 s
         m0 = os.stat(ds[0].status).st_mtime_ns
         ok, t_new = wait_until(lambda: os.stat(ds[0].status).st_mtime_ns != m0, 2.5, 0.05)

@@ -139,6 +139,7 @@ public enum ClusterEvent: Event, Hashable {
             f.add("status", Int(p.status))
             f.add("exit_code", p.exitCode.map { FieldValue.int(Int64($0)) } ?? .null)
             f.add("signal", p.signal.map { FieldValue.int(Int64($0)) } ?? .null)
+            f.add("source", p.source == .kernel ? "kernel" : "daemon")
         case .processNotice(let node, let id, let tag):
             f.add("node", node)
             f.add("id", id.rawValue)

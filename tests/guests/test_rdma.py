@@ -147,8 +147,11 @@ def test_rdma_device_removed_and_back(ctx):
     cap = rdma_capability(node(g1.value("map"), g0.addr))
     assert cap and cap["qpn"] == end["rdma"]["qpn"], (cap, end["rdma"])
     assert end["rdma"]["qpn"] != before["qpn"] or end["rdma"]["gid"] == before["gid"]
-    return "rdma link delete %s ms, fallback %s ms, back %s ms after rdma link add, cycle %.1f s" % (
-        g0.value("delete_ms"), g0.value("fallback_ms"), g0.value("back_ms"), r.wall_s)
+    # The same changes on the event stream, in order (space discd.config, from the start: --since 0).
+    config = g0.value("config_events")
+    assert config == ["RDMA_UP", "RDMA_DOWN", "RDMA_UP"], "discd.config events %s" % config
+    return "rdma link delete %s ms, fallback %s ms, back %s ms after rdma link add, cycle %.1f s; " \
+        "config events %s" % (g0.value("delete_ms"), g0.value("fallback_ms"), g0.value("back_ms"), r.wall_s, config)
 
 
 test_rdma_device_removed_and_back.timeout = 360

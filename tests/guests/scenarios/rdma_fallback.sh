@@ -3,7 +3,8 @@
 # 2 guests with rxe0 converge over RDMA and IP; guest 0 deletes rxe0 (`rdma link delete`):
 # its discd falls back to IP (rdma.down logged, status rdma.state down), keeps its member, and
 # nobody is declared dead; then guest 0 adds rxe0 back and its discd's RDMA comes up again
-# (status rdma.ups 2), with its new endpoint announced to guest 1.
+# (status rdma.ups 2), with its new endpoint announced to guest 1. Guest 0's event stream (discd
+# events --space discd.config) records the configuration events: RDMA_UP, RDMA_DOWN, RDMA_UP.
 . "$REPO/tests/guests/lib.sh"
 . "$REPO/tests/guests/discd-lib.sh"
 
@@ -20,6 +21,8 @@ record_status
 barrier converged 120
 
 if [ "$GUEST_INDEX" = 0 ]; then
+    "$DISCD_BIN/discd" events --json --space discd.config --since 0 > /tmp/config.jsonl 2>&1 &
+    EVENTS_PID=$!
     t0=$(now_ms)
     timeout 30 rdma link delete rxe0 || fail "rdma link delete rxe0 failed or hung"
     result delete_ms "$(elapsed_ms "$t0")"
@@ -35,6 +38,9 @@ if [ "$GUEST_INDEX" = 0 ]; then
     wait_until 30 rdma_back ||
         fail "RDMA not back 30 s after rxe0 came back: $(rdma_field state) ($(rdma_field reason))"
     result back_ms "$(elapsed_ms "$t0")"
+    sleep 1
+    kill "$EVENTS_PID" 2>/dev/null
+    result config_events "[$(sed -n 's/.*"name":"\([A-Z_]*\)".*/"\1"/p' /tmp/config.jsonl | tr '\n' ',' | sed 's/,$//')]"
     : > "$SHARED/back"
 else
     wait_for "$SHARED/back" 120 || fail "guest 0 never got its device back"

@@ -6,6 +6,7 @@
 #                             /tmp/discd.status); sets DISCD_PID. $DISCD_ARGS is added first.
 #   status_num KEY            a number of the status file's top level ("" if absent)
 #   rdma_field KEY            a field of the status file's "rdma" object (strings without quotes)
+#   status_field OBJ KEY      a field of the status file's object OBJ (rdma, kernel, processes)
 #   wait_until TIMEOUT CMD... run CMD every 0.1 s until it succeeds; 1 after TIMEOUT seconds
 #   block_ip_discd            nftables: drop discd's UDP ports (7777, 7778) in and out, so only
 #                             RDMA (RoCE v2 is UDP 4791) carries discd's datagrams
@@ -34,11 +35,13 @@ status_num() {
     sed -n "s/^{.*\"$1\":\([0-9-]*\).*/\1/p" "$DISCD_STATUS" | head -n 1
 }
 
-rdma_field() {
+status_field() {
     [ -r "$DISCD_STATUS" ] || return 1
-    sed -n 's/.*"rdma":{\([^}]*\)}.*/\1/p' "$DISCD_STATUS" | tr ',' '\n' |
-        sed -n "s/^\"$1\":\"\{0,1\}\([^\"]*\)\"\{0,1\}$/\1/p" | head -n 1
+    sed -n "s/.*\"$1\":{\([^}]*\)}.*/\1/p" "$DISCD_STATUS" | tr ',' '\n' |
+        sed -n "s/^\"$2\":\"\{0,1\}\([^\"]*\)\"\{0,1\}$/\1/p" | head -n 1
 }
+
+rdma_field() { status_field rdma "$1"; }
 
 wait_until() {
     _t=$1

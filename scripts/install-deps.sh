@@ -14,10 +14,11 @@ TEST_PKGS=(iproute2 nftables smcroute procps python3 kmod util-linux time)
 # with the host's / as root over 9p, so the verbs tools and providers they run come from here:
 # qemu + SeaBIOS, a static busybox for the initramfs, depmod/modprobe (kmod), rdma (iproute2),
 # ibv_* (ibverbs-utils), mckey (rdmacm-utils), the rxe provider (ibverbs-providers, rdma-core),
-# gcc for the test tool tests/guests/tools/imm_send.c.
-# tests/guests/guestbed.py's host_problem() checks them.
+# gcc for the test tools tests/guests/tools/*.c. tests/guests/guestbed.py's host_problem() checks
+# them. make and libelf1 (objtool) build the kernel modules (kernel/) against the guest kernel's
+# headers (tests/guests/kbuild.py checks make).
 GUEST_PKGS=(qemu-system-x86 seabios busybox-static kmod iproute2 rdma-core ibverbs-utils rdmacm-utils
-    ibverbs-providers gcc libc6-dev)
+    ibverbs-providers gcc libc6-dev make libelf1)
 
 want=("${BUILD_PKGS[@]}")
 if [ "${1:-}" = "--test" ]; then want+=("${TEST_PKGS[@]}" "${GUEST_PKGS[@]}"); fi

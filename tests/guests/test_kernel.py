@@ -1,0 +1,164 @@
+"""discd's kernel modules (kernel/): heartbeat.ko and fdmod.ko, built on the host against the guest
+kernel's Debian headers (tests/guests/kbuild.py; any warning fails the build, and so the test),
+then loaded in qemu guests with Soft-RoCE next to a running discd (scenarios/kmod_rdma.sh).
+The guests record what the modules did (records read from /dev/heartbeat, /proc/fdmod/stats,
+errno names of bad input) and what the other node's discd logged (JSON events by name and
+field); both guests' console logs and dmesg must be free of kernel warnings, and the taint
+flags may say only out-of-tree and unsigned."""
+import os
+import re
+import subprocess
+
+import guestbed
+import kbuild
+from test_rdma import finished, first
+
+HBTOOL_SRC = os.path.join(guestbed.REPO, "tests", "guests", "tools", "hbtool.c")
+UAPI = os.path.join(guestbed.REPO, "kernel", "include", "uapi", "discd_heartbeat.h")
+BAD_KERNEL_LOG = re.compile(r"BUG:|WARNING:|Oops|kmemleak|general protection|Call Trace")
+# /proc/sys/kernel/tainted bits that mean trouble: forced rmmod, machine check, bad page, oops
+# (die), warning, soft lockup.  Out-of-tree (12) and unsigned (13) modules are expected.
+BAD_TAINTS = {3: "forced rmmod", 4: "machine check", 5: "bad page", 7: "oops", 9: "warning", 14: "soft lockup"}
+
+_built = {}
+
+
+def modules():
+    """{'heartbeat': path, 'fdmod': path}: the modules built for the guests' kernel (once per run).
+    A failed build (or a warning) is an assertion failure: the test fails, never skips."""
+    if "ko" not in _built:
+        try:
+            _built["ko"] = kbuild.build(guestbed.prepare(headers=True))
+        except kbuild.BuildError as e:
+            raise AssertionError("kernel module build failed: %s" % e)
+    return _built["ko"]
+
+
+def module_env():
+    """The environment of the kmod_* scenarios: HEARTBEAT_KO and FDMOD_KO (paths the guests see)."""
+    ko = modules()
+    return {"HEARTBEAT_KO": ko["heartbeat"], "FDMOD_KO": ko["fdmod"]}
+
+
+def hbtool():
+    """tests/guests/tools/hbtool.c built with the host's gcc (warnings are errors)."""
+    out_dir = os.path.join(guestbed.REPO, ".build", "guest-tools")
+    out = os.path.join(out_dir, "hbtool")
+    newest = max(os.path.getmtime(HBTOOL_SRC), os.path.getmtime(UAPI))
+    if not os.path.exists(out) or os.path.getmtime(out) < newest:
+        os.makedirs(out_dir, exist_ok=True)
+        r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", out, HBTOOL_SRC],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, "hbtool build failed:\n%s" % (r.stderr + r.stdout)[-3000:]
+    return out
+
+
+def kernel_log_problems(r):
+    """Lines of either guest's console log or saved dmesg that show a kernel problem, and taint
+    flags that do."""
+    problems = []
+    for g in r.guests:
+        logs = [("console", g.console), ("dmesg", os.path.join(r.run_dir, "shared", "dmesg.%d" % g.index))]
+        for label, path in logs:
+            try:
+                with open(path, errors="replace") as f:
+                    text = f.read()
+            except (OSError, TypeError):
+                if label == "dmesg":
+                    problems.append("guest %d saved no dmesg" % g.index)
+                continue
+            for line in text.splitlines():
+                if BAD_KERNEL_LOG.search(line):
+                    problems.append("guest %d %s: %s" % (g.index, label, line.strip()[:200]))
+        taint = g.value("tainted")
+        if taint is not None:
+            bad = [name for bit, name in sorted(BAD_TAINTS.items()) if int(taint) >> bit & 1]
+            if bad:
+                problems.append("guest %d kernel tainted %s (%s)" % (g.index, taint, ", ".join(bad)))
+    return problems
+
+
+def node_id(addr):
+    a, b, c, d = (int(x) for x in addr.split("."))
+    return c * 256 + d
+
+
+def test_kernel_modules_over_rxe(ctx):
+    """heartbeat.ko + fdmod.ko with discd on 2 rxe guests: exit records, RDMA notices logged by the other node's discd, bad input refused, limits, both load orders and unload with watched processes alive, rxe0 deleted and re-added; clean kernel logs"""
+    env = dict(module_env(), HBTOOL=hbtool())
+    r = ctx.run("kmod_rdma", guests=2, timeout=200, env=env)
+    finished(r)
+    problems = kernel_log_problems(r)
+    assert not problems, "kernel log: " + "; ".join(problems[:10])
+    g0, g1 = r.guests
+    id0 = node_id(g0.addr)
+
+    # 1. Limits (max_watched=8, queue_len=16).
+    cap = first(g0, "capacity")
+    assert (cap["ok"], cap["enospc"], cap["other"]) == (8, 1, 0), cap
+    fl = first(g0, "flood")
+    assert fl["optin_failed"] == 0 and fl["records"] == 16 and fl["bad_status"] == 0 and fl["bad_tag"] == 0, fl
+    assert fl["lost_in_records"] == 0 and fl["next_lost"] == 40 - 16, fl
+    hb = first(g0, "hb_stats_flood")
+    assert hb["lost"] == 24 and hb["watched"] == 0 and hb["queue_size"] == 16 and hb["watched_max"] == 8, hb
+
+    # 2. Bad input, the map, the first exit.
+    probe = first(g0, "probe")
+    want = {"tag_70000": "EINVAL", "optin_self": "OK", "optin_again": "EEXIST", "optin_again_by_pid": "EEXIST",
+            "optout_self": "OK", "optout_again": "ENOENT", "no_such_pid": "ESRCH", "pid_too_big": "ESRCH",
+            "unknown_ioctl": "ENOTTY", "bad_pointer": "EFAULT", "write_garbage": "EINVAL",
+            "write_bad_pid": "EINVAL", "write_big_tag": "EINVAL", "write_two_lines": "EINVAL", "write_self": "OK",
+            "write_self_again": "EEXIST", "optout_after_write": "OK", "read_short": "EINVAL",
+            "read_empty": "EAGAIN", "poll_empty": "OUT"}
+    assert probe == want, {k: (probe.get(k), v) for k, v in want.items() if probe.get(k) != v}
+    pu = first(g0, "probe_user")
+    assert pu["uid"] == 65534 and pu["read"] == "EPERM" and pu["optin_pid1"] == "EPERM", pu
+    assert pu["optout_pid1"] == "EPERM" and pu["optin_self"] == "OK" and pu["optout_self"] == "OK", pu
+    assert first(g0, "map_user") == {"open": "EACCES"}, first(g0, "map_user")
+    split = first(g0, "map_split")
+    assert split["writes"] == ["OK"] * 3 and split["close"] == "OK", split
+    assert first(g0, "map_bad")["writes"] == ["OK", "EINVAL", "EINVAL"], first(g0, "map_bad")
+    for w in first(g0, "map_bad_more"):
+        assert w["writes"] == ["EINVAL"], first(g0, "map_bad_more")
+    assert first(g0, "map_bad_tail")["writes"] == ["OK"], first(g0, "map_bad_tail")
+    st = first(g0, "fd_stats_probed")
+    assert st["node_id"] == id0 and st["map_entries"] == 3 and st["map_updates"] == 2, st
+    assert st["map_rejects"] == 8 and st["sends"] == 0, st
+
+    k7 = first(g0, "kill_7")
+    assert k7["tag"] == 7 and k7["status"] == 9 and k7["lost"] == 0 and k7["flags"] == 0, k7
+    # start_ns is the start time /proc/PID/stat shows (in clock ticks).
+    assert k7["start_ns"] // (10 ** 9 // k7["ticks_per_s"]) == k7["stat_start_ticks"], k7
+    assert k7["exit_ns"] > k7["start_ns"] and 0 <= k7["hook_us"] <= k7["read_us"], k7
+    st7 = first(g0, "fd_stats_7")
+    assert st7["state"] == "up" and st7["device"] == "rxe0" and st7["heartbeat"] == "attached", st7
+    assert st7["sends"] == 1 and st7["send_errors"] == 0 and st7["completions"] == 1, st7
+
+    # 3./4. The reloaded modules: exits without a map or a device counted, not sent.
+    for tag in (10, 9, 11, 12):
+        rec = first(g0, "kill_%d" % tag)
+        assert rec["tag"] == tag and rec["status"] == 9, rec
+    end = first(g0, "fd_stats_end")
+    assert end["state"] == "up" and end["present"] == "yes" and end["node_id"] == id0, end
+    assert (end["sends"], end["send_errors"], end["sends_without_id"], end["sends_without_device"]) == (2, 0, 1, 1), end
+    assert end["completions"] == 2 and end["map_updates"] == 1 and end["map_rejects"] == 0, end
+    hb_end = first(g0, "hb_stats_end")
+    assert hb_end["exits"] == 4 and hb_end["callback_calls"] == 4 and hb_end["lost"] == 0, hb_end
+
+    # Guest 1's discd logged each sent exit once, with guest 0's node ID and the tag.
+    for tag in (7, 9, 12):
+        n = first(g1, "notice_%d" % tag)["event"]
+        assert n["event"] == "process.notice" and n["id"] == id0 and n["tag"] == tag, n
+        assert n["node"] == g0.addr, n
+    assert sorted(first(g1, "notice_tags")) == [7, 9, 12], first(g1, "notice_tags")
+    for g in r.guests:
+        assert g.value("discd_exit") == 0, "guest %d discd exit %s" % (g.index, g.value("discd_exit"))
+
+    ms = [first(g1, "notice_%d" % t)["ms"] for t in (7, 9, 12)]
+    return ("SIGKILL -> remote process.notice %s ms, exit hook %d us, record read %.1f ms "
+            "after kill; rxe0 re-added -> fdmod up %s ms; cycle %.1f s" % (
+                "/".join("%.0f" % m for m in ms), k7["hook_us"], k7["read_us"] / 1000.0,
+                g0.value("rdma_back_ms"), r.wall_s))
+
+
+test_kernel_modules_over_rxe.timeout = 300

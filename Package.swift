@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/swift-extras/swift-extras-base64.git", from: "1.2.0"),
     ],
     targets: [
         // C system libraries, found with pkg-config; installed by scripts/install-deps.
@@ -36,18 +38,25 @@ let package = Package(
         .target(name: "Events"),
         // The datagram format shared by every transport (UDP multicast/unicast, RDMA multicast).
         .target(name: "Wire", dependencies: ["NodeMap"]),
+        // Cluster keys (HMAC-SHA256 tags on every datagram) and replay windows: pure, no I/O.
+        .target(
+            name: "Auth",
+            dependencies: [
+                "Wire", "NodeMap", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ExtrasBase64", package: "swift-extras-base64"),
+            ]),
         .target(name: "Discovery", dependencies: ["NodeMap", "Wire", "Events"]),
         .target(name: "Detector", dependencies: ["NodeMap", "Wire", "Events"]),
         // One node's protocol: Discovery and Detector over one NodeMap, fed datagrams and ticks.
         // The daemon and the simulator both run exactly this.
-        .target(name: "Cluster", dependencies: ["NodeMap", "Wire", "Events", "Discovery", "Detector"]),
+        .target(name: "Cluster", dependencies: ["NodeMap", "Wire", "Events", "Discovery", "Detector", "Auth"]),
         // Deterministic cluster simulator driving the very same cores in virtual time.
         .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire", "Events"]),
 
         .executableTarget(
             name: "discd",
             dependencies: [
-                "NodeMap", "MapStore", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "CSystemd", "CVerbs", "CLinux",
+                "NodeMap", "MapStore", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "Auth", "CSystemd", "CVerbs", "CLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -64,7 +73,10 @@ let package = Package(
 
         .testTarget(name: "NodeMapTests", dependencies: ["NodeMap", "MapStore"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "NodeMap"]),
-        .testTarget(name: "DiscoveryTests", dependencies: ["Discovery", "Cluster", "Wire", "NodeMap", "Events"]),
+        .testTarget(
+            name: "AuthTests",
+            dependencies: ["Auth", "Wire", "NodeMap", .product(name: "ExtrasBase64", package: "swift-extras-base64")]),
+        .testTarget(name: "DiscoveryTests", dependencies: ["Discovery", "Cluster", "Wire", "NodeMap", "Events", "Auth"]),
         .testTarget(name: "DetectorTests", dependencies: ["Detector", "Wire", "NodeMap", "Events"]),
         // The daemon shell's own logic (route parsing, link scope, de-duplication across transports).
         .testTarget(

@@ -19,6 +19,15 @@ public enum DropReason: String, CaseIterable, Sendable, Hashable {
     case staleIncarnation = "stale_incarnation"
     /// An RDMA immediate-only notice naming a node ID the map does not hold.
     case unknownNotice = "unknown_notice"
+    /// Cluster keys are configured and the datagram has no tag (or is an RDMA immediate, which
+    /// cannot have one and is not trusted).
+    case unauthenticated
+    /// Tagged with a key ID not in this node's keyring.
+    case unknownKey = "unknown_key"
+    /// The tag is wrong: forged, corrupted, or signed with another key of the same ID.
+    case badTag = "bad_tag"
+    /// Its replay counter was accepted before, or is older than the replay window.
+    case replayed
 
     public init(_ e: DecodeError) {
         self = DropReason(rawValue: e.counterName) ?? .malformed

@@ -1,3 +1,4 @@
+import Auth
 import Detector
 import Discovery
 import NodeMap
@@ -15,6 +16,9 @@ public struct ClusterConfig: Sendable {
     /// Least severe event produced (the simulator asks for warnings only).
     public var logLevel: LogLevel
     public var timeBaseUnixNanos: Int64
+    /// Cluster keys: every datagram is signed with the primary key and every received one must
+    /// carry a tag of a key of the ring and a fresh replay counter. nil: no authentication.
+    public var auth: AuthConfig?
 
     public init(
         cluster: String, me: SelfInfo, incarnation: UInt64, discovery: DiscoverySettings = .default,
@@ -28,6 +32,22 @@ public struct ClusterConfig: Sendable {
         self.seed = seed
         self.logLevel = logLevel
         self.timeBaseUnixNanos = timeBaseUnixNanos
+    }
+}
+
+public struct AuthConfig: Sendable {
+    public var keyring: Keyring
+    /// The first replay counter this node sends (the daemon: wall-clock milliseconds << 16, so that
+    /// it grows across restarts).
+    public var counterSeed: UInt64
+    /// Whether RDMA immediate-only notices (which cannot carry a tag) are believed: off by default
+    /// with keys, since anyone on the fabric could send one (docs/SECURITY.md).
+    public var trustImmediates: Bool
+
+    public init(keyring: Keyring, counterSeed: UInt64, trustImmediates: Bool = false) {
+        self.keyring = keyring
+        self.counterSeed = counterSeed
+        self.trustImmediates = trustImmediates
     }
 }
 
@@ -124,6 +144,10 @@ public struct ClusterNode: Sendable {
     public private(set) var detector: DetectorCore?
     public private(set) var counters = ClusterCounters()
     private var messageID: UInt32 = 0
+    /// Authentication (nil: none): the keys, our next replay counter, the peers' replay windows.
+    public private(set) var auth: AuthConfig?
+    private var replayCounter: UInt64 = 0
+    private var replay = ReplayGuard()
     private var out: [Effect] = []
     /// Process exits already reported, by (node, pid, start time): each is reported once however
     /// many copies arrive (retransmissions, relays, both transports).
@@ -159,6 +183,8 @@ public struct ClusterNode: Sendable {
             settings: config.discovery, me: config.me, incarnation: config.incarnation, seed: config.seed,
             detectorRunning: config.detector != nil)
         self.eventLevel = config.logLevel
+        self.auth = config.auth
+        self.replayCounter = config.auth?.counterSeed ?? 0
         if var d = config.detector {
             d.eventLevel = config.logLevel
             self.detector = DetectorCore(settings: d, selfAddress: config.me.address, now: now)
@@ -213,6 +239,12 @@ public struct ClusterNode: Sendable {
         return flush()
     }
 
+    /// New cluster keys (the key file was reloaded): signs with the new primary from now on, accepts
+    /// every key of the new ring. Replay windows are kept.
+    public mutating func setKeyring(_ keyring: Keyring) {
+        auth?.keyring = keyring
+    }
+
     /// This node's transport endpoints changed (the RDMA transport came up, moved or went down).
     public mutating func capabilitiesChanged(_ capabilities: [Capability], now: Instant) -> [Effect] {
         apply(discovery.capabilitiesChanged(capabilities, now: now, map: &map), now: now)
@@ -225,6 +257,11 @@ public struct ClusterNode: Sendable {
     public mutating func receiveImmediate(_ value: UInt32, now: Instant) -> [Effect] {
         guard discovery.started else { return [] }
         counters.datagramsReceived += 1
+        if let a = auth, !a.trustImmediates {
+            // 32 bits leave no room for a tag: with keys, only a fabric the admin trusts may speak.
+            drop(.unauthenticated, from: nil)
+            return flush()
+        }
         let notice = ProcessNotice(immediate: value)
         guard let id = NodeID(rawValue: notice.nodeID), let n = map.node(id: id) else {
             drop(.unknownNotice, from: nil)
@@ -336,8 +373,26 @@ public struct ClusterNode: Sendable {
             drop(.otherCluster, from: h.origin)
             return flush()
         }
-        if h.flags.contains(.authenticated) {
-            // Cluster keys are not built yet: a tagged datagram cannot be verified, so it is refused.
+        if let a = auth {
+            // Verified before anything else looks at it: no key, no map work.
+            guard h.flags.contains(.authenticated) else {
+                drop(.unauthenticated, from: h.origin)
+                return flush()
+            }
+            guard let key = a.keyring.key(id: h.keyID) else {
+                drop(.unknownKey, from: h.origin)
+                return flush()
+            }
+            guard Seal.verify(bytes, key: key) else {
+                drop(.badTag, from: h.origin)
+                return flush()
+            }
+            guard replay.check(origin: h.origin, keyID: h.keyID, counter: h.replayCounter) == .fresh else {
+                drop(.replayed, from: h.origin)
+                return flush()
+            }
+        } else if h.flags.contains(.authenticated) {
+            // Tagged, and this node has no key to check it: refused.
             drop(.unverifiableTag, from: h.origin)
             return flush()
         }
@@ -352,8 +407,11 @@ public struct ClusterNode: Sendable {
             return flush()
         }
         let (process, relay) = discovery.admit(m, interface: interface, now: now)
-        if case .relay(let fwd, let except)? = relay, let bytes = try? fwd.encode() {
-            out.append(.multicast(bytes, except: except))
+        if case .relay(let fwd, let except)? = relay {
+            // The datagram as it came, one hop further: its tag (hops are not covered) stays valid.
+            var copy = bytes
+            copy[Seal.hopsOffset] = fwd.header.hops
+            out.append(.multicast(copy, except: except))
             counters.multicastSent += 1
         }
         guard process else { return flush() }
@@ -435,15 +493,26 @@ public struct ClusterNode: Sendable {
         messageID &+= 1
         var flags: HeaderFlags = []
         if config.me.explicitID { flags.insert(.explicitID) }
+        var keyID: UInt32 = 0
+        var counter: UInt64 = 0
+        if let a = auth {
+            flags.insert(.authenticated)
+            keyID = a.keyring.primary.id
+            replayCounter &+= 1
+            counter = replayCounter
+        }
         return Header(
             type: type, flags: flags, cluster: config.cluster, senderID: config.me.preferredID?.rawValue ?? 0,
-            incarnation: discovery.incarnation, messageID: messageID, origin: config.me.address)
+            incarnation: discovery.incarnation, messageID: messageID, keyID: keyID, replayCounter: counter,
+            origin: config.me.address)
     }
 
     private mutating func encode(_ body: Body) -> [UInt8]? {
         let m = Message(header: header(body.type), body: body)
         do {
-            return try m.encode()
+            var bytes = try m.encode()
+            if let a = auth { Seal.sign(&bytes, key: a.keyring.primary) }
+            return bytes
         } catch {
             emit(.encodeFailed(type: body.type, reason: "\(error)"))
             return nil

@@ -1,3 +1,4 @@
+import Auth
 import Cluster
 import Detector
 import Discovery
@@ -21,18 +22,25 @@ struct TestNet {
     /// Events the nodes produced, in order, when `recordEvents` is set.
     var recordEvents = false
     var events: [(node: Int, event: ClusterEvent)] = []
+    /// Every datagram sent, by sender, when `recordDatagrams` is set (what an eavesdropper captures).
+    var recordDatagrams = false
+    var datagrams: [(from: Int, bytes: [UInt8])] = []
 
     static func address(_ s: String) -> IPAddress { IPAddress(s)! }
 
-    mutating func add(_ addr: String, lans l: [Int] = [0], aliases: [String] = [], detector: Bool = false, incarnation: UInt64 = 1) -> Int {
+    mutating func add(
+        _ addr: String, lans l: [Int] = [0], aliases: [String] = [], detector: Bool = false, incarnation: UInt64 = 1,
+        auth: AuthConfig? = nil
+    ) -> Int {
         let me = SelfInfo(
             address: Self.address(addr), aliases: aliases.map { Alias(Self.address($0), source: .interface) },
             heartbeatPort: 7778)
         // The test network's own timing: 1 s announces (the daemon's default is 3 s).
         let settings = try! DiscoverySettings(baseInterval: 1_000_000_000, relay: l.count > 1)
-        let cfg = ClusterConfig(
+        var cfg = ClusterConfig(
             cluster: "test", me: me, incarnation: incarnation, discovery: settings,
             detector: detector ? try! DetectorSettings() : nil, seed: UInt64(nodes.count + 1), logLevel: .error)
+        cfg.auth = auth
         nodes.append(ClusterNode(config: cfg, now: now))
         lans.append(l)
         return nodes.count - 1
@@ -59,6 +67,12 @@ struct TestNet {
         var count = 0
         while !queue.isEmpty && count < limit {
             let (from, e) = queue.removeFirst()
+            if recordDatagrams {
+                switch e {
+                case .multicast(let b, _), .unicast(let b, _), .heartbeat(let b, _, _): datagrams.append((from, b))
+                case .event: break
+                }
+            }
             switch e {
             case .multicast(let bytes, let except):
                 for (i, lan) in lans[from].enumerated() where i != except {

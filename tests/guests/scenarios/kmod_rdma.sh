@@ -48,9 +48,11 @@ watch() {
     wait_until 10 is_sleep "$W" || fail "the shell watched with tag $1 did not opt in"
 }
 
-# kill_watched TAG [MARK]: watch TAG, SIGKILL it (after creating $SHARED/MARK for guest 1), record
-# its /dev/heartbeat record as kill_TAG.
+# kill_watched TAG [MARK]: watch TAG, SIGKILL it, record its /dev/heartbeat record as kill_TAG.
+# With MARK: $SHARED/soon.MARK first (guest 1 then waits for the kill), $SHARED/MARK just before
+# the kill.
 kill_watched() {
+    [ -n "${2:-}" ] && : > "$SHARED/soon.$2"
     watch "$1"
     _rec=$("$HBTOOL" killwait "$W" ${2:+"$SHARED/$2"}) || fail "hbtool killwait (tag $1) failed"
     result "kill_$1" "$_rec"
@@ -168,7 +170,8 @@ if [ "$GUEST_INDEX" = 0 ]; then
     : > "$SHARED/kdone"
 else
     for tag in 7 9 12; do
-        out=$("$HBTOOL" noticewait "$SHARED/killed.$tag" "$SHARED/discd.1.log" "$ID0" "$tag" 150) ||
+        wait_for "$SHARED/soon.killed.$tag" 150 || fail "guest 0 never came to kill tag $tag"
+        out=$("$HBTOOL" noticewait "$SHARED/killed.$tag" "$SHARED/discd.1.log" "$ID0" "$tag" 20 15) ||
             fail "hbtool noticewait failed"
         case "$out" in *'"error"'*) fail "tag $tag: $out" ;; esac
         result "notice_$tag" "$out"

@@ -11,9 +11,10 @@
  *                                          reads every record (how many, their lost counts,
  *                                          statuses), and the lost count of one more exit's record
  *   hbtool capacity N                      N+1 children opt in at once: how many were refused
- *   hbtool noticewait MARKER LOG ID TAG [S] wait for MARKER (2 ms polls), then for discd's JSON log
- *                                          LOG to show process.notice with node ID and TAG (1 ms
- *                                          polls): {"ms": the time between, "event": the line}
+ *   hbtool noticewait MARKER LOG ID TAG [S [N]]  wait (S s, default 30) for MARKER (2 ms polls),
+ *                                          then (N s, default 15) for discd's JSON log LOG to show
+ *                                          process.notice with node ID and TAG (1 ms polls):
+ *                                          {"ms": the time between, "event": the line}
  *   hbtool write FILE CHUNK...             one open, one write(2) per CHUNK (\n, \t, \\ escapes),
  *                                          close: each result's errno name ("OK" on success)
  * Exit status 0 when the command ran (the JSON tells what happened), 2 on a usage or setup error.
@@ -353,13 +354,13 @@ static int is_notice(const char *line, const char *id, const char *tag) {
     return 1;
 }
 
-/* Waits (polling every 2 ms, TIMEOUT s) for MARKER to exist, then (every 1 ms) for LOG to gain a
+/* Waits (polling every 2 ms) for MARKER to exist, then (every 1 ms) for LOG to gain a
  * process.notice line naming ID and TAG: the time between, on this guest's clock, without the
  * fork-and-grep delays of a shell loop. */
 static int cmd_noticewait(int argc, char **argv) {
     if (argc < 4) return 2;
     const char *marker = argv[0], *logpath = argv[1], *id = argv[2], *tag = argv[3];
-    double timeout = argc > 4 ? atof(argv[4]) : 30;
+    double timeout = argc > 4 ? atof(argv[4]) : 30, notice_timeout = argc > 5 ? atof(argv[5]) : 15;
     uint64_t start = clock_ns(CLOCK_MONOTONIC), limit = start + (uint64_t)(timeout * 1e9);
     struct timespec two_ms = {0, 2000000}, one_ms = {0, 1000000};
     struct stat st;
@@ -371,7 +372,7 @@ static int cmd_noticewait(int argc, char **argv) {
         nanosleep(&two_ms, NULL);
     }
     uint64_t t1 = clock_ns(CLOCK_MONOTONIC);
-    limit = t1 + (uint64_t)(timeout * 1e9);
+    limit = t1 + (uint64_t)(notice_timeout * 1e9);
     int fd = open(logpath, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return die(logpath);
     static char line[65536];
@@ -382,7 +383,8 @@ static int cmd_noticewait(int argc, char **argv) {
         if (n < 0) return die("read");
         if (n == 0) {
             if (clock_ns(CLOCK_MONOTONIC) >= limit) {
-                printf("{\"error\":\"no process.notice for node %s tag %s within %.0f s\"}\n", id, tag, timeout);
+                printf("{\"error\":\"no process.notice for node %s tag %s within %.0f s\"}\n", id, tag,
+                       notice_timeout);
                 return 0;
             }
             nanosleep(&one_ms, NULL);

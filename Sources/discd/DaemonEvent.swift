@@ -34,6 +34,10 @@ enum DaemonEvent: Event {
     case kernelAttached(device: String)
     /// The kernel module link let go of `/dev/heartbeat` (on request, or the module went away).
     case kernelDetached(reason: String)
+    /// The key file was read again (SIGHUP): the IDs of its keys, the primary first.
+    case keysReloaded(path: String, ids: [UInt32])
+    /// The key file could not be read again: the keys in use are kept.
+    case keysReloadFailed(path: String, error: String)
 
     var name: String {
         switch self {
@@ -56,6 +60,8 @@ enum DaemonEvent: Event {
         case .hookFailed: "hook.failed"
         case .kernelAttached: "kernel.attached"
         case .kernelDetached: "kernel.detached"
+        case .keysReloaded: "keys.reloaded"
+        case .keysReloadFailed: "keys.reload_failed"
         }
     }
 
@@ -72,7 +78,8 @@ enum DaemonEvent: Event {
         case .watching: .info
         case .hookRan: .debug
         case .hookFailed: .warning
-        case .kernelAttached, .kernelDetached: .notice
+        case .kernelAttached, .kernelDetached, .keysReloaded: .notice
+        case .keysReloadFailed: .error
         }
     }
 
@@ -141,6 +148,12 @@ enum DaemonEvent: Event {
             f.add("reason", r)
         case .kernelAttached(let d): f.add("device", d)
         case .kernelDetached(let r): f.add("reason", r)
+        case .keysReloaded(let p, let ids):
+            f.add("path", p)
+            f.add("key_ids", .strings(ids.map { String($0, radix: 16) }))
+        case .keysReloadFailed(let p, let e):
+            f.add("path", p)
+            f.add("error", e)
         }
     }
 
@@ -171,6 +184,9 @@ enum DaemonEvent: Event {
         case .hookFailed(let p, let e, let seq, let r): "hook \(p) for \(e) #\(seq) failed: \(r)"
         case .kernelAttached(let d): "kernel modules: reading process exits from \(d)"
         case .kernelDetached(let r): "kernel modules: \(r)"
+        case .keysReloaded(let p, let ids):
+            "cluster keys reloaded from \(p): \(ids.map { String($0, radix: 16) }.joined(separator: ", ")) (primary first)"
+        case .keysReloadFailed(let p, let e): "cluster keys not reloaded from \(p): \(e); the keys in use are kept"
         }
     }
 
@@ -197,6 +213,10 @@ enum DaemonEvent: Event {
             return item("KERNEL_ATTACHED", .info, [("device", .string(d))])
         case .kernelDetached(let r):
             return item("KERNEL_DETACHED", .warning, [("reason", .string(r))])
+        case .keysReloaded(_, let ids):
+            return item("KEYS_RELOADED", .info, [("key_ids", .strings(ids.map { String($0, radix: 16) }))])
+        case .keysReloadFailed(let p, let e):
+            return item("KEYS_RELOAD_FAILED", .error, [("path", .string(p)), ("error", .string(e))])
         default:
             return nil
         }

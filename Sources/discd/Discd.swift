@@ -26,6 +26,7 @@ struct DiscdCommand: AsyncParsableCommand {
             The event stream (membership, process and configuration events): discd events --help.
             Process exits known on every node at once: discd watch --help.
             The kernel modules (kernel/README.md): discd kernel --help.
+            Cluster keys (docs/SECURITY.md): discd keygen --help; SIGHUP reloads --key-file.
             """)
 
     @Flag(name: [.short, .customLong("nodaemon")], help: "Stay in the foreground and log to stderr.")
@@ -95,6 +96,18 @@ struct DiscdCommand: AsyncParsableCommand {
         help: "Do not use discd's kernel modules even where they are loaded (no /dev/heartbeat exits, no map for fdmod).")
     var noKernel = false
 
+    @Option(
+        name: .customLong("key-file"),
+        help: ArgumentHelp(
+            "Cluster key file (discd keygen PATH): every datagram is signed and checked; mode 0600.",
+            valueName: "path"))
+    var keyFile: String?
+
+    @Flag(
+        name: .customLong("trust-rdma-immediates"),
+        help: "With --key-file, still believe RDMA immediate-only process notices (they cannot be signed).")
+    var trustRDMAImmediates = false
+
     @Option(name: .customLong("rdma-device"), help: "RDMA device to use (default: the one serving the first cluster interface's address).")
     var rdmaDevice: String?
 
@@ -114,6 +127,9 @@ struct DiscdCommand: AsyncParsableCommand {
         guard LogSink.Format(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
         if !(1...64).contains(hookConcurrency) { throw ValidationError("--hook-concurrency \(hookConcurrency) is not in 1-64") }
         if let p = rdmaPort, !(1...255).contains(p) { throw ValidationError("--rdma-port \(p) is not in 1-255") }
+        if trustRDMAImmediates && keyFile == nil {
+            throw ValidationError("--trust-rdma-immediates needs --key-file (without keys every notice is believed)")
+        }
         if noRDMA, rdmaDevice != nil || rdmaPort != nil {
             throw ValidationError("--no-rdma cannot be combined with --rdma-device or --rdma-port")
         }
@@ -199,13 +215,21 @@ struct DiscdCommand: AsyncParsableCommand {
             }
         }
 
+        let keyring = try keyFile.map { path throws(ConfigError) in try KeyFile.load(path) }
+
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         let wallNanos = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-        let config = ClusterConfig(
+        var config = ClusterConfig(
             cluster: cluster, me: me, incarnation: Self.startIncarnation(wallNanos: wallNanos, mapPath: map, me: primary),
             discovery: discovery, detector: detector, seed: UInt64(bitPattern: wallNanos) ^ UInt64(getpid()),
             logLevel: .info, timeBaseUnixNanos: wallNanos - Int64(startNanos))
+        if let keyring {
+            // Replay counters start at the incarnation (wall-clock ms, never lower than the last
+            // life's) << 16: above every counter of an earlier life of this node.
+            config.auth = AuthConfig(
+                keyring: keyring, counterSeed: config.incarnation << 16, trustImmediates: trustRDMAImmediates)
+        }
         let detText =
             detector.map {
                 "η=\(DurationText.format($0.period)) δ=\(DurationText.format($0.timeout)) k=\($0.confirmations) "
@@ -282,6 +306,7 @@ struct DiscdCommand: AsyncParsableCommand {
             pid: getpid(), daemon: daemonMode)
         let node = NodeService(driver: driver, sink: sink, started: started, readyFD: readyFD)
         let debugToggle = DebugSignalService(sink: sink, driver: driver)
+        let keyReload = KeyReloadService(path: keyFile, sink: sink, driver: driver)
         // Graceful shutdown runs in reverse order: the SIGUSR1 listener and the interface watcher
         // stop first, then the node (leave, final map), then the publisher (pending writes).
         let group = ServiceGroup(
@@ -289,7 +314,7 @@ struct DiscdCommand: AsyncParsableCommand {
                 services: [
                     .init(service: publisher), .init(service: node), .init(service: controlServer), .init(service: kernel),
                     .init(service: interfaceWatcher),
-                    .init(service: debugToggle),
+                    .init(service: debugToggle), .init(service: keyReload),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
@@ -374,6 +399,8 @@ enum Main {
             await runOneLineErrors(EventsCommand.self, Array(args.dropFirst()))
         } else if args.first == "watch" {
             await runOneLineErrors(WatchCommand.self, Array(args.dropFirst()))
+        } else if args.first == "keygen" {
+            await runOneLineErrors(KeygenCommand.self, Array(args.dropFirst()))
         } else if args.first == "kernel" {
             await runOneLineErrors(KernelCommand.self, Array(args.dropFirst()))
         } else {

@@ -1,3 +1,4 @@
+import Auth
 import Cluster
 import NIOCore
 import NodeMap
@@ -103,6 +104,10 @@ final class NodeDriver: @unchecked Sendable {
             node.processExited(
                 pid: e.pid, startTime: e.startTicks, status: e.status, tag: e.tag, source: .kernel, name: name, now: Self.now()))
         afterInput()
+    }
+
+    func setKeyring(_ ring: Keyring) {
+        loop.execute { self.node.setKeyring(ring) }
     }
 
     func setDebug(_ on: Bool) {

@@ -8,6 +8,10 @@ independently of discd.  Run inside a namespace with `ip netns exec`.
   mcast.py relay GROUP PORT IF1 IF2 SECONDS MAX       naive IPv4 relay between IF1 and IF2 (no dedup:
                                                       two of them make a loop; bounded by SECONDS/MAX)
   mcast.py send DEST PORT IFNAME COUNT INTERVAL TTL TAG sends "<TAG> <seq>" datagrams
+  mcast.py capture GROUP_OR_ADDR PORT IFNAME SECONDS  like recv, but prints "RXHEX <src> <hex bytes>"
+                                                      (an eavesdropper's capture, for replay tests)
+  mcast.py replay DEST PORT IFNAME FILE               sends the hex datagram of every "RXHEX" line of
+                                                      FILE to DEST:PORT, as captured
 
 GROUP_OR_ADDR may be an IPv4/IPv6 multicast group (joined on IFNAME) or a unicast
 address / '0.0.0.0' / '::' to bind.  Every loop is bounded by SECONDS or COUNT.
@@ -29,7 +33,7 @@ def main():
     fam = socket.AF_INET6 if v6 else socket.AF_INET
     ifindex = socket.if_nametoindex(ifname)
     s = socket.socket(fam, socket.SOCK_DGRAM)
-    if mode == "recv":
+    if mode in ("recv", "capture"):
         seconds = float(sys.argv[5])
         want = int(sys.argv[6]) if len(sys.argv) > 6 else 0
         got = 0
@@ -57,11 +61,27 @@ def main():
                 data, src = s.recvfrom(65535)
             except socket.timeout:
                 break
-            print("RX %s %s" % (src[0], data.decode(errors="replace")), flush=True)
+            if mode == "capture":
+                print("RXHEX %s %s" % (src[0], data.hex()), flush=True)
+            else:
+                print("RX %s %s" % (src[0], data.decode(errors="replace")), flush=True)
             got += 1
             if want and got >= want:
                 break
         print("DONE", flush=True)
+    elif mode == "replay":
+        if ip.is_multicast:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                         socket.inet_aton("0.0.0.0") + socket.inet_aton("0.0.0.0") + struct.pack("@i", ifindex))
+        sent = 0
+        with open(sys.argv[5]) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == "RXHEX":
+                    s.sendto(bytes.fromhex(parts[2]), (addr, port))
+                    sent += 1
+                    time.sleep(0.002)
+        print("SENT %d" % sent, flush=True)
     elif mode == "hold":
         # occupy ADDR:PORT exclusively (no SO_REUSEADDR/SO_REUSEPORT) for SECONDS
         seconds = float(sys.argv[5])

@@ -1,6 +1,7 @@
 """discd against real networks: one daemon per namespace, real multicast through
 Linux bridges, gateways and an smcroute multicast router.  Each test states its
 time bounds in its code and in its PASS line."""
+import base64
 import ipaddress
 import json
 import os
@@ -445,7 +446,7 @@ def _badconf(lab, node, args, must_mention):
 
 
 def test_bad_configuration(ctx):
-    """bad -i / --port / --map / --rdma-* / port in use: non-zero exit <=3s, one stderr line, no backtrace"""
+    """bad -i / --port / --map / --rdma-* / key files / port in use: non-zero exit <=3s, one stderr line, no backtrace"""
     ctx.need_discd()
     with ctx.lab() as lab:
         lan = lab.add_lan("", 1, 3)
@@ -461,6 +462,20 @@ def test_bad_configuration(ctx):
             _badconf(lab, node, ["-i", "e0", "--rdma-device", "nosuchdev0"] + mp, ["nosuchdev0"]),
             _badconf(lab, node, ["-i", "e0", "--rdma-port", "300"] + mp, ["300"]),
             _badconf(lab, node, ["-i", "e0", "--no-rdma", "--rdma-device", "rxe0"] + mp, ["--no-rdma"]),
+        ]
+        # Key files: readable by others, a key of the wrong length, absent; --trust-rdma-immediates alone.
+        open_key, short_key = os.path.join(node.dir, "open.key"), os.path.join(node.dir, "short.key")
+        with open(open_key, "w") as f:
+            f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+        os.chmod(open_key, 0o644)
+        with open(short_key, "w") as f:
+            f.write(base64.b64encode(os.urandom(16)).decode() + "\n")
+        os.chmod(short_key, 0o600)
+        results += [
+            _badconf(lab, node, ["-i", "e0", "--key-file", open_key] + mp, [open_key, "644"]),
+            _badconf(lab, node, ["-i", "e0", "--key-file", short_key] + mp, [short_key, "16"]),
+            _badconf(lab, node, ["-i", "e0", "--key-file", short_key + ".none"] + mp, [short_key + ".none"]),
+            _badconf(lab, node, ["-i", "e0", "--trust-rdma-immediates"] + mp, ["--key-file"]),
         ]
         # port in use: hold 0.0.0.0:7777 without SO_REUSEADDR in the node's namespace
         holder = lab.mcast(node, "hold", "0.0.0.0", PORT, "e0", 15, log=os.path.join(node.dir, "hold.log"))

@@ -1,6 +1,6 @@
 #!/bin/sh
 # discd with its kernel modules (tests/guests/test_kernel.py), 2 guests with rxe0, discd in both:
-#   1. guest 0 loads heartbeat.ko and fdmod.ko (from $KMOD_DIR) under its running discd: the link
+#   1. guest 0 loads heartbeat.ko and fdmod.ko ($HEARTBEAT_KO, $FDMOD_KO) under its running discd: the link
 #      attaches to /dev/heartbeat and writes the map into /proc/fdmod/map ("self <our ID>" first);
 #   2. both paths: a shell opts in (echo 21 > /dev/heartbeat; exec sleep) and is SIGKILLed; fdmod
 #      multicasts the immediate over rxe and discd sends the full notice: guest 1 reports the exit
@@ -15,7 +15,7 @@
 . "$REPO/tests/guests/discd-lib.sh"
 
 [ "$GUEST_COUNT" -eq 2 ] && [ "$GUEST_RXE" = 1 ] || fail "kmod_discd needs 2 guests with rxe0"
-[ -r "$KMOD_DIR/heartbeat.ko" ] && [ -r "$KMOD_DIR/fdmod.ko" ] || fail "no modules in KMOD_DIR=$KMOD_DIR"
+[ -r "$HEARTBEAT_KO" ] && [ -r "$FDMOD_KO" ] || fail "modules not readable: '$HEARTBEAT_KO' '$FDMOD_KO'"
 PEER=$(addr_of $((1 - GUEST_INDEX)))
 kernel_is() { [ "$(status_field kernel state)" = "$1" ]; }
 kernel_at_least() { _v=$(status_field kernel "$1"); [ -n "$_v" ] && [ "$_v" -ge "$2" ]; }
@@ -34,8 +34,8 @@ reports() {
 reported() { [ "$(reports "$1")" -ge 1 ]; }
 
 if [ "$GUEST_INDEX" = 0 ]; then
-    insmod "$KMOD_DIR/heartbeat.ko" || fail "insmod heartbeat.ko"
-    insmod "$KMOD_DIR/fdmod.ko" || fail "insmod fdmod.ko"
+    insmod "$HEARTBEAT_KO" || fail "insmod heartbeat.ko"
+    insmod "$FDMOD_KO" || fail "insmod fdmod.ko"
     wait_until 10 kernel_is attached || fail "kernel link $(status_field kernel state): $(status_field kernel reason)"
     wait_until 10 kernel_at_least map_writes 1 || fail "discd never wrote /proc/fdmod/map"
     first=$(head -n 1 /proc/fdmod/map)
@@ -76,7 +76,7 @@ if [ "$GUEST_INDEX" = 0 ]; then
     rmmod heartbeat || fail "rmmod heartbeat after discd kernel detach (opted-in $alive alive)"
     kill -9 "$alive"
     wait "$alive" 2>/dev/null
-    insmod "$KMOD_DIR/heartbeat.ko" || fail "insmod heartbeat.ko again"
+    insmod "$HEARTBEAT_KO" || fail "insmod heartbeat.ko again"
     "$DISCD_BIN/discd" kernel attach > /tmp/attach.json || fail "discd kernel attach: $(cat /tmp/attach.json)"
     wait_until 10 kernel_is attached || fail "not attached again: $(status_field kernel state)"
     result attaches "$(status_field kernel attaches)"

@@ -11,6 +11,8 @@
  *                                          reads every record (how many, their lost counts,
  *                                          statuses), and the lost count of one more exit's record
  *   hbtool capacity N                      N+1 children opt in at once: how many were refused
+ *   hbtool threads group|each              a 5-thread process ends by exit_group(5) or thread by
+ *                                          thread (leader first, SYS_exit(7)): its records, status
  *   hbtool noticewait MARKER LOG ID TAG [S [N]]  wait (S s, default 30) for MARKER (2 ms polls),
  *                                          then (N s, default 15) for discd's JSON log LOG to show
  *                                          process.notice with node ID and TAG (1 ms polls):
@@ -23,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -30,6 +33,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -338,6 +342,63 @@ static int cmd_capacity(int argc, char **argv) {
     return 0;
 }
 
+static void *thread_exit(void *arg) {
+    struct timespec ts = {0, 20000000};
+    nanosleep(&ts, NULL); /* after the leader */
+    syscall(SYS_exit, (int)(intptr_t)arg);
+    return NULL;
+}
+
+static void *thread_group_exit(void *arg) {
+    (void)arg;
+    exit(5);
+}
+
+static void *thread_sleep(void *arg) {
+    (void)arg;
+    pause();
+    return NULL;
+}
+
+/* A child with 4 more threads opts in and ends: "group" (one thread calls exit(5): exit_group) or
+ * "each" (the leader calls SYS_exit(7) first, then each thread its own SYS_exit). Reports the
+ * records read for the child within 1 s of its end: exactly one is right, with the status
+ * wait(2) gives (1280, or 1792: the leader's code). */
+static int cmd_threads(int argc, char **argv) {
+    if (argc < 1) return 2;
+    int group = !strcmp(argv[0], "group");
+    int fd = open(HEARTBEAT_DEVICE, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return die(HEARTBEAT_DEVICE);
+    drain(fd, NULL, 0);
+    pid_t c = fork();
+    if (c < 0) return die("fork");
+    if (c == 0) {
+        if (optin(fd, 0, 6)) _exit(1);
+        pthread_t t;
+        for (int i = 0; i < 4; i++) {
+            void *(*fn)(void *) = group ? (i == 2 ? thread_group_exit : thread_sleep) : thread_exit;
+            if (pthread_create(&t, NULL, fn, (void *)(intptr_t)(10 + i))) _exit(1);
+        }
+        if (group) pause();
+        syscall(SYS_exit, 7);
+        _exit(1);
+    }
+    int st = 0;
+    waitpid(c, &st, 0);
+    struct timespec ts = {1, 0};
+    nanosleep(&ts, NULL);
+    struct heartbeat_exit recs[64];
+    int n = drain(fd, recs, 64), mine = 0, status = -1;
+    for (int i = 0; i < n && i < 64; i++)
+        if (recs[i].pid == (unsigned)c) {
+            mine++;
+            status = recs[i].status;
+        }
+    printf("{\"mode\":\"%s\",\"wait_status\":%d,\"records\":%d,\"status\":%d}\n", argv[0], st, mine, status);
+    close(fd);
+    return 0;
+}
+
 /* Whether line is discd's JSON process.notice event naming node id and tag. */
 static int is_notice(const char *line, const char *id, const char *tag) {
     char want[64];
@@ -441,7 +502,7 @@ static int cmd_write(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: hbtool optin|killwait|probe|probe-user|flood|capacity|noticewait|write ...\n");
+        fprintf(stderr, "usage: hbtool optin|killwait|probe|probe-user|flood|capacity|threads|noticewait|write ...\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -453,6 +514,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "flood")) return cmd_flood(argc - 2, argv + 2);
     if (!strcmp(c, "capacity")) return cmd_capacity(argc - 2, argv + 2);
     if (!strcmp(c, "noticewait")) return cmd_noticewait(argc - 2, argv + 2);
+    if (!strcmp(c, "threads")) return cmd_threads(argc - 2, argv + 2);
     if (!strcmp(c, "write")) return cmd_write(argc - 2, argv + 2);
     fprintf(stderr, "hbtool: unknown command %s\n", c);
     return 2;

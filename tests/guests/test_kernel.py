@@ -47,7 +47,7 @@ def hbtool():
     newest = max(os.path.getmtime(HBTOOL_SRC), os.path.getmtime(UAPI))
     if not os.path.exists(out) or os.path.getmtime(out) < newest:
         os.makedirs(out_dir, exist_ok=True)
-        r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", out, HBTOOL_SRC],
+        r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", out, HBTOOL_SRC],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, "hbtool build failed:\n%s" % (r.stderr + r.stdout)[-3000:]
     return out
@@ -99,6 +99,10 @@ def test_kernel_modules_over_rxe(ctx):
     fl = first(g0, "flood")
     assert fl["optin_failed"] == 0 and fl["records"] == 16 and fl["bad_status"] == 0 and fl["bad_tag"] == 0, fl
     assert fl["lost_in_records"] == 0 and fl["next_lost"] == 40 - 16, fl
+    for mode in ("group", "each"):
+        t = first(g0, "threads_" + mode)
+        assert t["records"] == 1 and t["status"] == t["wait_status"], t
+    assert first(g0, "threads_group")["status"] == 5 << 8, first(g0, "threads_group")
     hb = first(g0, "hb_stats_flood")
     assert hb["lost"] == 24 and hb["watched"] == 0 and hb["queue_size"] == 16 and hb["watched_max"] == 8, hb
 
@@ -151,14 +155,16 @@ def test_kernel_modules_over_rxe(ctx):
         assert n["event"] == "process.notice" and n["id"] == id0 and n["tag"] == tag, n
         assert n["node"] == g0.addr, n
     assert sorted(first(g1, "notice_tags")) == [7, 9, 12], first(g1, "notice_tags")
+    churn = first(g1, "churn")
+    assert churn["cycles"] == 12 and churn["callback_calls"] > 0, churn
     for g in r.guests:
         assert g.value("discd_exit") == 0, "guest %d discd exit %s" % (g.index, g.value("discd_exit"))
 
     ms = [first(g1, "notice_%d" % t)["ms"] for t in (7, 9, 12)]
     return ("SIGKILL -> remote process.notice %s ms, exit hook %d us, record read %.1f ms "
-            "after kill; rxe0 re-added -> fdmod up %s ms; cycle %.1f s" % (
-                "/".join("%.0f" % m for m in ms), k7["hook_us"], k7["read_us"] / 1000.0,
-                g0.value("rdma_back_ms"), r.wall_s))
+            "after kill; rxe0 re-added -> fdmod up %s ms; churn %d callbacks (%d dropped by heartbeat); "
+            "cycle %.1f s" % ("/".join("%.0f" % m for m in ms), k7["hook_us"], k7["read_us"] / 1000.0,
+                              g0.value("rdma_back_ms"), churn["callback_calls"], churn["dropped"], r.wall_s))
 
 
 test_kernel_modules_over_rxe.timeout = 300

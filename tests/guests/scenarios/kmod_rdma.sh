@@ -1,9 +1,10 @@
 #!/bin/sh
 # discd's kernel modules on their own (tests/guests/test_kernel.py): 2 guests with rxe0, discd in
-# both (guest 0's with --no-kernel: the modules are driven here, not by discd's kernel link).
+# both with --no-kernel (the modules are driven here, not by discd's kernel link).
 # Guest 0:
-#   1. limits, heartbeat alone (queue_len=16 max_watched=8): a bad queue_len is refused; the 9th
-#      opt-in is refused (ENOSPC); 40 exits: 16 records, the next record counts the 24 lost;
+#   1. heartbeat alone (queue_len=16 max_watched=8): a bad queue_len is refused; the 9th opt-in is
+#      refused (ENOSPC); 40 exits: 16 records, the next record counts the 24 lost; a 5-thread
+#      process ending by exit_group or thread by thread: one record, wait(2)'s status;
 #   2. heartbeat, then fdmod: fdmod up on rxe0 with heartbeat's callback; the map written by the
 #      shell and in pieces, read back; bad input refused (ioctl, write, read, map) with the old map
 #      kept; an opted-in shell SIGKILLed: its record (status 9, start time); guest 1's discd logs
@@ -14,6 +15,8 @@
 #   4. rdma link delete rxe0: fdmod down (an exit counted in sends_without_device); rdma link add:
 #      fdmod up again by itself; tag 12 reaches guest 1;
 #   5. a watched process alive: kernel/unload.sh unloads both; again with nothing loaded.
+# Guest 1, once guest 0 is done: 6. 12 cycles of loading both modules and unloading them at the
+#   same time (two rmmods at once) while opted-in processes keep exiting.
 # Guest 1 times each notice from seeing guest 0's kill mark (created just before the kill) to its
 # discd's log line (its clock only; hbtool polls both every 1-2 ms) and records which tags it saw.  Both save dmesg and the taint flags in $SHARED.
 # Environment: HEARTBEAT_KO FDMOD_KO HBTOOL (built on the host by test_kernel.py).
@@ -71,9 +74,9 @@ save_kernel_state() {
     result tainted "$(cat /proc/sys/kernel/tainted)"
 }
 
-# guest 0's discd must not take /dev/heartbeat (nor write the map): this scenario reads them.
+# discd must not take /dev/heartbeat (nor write the map): this scenario reads and writes them.
 args=
-"$DISCD_BIN/discd" --help 2>&1 | grep -q -- '--no-kernel' && [ "$GUEST_INDEX" = 0 ] && args=--no-kernel
+"$DISCD_BIN/discd" --help 2>&1 | grep -q -- '--no-kernel' && args=--no-kernel
 barrier booted
 start_discd $args
 wait_until 60 rdma_is up || fail "RDMA transport not up: $(rdma_field reason)"
@@ -86,6 +89,8 @@ if [ "$GUEST_INDEX" = 0 ]; then
     insmod "$HEARTBEAT_KO" queue_len=16 max_watched=8 || fail "insmod heartbeat.ko queue_len=16 max_watched=8"
     result capacity "$("$HBTOOL" capacity 8)"
     result flood "$("$HBTOOL" flood 40 5)"
+    result threads_group "$("$HBTOOL" threads group)"
+    result threads_each "$("$HBTOOL" threads each)"
     result hb_stats_flood "$(stats_json /proc/heartbeat)"
     rmmod heartbeat || fail "rmmod heartbeat (limits)"
 
@@ -181,6 +186,46 @@ else
     tags=$(grep '"event":"process.notice"' "$SHARED/discd.1.log" | grep "\"id\":$ID0[,}]" |
         sed -n 's/.*"tag":\([0-9]*\).*/\1/p' | tr '\n' ',')
     result notice_tags "[${tags%,}]"
+
+    # 6. Churn: opted-in processes exit all the time while both modules load and unload, the
+    # rmmods at the same time (fdmod's exit may then find heartbeat going: heartbeat drops the
+    # callback itself). No map here, so fdmod sends nothing.
+    (
+        while [ ! -e /tmp/stop ]; do
+            sh -c '[ -c /dev/heartbeat ] && echo 3 > /dev/heartbeat; exit 3' 2> /dev/null
+        done
+    ) > /dev/null 2>&1 &
+    exiter=$!
+    both_gone() {
+        for _m in fdmod heartbeat; do
+            loaded "$_m" && rmmod "$_m" 2> /dev/null
+        done
+        ! loaded fdmod && ! loaded heartbeat
+    }
+    calls=0
+    busy=0
+    n=0
+    while [ "$n" -lt 12 ]; do
+        insmod "$HEARTBEAT_KO" || fail "churn: insmod heartbeat.ko"
+        insmod "$FDMOD_KO" || fail "churn: insmod fdmod.ko"
+        sleep 0.3
+        c=$(hb_stat callback_calls)
+        calls=$((calls + ${c:-0}))
+        rmmod fdmod 2> /dev/null &
+        a=$!
+        rmmod heartbeat 2> /dev/null &
+        b=$!
+        wait "$a" || busy=$((busy + 1))
+        wait "$b" || busy=$((busy + 1))
+        # "in use" is fair: an exiter has /dev/heartbeat open, or fdmod holds heartbeat for the
+        # moment it unregisters. Then it is retried.
+        wait_until 10 both_gone || fail "churn: $(lsmod | grep -E '^(fdmod|heartbeat) ' | tr '\n' ' ')still loaded"
+        n=$((n + 1))
+    done
+    : > /tmp/stop
+    wait "$exiter"
+    result churn "{\"cycles\":$n,\"callback_calls\":$calls,\"rmmod_busy\":$busy,\"dropped\":$(
+        dmesg | grep -c 'callback of module fdmod dropped')}"
 fi
 barrier done 180
 stop_discd

@@ -28,6 +28,8 @@ public enum DropReason: String, CaseIterable, Sendable, Hashable {
     case badTag = "bad_tag"
     /// Its replay counter was accepted before, or is older than the replay window.
     case replayed
+    /// From a source outside the daemon's --allow-from list.
+    case notAllowed = "not_allowed"
 
     public init(_ e: DecodeError) {
         self = DropReason(rawValue: e.counterName) ?? .malformed

@@ -473,6 +473,14 @@ public struct ClusterNode: Sendable {
         emit(.refuted(accusation: accusation, by: by, past: past, from: before, to: discovery.incarnation))
     }
 
+    /// A datagram the shell refused before it reached the node (a source outside --allow-from):
+    /// counted with the node's drops.
+    public mutating func refused(_ reason: DropReason, from: IPAddress?) {
+        counters.datagramsReceived += 1
+        drop(reason, from: from)
+        out.removeAll(keepingCapacity: true)
+    }
+
     // MARK: Plumbing
 
     private mutating func drop(_ reason: DropReason, from: IPAddress?) {

@@ -103,6 +103,13 @@ struct DiscdCommand: AsyncParsableCommand {
             valueName: "path"))
     var keyFile: String?
 
+    @Option(
+        name: .customLong("allow-from"),
+        help: ArgumentHelp(
+            "Take datagrams only from these sources (comma-separated addresses or CIDRs); others are dropped.",
+            valueName: "cidrs"))
+    var allowFrom: String?
+
     @Flag(
         name: .customLong("trust-rdma-immediates"),
         help: "With --key-file, still believe RDMA immediate-only process notices (they cannot be signed).")
@@ -173,6 +180,7 @@ struct DiscdCommand: AsyncParsableCommand {
         var startNanos: UInt64
         var hooks: [HookRunner.Hook]
         var hookTimeoutMillis: Int32
+        var allowList: SourceAllowList?
     }
 
     func resolve() throws -> Setup {
@@ -243,7 +251,8 @@ struct DiscdCommand: AsyncParsableCommand {
         return Setup(
             config: config, family: fam, active: active, names: ifNames, group: group, heartbeatPort: hbPort,
             aliasSource: aliasSource, aliases: aliases, detectorText: detText, startNanos: startNanos, hooks: hookList,
-            hookTimeoutMillis: Int32(hookTimeoutNanos / 1_000_000))
+            hookTimeoutMillis: Int32(hookTimeoutNanos / 1_000_000),
+            allowList: try allowFrom.map { text throws(ConfigError) in try SourceAllowList(parsing: text) })
     }
 
     /// A new life's incarnation: wall-clock milliseconds, but above the one this node had in its
@@ -290,6 +299,7 @@ struct DiscdCommand: AsyncParsableCommand {
         let watcher = ProcessWatcher(loop: loop)
         watcher.exited = { w, status in driver.processExited(w, status: status) }
         driver.watcher = watcher
+        driver.allowList = s.allowList
         let kernel = KernelLink(loop: loop, sink: sink, enabled: !noKernel)
         kernel.exited = { e, name in driver.kernelExited(e, name: name) }
         driver.kernel = kernel

@@ -31,6 +31,8 @@ final class NodeDriver: @unchecked Sendable {
     var kernel: KernelLink?
     /// Processes watched through pidfds (for the status file).
     var watcher: ProcessWatcher?
+    /// `--allow-from`: sources outside it are dropped before the node sees anything.
+    var allowList: SourceAllowList?
 
     init(loop: EventLoop, node: ClusterNode, transports: [any Transport], publisher: MapPublisher, sink: LogSink) {
         self.loop = loop
@@ -124,6 +126,10 @@ final class NodeDriver: @unchecked Sendable {
 
     func received(_ d: Datagram) {
         guard !stopped else { return }
+        if let allow = allowList, let src = d.source, !allow.contains(src) {
+            node.refused(.notAllowed, from: src)
+            return
+        }
         if let imm = d.immediate {
             perform(node.receiveImmediate(imm, now: Self.now()))
             afterInput()

@@ -354,7 +354,8 @@ final class RDMATransport: Transport, @unchecked Sendable {
                     if wc.wc_flags & IBV_WC_WITH_IMM.rawValue != 0 {
                         imm += 1
                         var w = wc
-                        batch.append(Datagram(bytes: [], link: e.link, immediate: discd_wc_imm(&w)))
+                        batch.append(
+                            Datagram(bytes: [], link: e.link, immediate: discd_wc_imm(&w), source: e.sourceAddress(grh: base)))
                     } else {
                         errs += 1
                     }
@@ -362,7 +363,7 @@ final class RDMATransport: Transport, @unchecked Sendable {
                 }
                 let payload = UnsafeRawBufferPointer(start: base + Self.grhSize, count: min(len, Self.slotSize - Self.grhSize))
                 rx += 1
-                batch.append(Datagram(bytes: Array(payload), link: e.link))
+                batch.append(Datagram(bytes: Array(payload), link: e.link, source: e.sourceAddress(grh: base)))
             }
         }
         lock.withLock {
@@ -458,6 +459,13 @@ final class Endpoint: @unchecked Sendable {
     }
 
     /// Whether a received datagram's GRH names our own GID (our multicast looped back).
+    /// The packet's source GID as an address (on RoCE v2 with IPv4, the sender's IPv4 address).
+    func sourceAddress(grh: UnsafeMutableRawPointer) -> IPAddress? {
+        var src = [UInt8](repeating: 0, count: 16)
+        discd_grh_source_gid(grh.assumingMemoryBound(to: UInt8.self), &src)
+        return IPAddress(bytes: src)
+    }
+
     func isOwnSource(grh: UnsafeMutableRawPointer) -> Bool {
         var src = [UInt8](repeating: 0, count: 16)
         discd_grh_source_gid(grh.assumingMemoryBound(to: UInt8.self), &src)

@@ -10,6 +10,8 @@ struct Datagram: Sendable {
     var link: Int
     /// An RDMA immediate-only send (no payload): the 32-bit immediate (`ProcessNotice`).
     var immediate: UInt32? = nil
+    /// Where it came from: the UDP source address, or the RDMA source GID (for --allow-from).
+    var source: IPAddress? = nil
 }
 
 /// The seam between the node driver and the wires: UDP multicast/unicast today, RDMA UD multicast
@@ -217,7 +219,10 @@ final class InboundHandler: ChannelInboundHandler, @unchecked Sendable {
         var buf = env.data
         let bytes = buf.readBytes(length: buf.readableBytes) ?? []
         transport.received(heartbeat: heartbeat)
-        deliver(Datagram(bytes: bytes, link: transport.link(ofInterfaceIndex: env.metadata?.packetInfo?.interfaceIndex)))
+        deliver(
+            Datagram(
+                bytes: bytes, link: transport.link(ofInterfaceIndex: env.metadata?.packetInfo?.interfaceIndex),
+                source: Interfaces.ipAddress(env.remoteAddress)))
     }
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // ICMP port unreachable and the like surface here on UDP: not fatal for a datagram socket.

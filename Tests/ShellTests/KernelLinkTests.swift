@@ -67,3 +67,23 @@ import Glibc
         #expect(DaemonEvent.watching(pid: 1, tag: 0, name: "x").streamItem == nil)
     }
 }
+
+/// `--allow-from`: CIDRs of both families, parsed strictly, matched on the 128-bit form.
+@Suite struct SourceAllowListTests {
+    @Test func matchesPrefixesOfBothFamilies() throws {
+        let l = try SourceAllowList(parsing: "10.1.0.0/16, 192.168.7.9,fd00:1::/32")
+        #expect(l.contains(IPAddress("10.1.255.3")!) && !l.contains(IPAddress("10.2.0.1")!))
+        #expect(l.contains(IPAddress("192.168.7.9")!) && !l.contains(IPAddress("192.168.7.8")!))
+        #expect(l.contains(IPAddress("fd00:1:ffff::1")!) && !l.contains(IPAddress("fd00:2::1")!))
+        // An IPv4 prefix never matches an IPv6 address and the other way round.
+        #expect(!l.contains(IPAddress("::a01:1")!))
+        #expect(try SourceAllowList(parsing: "0.0.0.0/0").contains(IPAddress("8.8.8.8")!))
+        #expect(!(try SourceAllowList(parsing: "0.0.0.0/0").contains(IPAddress("fe80::1")!)))
+    }
+
+    @Test func badListsAreRefused() {
+        for bad in ["", ",", "10.1.0.0/33", "10.1.0.1/16", "nonsense", "fd00::/129", "10.0.0.0/x"] {
+            #expect(throws: ConfigError.self, "\(bad)") { try SourceAllowList(parsing: bad) }
+        }
+    }
+}

@@ -48,7 +48,7 @@ STATUS_SCHEMA = {
 DROP_REASONS = (
     "too_short", "too_long", "bad_magic", "bad_version", "unknown_type", "unknown_flags", "bad_cluster",
     "bad_length", "malformed", "missing_tag", "other_cluster", "unverifiable_tag", "own", "stale_incarnation",
-    "unknown_notice", "unauthenticated", "unknown_key", "bad_tag", "replayed",
+    "unknown_notice", "unauthenticated", "unknown_key", "bad_tag", "replayed", "not_allowed",
 )
 # RDMAStatus.fields (Sources/discd/RDMATransport.swift): strings and non-negative integers.
 RDMA_SCHEMA = {

@@ -237,6 +237,8 @@ def test_status_schema(ctx):
         ok, _ = wait_until(lambda: sum((ds[0].status_json() or {}).get("drops", {}).values()) >= 2, 4.0, 0.1)
         assert ok, "2 malformed datagrams never counted in drops: %s" % (ds[0].status_json() or {}).get("drops")
         notes = []
+        ok, _ = wait_until(lambda: all(d.status_json() is not None for d in ds), 3.0, 0.05)
+        assert ok, "a status file was not written within 3 s of the start"
         for d in ds:
             with open(d.status) as f:
                 raw = f.read()

@@ -152,3 +152,23 @@ def test_key_rotation_on_a_running_cluster(ctx):
             assert s1["suspicions"] == s0["suspicions"], "%s suspected a node during the rotation" % d.node.name
         return ("3 nodes converged in %.2fs; rotation in 3 SIGHUP rounds (add, make primary, remove): members 3 "
                 "throughout, 0 datagrams refused, 0 suspicions; a bad key file on SIGHUP refused, keys kept" % conv)
+
+
+def test_allow_from_keeps_other_sources_out(ctx):
+    """--allow-from 10.1.10.0/30 on n1-n3: n4 (10.1.10.4, same LAN, running discd) never gets into
+    their maps, its datagrams are counted as not_allowed"""
+    ctx.need_discd()
+    with ctx.lab() as lab:
+        _, nodes = one_lan(lab, 4, y=10)
+        ds = [lab.start_daemon(n, args=["--allow-from", "10.1.10.0/30"]) for n in nodes[:3]]
+        outsider = lab.start_daemon(nodes[3])
+        inside = [n.ip4 for n in nodes[:3]]
+        conv = converge(ds, inside)
+        time.sleep(4.0)   # more than one announce interval of the outsider
+        for d in ds:
+            assert members(d) == sorted(inside), "%s: %s" % (d.node.name, members(d))
+        refused = [drops(d, "not_allowed") for d in ds]
+        assert all(r > 0 for r in refused), refused
+        assert outsider.alive()
+        return "3 nodes converged in %.2fs; the outsider kept out of every map for 4 s; not_allowed drops %s" % (
+            conv, refused)

@@ -17,7 +17,8 @@ kdir=${1:-/lib/modules/$(uname -r)/build}
 if [ $# -ge 2 ]; then
     out=$2
 else
-    rel=$(make -s -C "$kdir" kernelrelease 2>/dev/null || true)
+    # The release modules are built for (their vermagic): UTS_RELEASE, e.g. 6.1.0-56-amd64.
+    rel=$(sed -n 's/^#define UTS_RELEASE "\(.*\)"$/\1/p' "$kdir/include/generated/utsrelease.h" 2>/dev/null)
     out=$here/../.build/kernel/${rel:-$(basename "$(cd "$kdir" && pwd -P)")}
 fi
 rm -rf "$out"

@@ -67,11 +67,13 @@ final class KernelLink: Service, @unchecked Sendable {
     private var reason = ""
     private var wantDetached = false
     private var counters = Counters()
-    /// The newest map to write into fdmod, and what was last written (the file's inode changes when
-    /// the module is reloaded: then the map is written again).
+    /// The newest map to write into fdmod, and the last one handed over (written again whenever
+    /// fdmod's map does not start with our `self` line: the module was loaded or reloaded).
     private var pendingMap: (map: NodeMap, me: IPAddress)?
     private var latestMap: (map: NodeMap, me: IPAddress)?
-    private var writtenIno: UInt64 = 0
+    /// A write failed for this map generation: not again until the map changes.
+    private var failedGeneration: UInt64?
+    private var lastWrittenGeneration: UInt64?
     private var detachWaiters: [EventLoopPromise<State>] = []
     private let wakeup = WakePipe()
     private let stopping = NIOLockedValueBox(false)
@@ -202,7 +204,6 @@ final class KernelLink: Service, @unchecked Sendable {
             state = .attached
             reason = ""
             counters.attaches += 1
-            writtenIno = 0  // write the map again: the modules may have been reloaded
         }
         sink.write(DaemonEvent.kernelAttached(device: heartbeatPath))
     }
@@ -278,20 +279,34 @@ final class KernelLink: Service, @unchecked Sendable {
         return s
     }
 
+    /// The first line of fdmod's map as the module holds it ("" when it holds none).
+    private func fdmodSelfLine() -> String? {
+        let f = open(fdmodMapPath, O_RDONLY | O_CLOEXEC)
+        guard f >= 0 else { return nil }
+        defer { close(f) }
+        var buf = [UInt8](repeating: 0, count: 32)
+        let n = read(f, &buf, buf.count)
+        guard n >= 0 else { return nil }
+        return String(decoding: buf[0..<n].prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+    }
+
     private func writeMapIfDue() {
-        var st = stat()
-        guard stat(fdmodMapPath, &st) == 0 else { return }
-        let ino = UInt64(st.st_ino)
+        guard access(fdmodMapPath, F_OK) == 0 else { return }
         let job: (NodeMap, IPAddress)? = lock.withLock {
             if let p = pendingMap {
                 latestMap = p
                 pendingMap = nil
+                failedGeneration = nil
                 return p
             }
-            if ino != writtenIno, let l = latestMap { return l }
-            return nil
+            return latestMap
         }
         guard let (map, me) = job, let text = Self.mapText(map, me: me) else { return }
+        let selfLine = String(text.prefix { $0 != "\n" })
+        // A write of this map failed: not again until it changes. Written, and fdmod still holds
+        // it (a reloaded fdmod holds no map): nothing to do.
+        if lock.withLock({ failedGeneration == map.generation }) { return }
+        if lastWrittenGeneration == map.generation, fdmodSelfLine() == selfLine { return }
         let f = open(fdmodMapPath, O_WRONLY | O_CLOEXEC)
         var ok = f >= 0
         var err = ok ? 0 : errno
@@ -316,11 +331,11 @@ final class KernelLink: Service, @unchecked Sendable {
         let first: Bool = lock.withLock {
             if ok {
                 counters.mapWrites += 1
-                writtenIno = ino
+                lastWrittenGeneration = map.generation
                 return false
             }
             counters.mapWriteErrors += 1
-            writtenIno = ino  // not again until the map changes or the module is reloaded
+            failedGeneration = map.generation  // not again until the map changes
             return counters.mapWriteErrors == 1
         }
         if !ok, first { sink.write(DaemonEvent.mapWriteFailed(path: fdmodMapPath, error: errnoText(err))) }

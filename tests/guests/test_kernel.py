@@ -5,6 +5,7 @@ The guests record what the modules did (records read from /dev/heartbeat, /proc/
 errno names of bad input) and what the other node's discd logged (JSON events by name and
 field); both guests' console logs and dmesg must be free of kernel warnings, and the taint
 flags may say only out-of-tree and unsigned."""
+import json
 import os
 import re
 import subprocess
@@ -168,3 +169,73 @@ def test_kernel_modules_over_rxe(ctx):
 
 
 test_kernel_modules_over_rxe.timeout = 300
+
+
+def _with_discd(ctx, rxe):
+    """kmod_discd in 2 guests (rxe0 in both, or in neither); returns (run, guest 0, guest 1) after the
+    checks both variants share."""
+    r = ctx.run("kmod_discd", guests=2, rxe=[rxe, rxe], timeout=240, env=module_env())
+    finished(r)
+    problems = kernel_log_problems(r)
+    assert not problems, "; ".join(problems)
+    g0, g1 = r.guests
+    # 1. discd wrote the map into fdmod: our ID first, then every node of the map.
+    # (recorded with json_str, which turns the newlines into spaces: "self ID ID ADDR ID ADDR ...")
+    words = g0.value("fdmod_map").split()
+    assert words[:2] == ["self", str(node_id(g0.addr))], words
+    pairs = sorted(zip(words[2::2], words[3::2]))
+    assert pairs == sorted((str(node_id(a)), a) for a in (g0.addr, g1.addr)), words
+    fmap = ["self"] + pairs
+    # 2. The exit of the opted-in shell reported exactly once on guest 1.
+    assert g1.value("reports_21") == 1, "tag 21 reported %s times on guest 1" % g1.value("reports_21")
+    # 3. With fdmod unloaded: discd's notice alone (source kernel, signal 9), once.
+    assert g1.value("reports_22") == 1, g1.value("reports_22")
+    e22 = g1.value("exit_22")
+    e22 = json.loads(e22) if isinstance(e22, str) else e22
+    assert e22["source"] == "kernel" and e22["signal"] == 9 and e22["node"] == g0.addr and e22["tag"] == 22, e22
+    # 4. Detached, unloaded, reloaded, attached again; an exit after rmmod goes nowhere.
+    assert int(g0.value("attaches")) == 2, g0.value("attaches")
+    detach = g0.value("detach")
+    detach = json.loads(detach) if isinstance(detach, str) else detach
+    assert detach["ok"] is True and detach["state"] == "detached", detach
+    assert g1.value("reports_23") == 0
+    st0 = g0.value("status")
+    assert st0["kernel"]["exits"] == 2 and st0["kernel"]["lost"] == 0 and st0["kernel"]["map_writes"] >= 1, st0["kernel"]
+    events = {e["payload"]["tag"]: e for e in (v if isinstance(v, dict) else json.loads(v) for v in g1.values("proc_event"))}
+    assert set(events) == {21, 22}, sorted(events)
+    lat = {t: events[t]["time_unix_ms"] - int(g0.value("kill_%d" % t)) for t in (21, 22)}
+    return r, g0, g1, events, lat
+
+
+def test_kernel_modules_with_discd_over_rxe(ctx):
+    """discd's kernel link (2 rxe guests): map into fdmod; an exit over both paths (fdmod's immediate,
+    discd's notice) reported once and paired; over IP alone with fdmod unloaded; discd kernel detach,
+    rmmod, insmod, attach under a running discd; clean kernel logs"""
+    r, g0, g1, events, lat = _with_discd(ctx, rxe=True)
+    st1 = g1.value("status")
+    assert st1["processes"]["paired_kernel_exits"] >= 1, st1["processes"]
+    assert st1["rdma"]["immediate_rx"] >= 1, st1["rdma"]
+    assert events[21]["payload"]["source"] in ("rdma_immediate", "kernel"), events[21]
+    return ("fdmod map written by discd; tag 21 once via %s (other path paired, %d); tag 22 once over IP with "
+            "fdmod unloaded (source kernel); detach, rmmod, insmod, attach; kill -> guest 1's PROC_EXIT: "
+            "%d ms with fdmod, %d ms daemon path only (TCG, guest clocks, one offset); cycle %.1f s" % (
+                events[21]["payload"]["source"], st1["processes"]["paired_kernel_exits"], lat[21], lat[22], r.wall_s))
+
+
+test_kernel_modules_with_discd_over_rxe.timeout = 300
+
+
+def test_kernel_modules_with_discd_without_rdma(ctx):
+    """discd's kernel link on 2 guests without an RDMA device: the exit of a process opted in through
+    /dev/heartbeat leaves the node over IP (discd's notice, source kernel), reported once"""
+    r, g0, g1, events, lat = _with_discd(ctx, rxe=False)
+    st1 = g1.value("status")
+    assert st1["processes"]["paired_kernel_exits"] == 0 and st1["rdma"]["immediate_rx"] == 0, (st1["processes"], st1["rdma"])
+    assert events[21]["payload"]["source"] == "kernel", events[21]
+    m = re.search(r"sends_without_device (\d+)", g0.value("fdmod_stats_after"))
+    assert m and int(m.group(1)) >= 1, g0.value("fdmod_stats_after")
+    return ("no RDMA device: tags 21 and 22 once each over IP (source kernel); kill -> guest 1's PROC_EXIT %d / "
+            "%d ms (TCG); detach, rmmod, insmod, attach; cycle %.1f s" % (lat[21], lat[22], r.wall_s))
+
+
+test_kernel_modules_with_discd_without_rdma.timeout = 300

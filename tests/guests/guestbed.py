@@ -636,16 +636,16 @@ def run(scenario=None, guests=2, rxe=None, timeout=180, env=None, out_dir=None, 
     bindir = discd_bin()
     # Host paths under a directory the guests mask with a tmpfs (a clone in /tmp, say) are bound
     # back into place by the initramfs (gb_keep); the others are seen through the 9p root as is.
-    keep = []
+    bind_back = []
     for p in sorted({os.path.realpath(x) for x in (REPO, bindir, kernel.base) if x and _masked(x)}):
-        if any(p == k or p.startswith(k + "/") for k in keep):
+        if any(p == k or p.startswith(k + "/") for k in bind_back):
             continue
         if not re.match(r"^/[A-Za-z0-9_.+/-]+$", p):
             raise GuestbedError("%s is under %s (masked in guests) and has characters gb_keep cannot carry" % (
                 p, _masked(p)))
-        keep.append(p)
-    if keep:
-        kernel_args = "%s gb_keep=%s" % (kernel_args, ",".join(keep))
+        bind_back.append(p)
+    if bind_back:
+        kernel_args = "%s gb_keep=%s" % (kernel_args, ",".join(bind_back))
 
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

@@ -199,8 +199,9 @@ enum DaemonEvent: Event {
         case .rdmaUp(let d, let p, let g, let qpn, _, let mtu):
             return item("RDMA_UP", .info, [("device", .string(d)), ("port", .int(Int64(p))), ("gid", .string(g)),
                                             ("qpn", .uint(UInt64(qpn))), ("mtu", .int(Int64(mtu)))])
-        case .rdmaDown(let r, let wasUp):
-            return item("RDMA_DOWN", wasUp ? .warning : .info, [("reason", .string(r)), ("was_up", .bool(wasUp))])
+        case .rdmaDown(let r, true):
+            // A transition only: "still down" (a retry that found no device) is no change.
+            return item("RDMA_DOWN", .warning, [("reason", .string(r))])
         case .aliasesChanged(let a):
             return item("ADDRESSES_CHANGED", .info, [("aliases", .strings(a.map(\.description)))])
         case .primaryAddressGone(let a, let ifs):

@@ -62,6 +62,8 @@ import Glibc
         #expect(up.streamItem?.space == .config && up.streamItem?.name == "RDMA_UP" && up.streamItem?.severity == .info)
         let down = DaemonEvent.rdmaDown(reason: "device removed", wasUp: true)
         #expect(down.streamItem?.name == "RDMA_DOWN" && down.streamItem?.severity == .warning)
+        // Still down (a retry found no device), or never up: no change to report.
+        #expect(DaemonEvent.rdmaDown(reason: "no RDMA device", wasUp: false).streamItem == nil)
         #expect(DaemonEvent.kernelDetached(reason: "x").streamItem?.name == "KERNEL_DETACHED")
         #expect(DaemonEvent.kernelAttached(device: "/dev/heartbeat").streamItem?.name == "KERNEL_ATTACHED")
         #expect(DaemonEvent.watching(pid: 1, tag: 0, name: "x").streamItem == nil)

@@ -11,7 +11,7 @@ ARGS ?=
 STATIC = $(if $(filter release,$(CONFIG)),--static-swift-stdlib,)
 BIN = $(shell $(SWIFT) build -c $(CONFIG) $(STATIC) --show-bin-path)
 
-.PHONY: all deps build run install clean
+.PHONY: all deps build run install clean fuzz
 all: build
 
 deps:
@@ -27,5 +27,9 @@ install: build
 	install -D -m 0755 $(BIN)/discd $(DESTDIR)/usr/local/sbin/discd
 	install -D -m 0755 $(BIN)/showmap $(DESTDIR)/usr/local/bin/showmap
 
+# Fuzzing, 10 minutes per libFuzzer target (FUZZ_SECONDS=N): tests/fuzz/run.py.
+fuzz:
+	$(MAKE) -f Makefile.test fuzz
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz

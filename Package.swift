@@ -50,13 +50,19 @@ let package = Package(
         // One node's protocol: Discovery and Detector over one NodeMap, fed datagrams and ticks.
         // The daemon and the simulator both run exactly this.
         .target(name: "Cluster", dependencies: ["NodeMap", "Wire", "Events", "Discovery", "Detector", "Auth"]),
+        // The control socket's request format (parsed by the daemon, fuzzed on its own).
+        .target(name: "ControlProtocol", dependencies: ["Events"]),
+        // What the fuzzers feed untrusted bytes to, and the fuzzer binary (scripts/fuzz.sh).
+        .target(
+            name: "FuzzTargets", dependencies: ["Cluster", "Discovery", "Detector", "Auth", "ControlProtocol", "NodeMap", "Wire"]),
+        .executableTarget(name: "discd-fuzz", dependencies: ["FuzzTargets"]),
         // Deterministic cluster simulator driving the very same cores in virtual time.
         .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire", "Events"]),
 
         .executableTarget(
             name: "discd",
             dependencies: [
-                "NodeMap", "MapStore", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "Auth", "CSystemd", "CVerbs", "CLinux",
+                "NodeMap", "MapStore", "Wire", "Events", "Discovery", "Detector", "Cluster", "Simulator", "Auth", "ControlProtocol", "CSystemd", "CVerbs", "CLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -84,11 +90,14 @@ let package = Package(
         .testTarget(
             name: "ShellTests",
             dependencies: [
-                "discd", "Cluster", "Detector", "Discovery", "NodeMap", "Wire",
+                "discd", "Cluster", "Detector", "Discovery", "NodeMap", "Wire", "ControlProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Cluster", "NodeMap", "Events"]),
+        // The committed fuzz corpora (Tests/Fuzz/corpus/<target>/), replayed: every seed and every
+        // crash ever found must run through its target without trapping.
+        .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
     ]
 )

@@ -12,6 +12,8 @@
 #  * netns: the "netns: N passed, M failed, K skipped" line of tests/netns/run.py.
 #  * guests: the "guests: N passed, M failed, K skipped" line of tests/guests/run.py (qemu guests
 #    with Soft-RoCE, after the netns tests; same rules).
+#  * fuzz: the "fuzz: N passed, M failed, K skipped" line of tests/fuzz/run.py (libFuzzer, one test
+#    per target, $DISCD_FUZZ_SECONDS each, default 30; same rules).
 # A runner that exits non-zero (a crash or trap midway, an unreadable result file) with no failed
 # test counted is recorded as one failed test. Exit status: non-zero if M > 0, if K > 0 (unless
 # DISCD_TESTS_ALLOW_SKIP=1, which CI never sets), or if any runner exited non-zero.
@@ -115,13 +117,17 @@ echo "== RDMA guest tests (qemu, Soft-RoCE)"
 run_py_suite guests tests/guests/run.py
 gst_pass=$py_pass gst_fail=$py_fail gst_skip=$py_skip gst_rc=$py_rc
 
-passed=$((unit_pass + net_pass + gst_pass))
-failed=$((unit_fail + net_fail + gst_fail))
-skipped=$((unit_skip + net_skip + gst_skip))
-echo "== summary: swift test rc=$unit_rc ($unit_pass/$unit_fail/$unit_skip), netns rc=$net_rc ($net_pass/$net_fail/$net_skip), guests rc=$gst_rc ($gst_pass/$gst_fail/$gst_skip)"
+echo "== fuzzing (libFuzzer, short run)"
+run_py_suite fuzz tests/fuzz/run.py
+fz_pass=$py_pass fz_fail=$py_fail fz_skip=$py_skip fz_rc=$py_rc
+
+passed=$((unit_pass + net_pass + gst_pass + fz_pass))
+failed=$((unit_fail + net_fail + gst_fail + fz_fail))
+skipped=$((unit_skip + net_skip + gst_skip + fz_skip))
+echo "== summary: swift test rc=$unit_rc ($unit_pass/$unit_fail/$unit_skip), netns rc=$net_rc ($net_pass/$net_fail/$net_skip), guests rc=$gst_rc ($gst_pass/$gst_fail/$gst_skip), fuzz rc=$fz_rc ($fz_pass/$fz_fail/$fz_skip)"
 if [ "$skipped" -gt 0 ] && [ "$allow_skip" = 0 ]; then
     echo "$skipped test(s) skipped: a skip fails the test command (DISCD_TESTS_ALLOW_SKIP=1 accepts skips)"
 fi
 summary "$passed" "$failed" "$skipped"
-[ "$failed" = 0 ] && [ "$unit_rc" = 0 ] && [ "$net_rc" = 0 ] && [ "$gst_rc" = 0 ] &&
+[ "$failed" = 0 ] && [ "$unit_rc" = 0 ] && [ "$net_rc" = 0 ] && [ "$gst_rc" = 0 ] && [ "$fz_rc" = 0 ] &&
     { [ "$skipped" = 0 ] || [ "$allow_skip" = 1 ]; }

@@ -1,5 +1,6 @@
 import CLinux
 import Cluster
+import ControlProtocol
 import NodeMap
 import Testing
 import Glibc

@@ -1,4 +1,5 @@
 import Cluster
+import ControlProtocol
 import Detector
 import Discovery
 import NIOCore

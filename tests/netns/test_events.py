@@ -262,7 +262,10 @@ def test_event_hooks(ctx):
         slow = os.path.join(d0, "hook-slow.sh")
         bad = os.path.join(d0, "hook-bad.sh")
         out = os.path.join(d0, "hook.env")
-        for path, body in ((good, "env | grep ^DISCD_ | sort > %s.$DISCD_EVENT_SEQ\n" % out),
+        # Written to a temporary name and renamed, so the test never reads a half-written file.
+        tmp = os.path.join(d0, "hook.tmp")
+        for path, body in ((good, "env | grep ^DISCD_ | sort > %s.$DISCD_EVENT_SEQ && mv %s.$DISCD_EVENT_SEQ %s.$DISCD_EVENT_SEQ\n"
+                            % (tmp, tmp, out)),
                            (slow, "exec sleep 30\n"), (bad, "exit 4\n")):
             with open(path, "w") as f:
                 f.write("#!/bin/sh\n" + body)

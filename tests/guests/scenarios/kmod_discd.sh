@@ -48,27 +48,26 @@ if [ "$GUEST_INDEX" = 0 ]; then
     result fdmod_stats "$(json_str "$(cat /proc/fdmod/stats 2>&1)")"
     barrier loaded 60
 
+    # kill_opted_in TAG: a shell opts in with TAG, becomes `sleep`, is SIGKILLed (result kill_TAG:
+    # the time), and guest 1 says it reported the exit.
+    kill_opted_in() {
+        sh -c "echo $1 > /dev/heartbeat && exec sleep 30" &
+        _victim=$!
+        sleep 0.5
+        _t=$(now_ms)
+        kill -9 "$_victim"
+        result "kill_$1" "$_t"
+        wait "$_victim" 2>/dev/null
+        wait_for "$SHARED/seen_$1" 60 || fail "guest 1 never reported tag $1"
+    }
+
     # 2. Both paths.
-    sh -c 'echo 21 > /dev/heartbeat && exec sleep 30' &
-    victim=$!
-    sleep 0.5
-    t=$(now_ms)
-    kill -9 "$victim"
-    result kill_21 "$t"
-    wait "$victim" 2>/dev/null
-    wait_for "$SHARED/seen_21" 60 || fail "guest 1 never reported tag 21"
+    kill_opted_in 21
     result fdmod_stats_after "$(json_str "$(cat /proc/fdmod/stats 2>&1)")"
 
     # 3. IP only: fdmod gone, heartbeat stays.
     rmmod fdmod || fail "rmmod fdmod (heartbeat loaded, discd attached)"
-    sh -c 'echo 22 > /dev/heartbeat && exec sleep 30' &
-    victim=$!
-    sleep 0.5
-    t=$(now_ms)
-    kill -9 "$victim"
-    result kill_22 "$t"
-    wait "$victim" 2>/dev/null
-    wait_for "$SHARED/seen_22" 60 || fail "guest 1 never reported tag 22"
+    kill_opted_in 22
 
     # 4. Unload under the running discd, an opted-in process alive.
     sh -c 'echo 23 > /dev/heartbeat && exec sleep 60' &

@@ -540,11 +540,10 @@ public struct ClusterNode: Sendable {
                     out.append(.unicast(bytes, to: to))
                     counters.unicastSent += 1
                 }
-            case .relay(let m, let except):
-                if let bytes = try? m.encode() {
-                    out.append(.multicast(bytes, except: except))
-                    counters.multicastSent += 1
-                }
+            case .relay:
+                // Relays come only from `admit`, and `receive` forwards the datagram as it came (its
+                // tag intact); a re-encoded copy would carry no valid tag.
+                break
             case .changes(let c):
                 mapChanged(c, now: now)
             case .event(let e):

@@ -400,9 +400,13 @@ public struct ClusterNode: Sendable {
             inOurName(m, now: now)
             return flush()
         }
-        if let known = map[h.origin], h.incarnation < known.incarnation, !h.type.speaksForItself {
+        if let known = map[h.origin], h.incarnation < known.incarnation, !h.type.speaksForItself || known.state.isMember {
             // An older life of the sender (a delayed datagram, a replay): it says nothing about the
-            // node now, and must neither refresh it nor clear a suspicion of it.
+            // node now, and must neither refresh it nor clear a suspicion of it. Its own announce,
+            // join or leave goes on to discovery only while we hold the node dead or left: then a
+            // live node below our incarnation (it restarted after its clock stepped back and lost
+            // its map file) is told to refute past it. While we hold it a member at a higher
+            // incarnation, the newer life speaks for it.
             drop(.staleIncarnation, from: h.origin)
             return flush()
         }
@@ -415,6 +419,7 @@ public struct ClusterNode: Sendable {
             counters.multicastSent += 1
         }
         guard process else { return flush() }
+        if !h.type.speaksForItself { mapChanged(map.heardAtIncarnation(h.origin, h.incarnation, now: now), now: now) }
         if eventLevel <= .debug && h.type != .heartbeat {
             emit(.received(type: h.type, origin: h.origin, hops: h.hops, incarnation: h.incarnation, interface: interface))
         }

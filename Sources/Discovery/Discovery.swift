@@ -337,8 +337,9 @@ public struct DiscoveryCore: Sendable {
             {
                 // The node speaks at an incarnation our map will not take: we hold it dead or left at
                 // this incarnation (a lost-message expiry, a notice it missed, a forged leave), or we
-                // know a higher one (it restarted after its clock stepped back). Tell it what we hold,
-                // so that it refutes past it and every map takes it back.
+                // know a higher one (it restarted after its clock stepped back; ClusterNode passes that
+                // on only while we hold it dead or left). Tell it what we hold, so that it refutes
+                // past it and every map takes it back.
                 out.append(.unicast(.suspect(target: h.origin, targetIncarnation: known.incarnation), to: h.origin))
                 out.append(.event(.revivalRequested(address: h.origin, held: known.incarnation, theirs: h.incarnation)))
                 stats.revivalsRequested += 1

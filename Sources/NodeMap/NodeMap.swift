@@ -208,6 +208,23 @@ public struct NodeMap: Sendable {
         return changes
     }
 
+    /// A member heard at a higher incarnation than the map holds, in a datagram that makes no claim
+    /// (a heartbeat, a probe, a notice it sends): it refuted or restarted and the announce saying so
+    /// was lost here. The map takes the incarnation (a suspect is alive again) and keeps the rest;
+    /// otherwise a death this node later declares would name an incarnation every other map has
+    /// passed, and be ignored.
+    @discardableResult
+    public mutating func heardAtIncarnation(_ address: IPAddress, _ incarnation: UInt64, now: Instant) -> [NodeMapChange] {
+        guard let slot = index[address] else { return [] }
+        let n = storage[Int(slot)]
+        guard n.state.isMember, incarnation > n.incarnation else { return [] }
+        return observe(
+            NodeClaim(
+                address: n.address, preferredID: n.preferredID, explicitID: n.explicitID, aliases: n.aliases,
+                incarnation: incarnation, hops: n.hops, heartbeatPort: n.heartbeatPort, capabilities: n.capabilities),
+            now: now)
+    }
+
     /// Records that a node was heard from (a heartbeat) without changing anything else.
     public mutating func touch(_ address: IPAddress, now: Instant) {
         guard let slot = index[address] else { return }

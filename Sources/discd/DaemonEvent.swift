@@ -14,6 +14,8 @@ enum DaemonEvent: Event {
     case sendFailed(to: String, error: String, total: Int)
     case socketError(error: String)
     case mapWriteFailed(path: String, error: String)
+    /// The map file left by the last run is corrupt: not trusted, moved to `movedTo` (nil: could not be moved).
+    case mapFileCorrupt(path: String, error: String, movedTo: String?)
     case library(level: LogLevel, source: String, message: String)
     /// The RDMA transport opened its endpoint (at start, or back after a loss).
     case rdmaUp(device: String, port: Int, gid: String, qpn: UInt32, qkey: UInt32, mtu: Int)
@@ -50,6 +52,7 @@ enum DaemonEvent: Event {
         case .sendFailed: "transport.send_failed"
         case .socketError: "transport.socket_error"
         case .mapWriteFailed: "map.write_failed"
+        case .mapFileCorrupt: "map.corrupt"
         case .library: "library.log"
         case .rdmaUp: "rdma.up"
         case .rdmaDown: "rdma.down"
@@ -71,6 +74,7 @@ enum DaemonEvent: Event {
         case .primaryAddressGone, .sendFailed: .warning
         case .socketError: .debug
         case .mapWriteFailed: .error
+        case .mapFileCorrupt: .warning
         case .library(let l, _, _): l
         case .rdmaUp: .notice
         case .rdmaDown(_, let wasUp): wasUp ? .warning : .info
@@ -113,6 +117,10 @@ enum DaemonEvent: Event {
         case .mapWriteFailed(let p, let e):
             f.add("path", p)
             f.add("error", e)
+        case .mapFileCorrupt(let p, let e, let to):
+            f.add("path", p)
+            f.add("error", e)
+            if let to { f.add("moved_to", to) }
         case .library(_, let source, let m):
             f.add("source", source)
             f.add("message", m)
@@ -172,6 +180,9 @@ enum DaemonEvent: Event {
         case .sendFailed(let to, let e, let total): "send to \(to) failed: \(e) (\(total) send errors so far)"
         case .socketError(let e): "socket error: \(e)"
         case .mapWriteFailed(let p, let e): "cannot write map file \(p): \(e)"
+        case .mapFileCorrupt(let p, let e, let to):
+            "the map file left by the last run is not trusted (\(e)); "
+                + (to.map { "moved to \($0), " } ?? "could not be moved aside, ") + "\(p) will be rewritten"
         case .library(_, let source, let m): "\(source): \(m)"
         case .rdmaUp(let d, let p, let g, let qpn, _, let mtu):
             "RDMA transport up on \(d) port \(p): GID \(g) QPN \(qpn) MTU \(mtu)"

@@ -181,6 +181,8 @@ struct DiscdCommand: AsyncParsableCommand {
         var hooks: [HookRunner.Hook]
         var hookTimeoutMillis: Int32
         var allowList: SourceAllowList?
+        /// Why the map file left by the last run could not be read (nil: fine or absent).
+        var previousMapProblem: String?
     }
 
     func resolve() throws -> Setup {
@@ -228,8 +230,9 @@ struct DiscdCommand: AsyncParsableCommand {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         let wallNanos = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+        let previous = PreviousMapFile.inspect(path: map, me: primary)
         var config = ClusterConfig(
-            cluster: cluster, me: me, incarnation: Self.startIncarnation(wallNanos: wallNanos, mapPath: map, me: primary),
+            cluster: cluster, me: me, incarnation: Self.startIncarnation(wallNanos: wallNanos, previous: previous.incarnation),
             discovery: discovery, detector: detector, seed: UInt64(bitPattern: wallNanos) ^ UInt64(getpid()),
             logLevel: .info, timeBaseUnixNanos: wallNanos - Int64(startNanos))
         if let keyring {
@@ -252,18 +255,17 @@ struct DiscdCommand: AsyncParsableCommand {
             config: config, family: fam, active: active, names: ifNames, group: group, heartbeatPort: hbPort,
             aliasSource: aliasSource, aliases: aliases, detectorText: detText, startNanos: startNanos, hooks: hookList,
             hookTimeoutMillis: Int32(hookTimeoutNanos / 1_000_000),
-            allowList: try allowFrom.map { text throws(ConfigError) in try SourceAllowList(parsing: text) })
+            allowList: try allowFrom.map { text throws(ConfigError) in try SourceAllowList(parsing: text) },
+            previousMapProblem: previous.problem)
     }
 
     /// A new life's incarnation: wall-clock milliseconds, but above the one this node had in its
     /// last map file, so a clock stepped back across a restart cannot make it go down. (Peers that
     /// remember a higher one still tell the node, which then refutes past it.)
-    static func startIncarnation(wallNanos: Int64, mapPath: String, me: IPAddress) -> UInt64 {
+    static func startIncarnation(wallNanos: Int64, previous: UInt64?) -> UInt64 {
         let wall = UInt64(max(wallNanos, 0) / 1_000_000)
-        guard let old = try? MapFile.read(path: mapPath), let mine = old.nodes.first(where: { $0.address == me }) else {
-            return wall
-        }
-        return max(wall, mine.incarnation &+ 1)
+        guard let previous else { return wall }
+        return max(wall, previous &+ 1)
     }
 
     func serve(_ s: Setup, readyFD: Int32?) async throws {
@@ -274,6 +276,14 @@ struct DiscdCommand: AsyncParsableCommand {
             target: target, format: LogSink.Format(rawValue: logFormat) ?? .text, debug: debug, startNanos: s.startNanos)
         LoggingSystem.bootstrap { _ in SinkLogHandler(sink: sink) }
         let logger = Logger(label: "discd")
+        // The last run's map file: a corrupt one is never trusted (its incarnation was not used)
+        // and is set aside for inspection; the first write replaces it. A killed writer's
+        // temporary files are removed.
+        PreviousMapFile.removeStaleTemporaries(of: map)
+        if let status { PreviousMapFile.removeStaleTemporaries(of: status) }
+        if let problem = s.previousMapProblem {
+            sink.write(DaemonEvent.mapFileCorrupt(path: map, error: problem, movedTo: PreviousMapFile.setAside(map)))
+        }
 
         let elg = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = elg.next()

@@ -101,3 +101,42 @@ final class MapPublisher: Service, @unchecked Sendable {
         try? AtomicFile.write(Array(s.utf8), to: path, durable: false)
     }
 }
+
+/// The map file a previous run of the daemon left behind.
+enum PreviousMapFile {
+    /// This node's incarnation in the last run's map (nil: no file, or we were not in it), or why
+    /// the file could not be read (nil when absent: a first start).
+    static func inspect(path: String, me: IPAddress) -> (incarnation: UInt64?, problem: String?) {
+        do {
+            let old = try MapFile.read(path: path)
+            return (old.nodes.first(where: { $0.address == me })?.incarnation, nil)
+        } catch MapFileError.notFound {
+            return (nil, nil)
+        } catch {
+            return (nil, "\(error)")
+        }
+    }
+
+    /// Moves an untrusted map file to `PATH.corrupt` (replacing an older one); the new path, or nil.
+    static func setAside(_ path: String) -> String? {
+        let to = path + ".corrupt"
+        return rename(path, to) == 0 ? to : nil
+    }
+
+    /// Removes `PATH.tmp.PID` files (see `AtomicFile.write`) whose writer no longer runs: what a
+    /// SIGKILL or power cut in the middle of a write leaves. Returns how many were removed.
+    @discardableResult
+    static func removeStaleTemporaries(of path: String) -> Int {
+        let dir = AtomicFile.directory(of: path)
+        let prefix = String(path.split(separator: "/", omittingEmptySubsequences: false).last ?? "") + ".tmp."
+        guard let d = opendir(dir) else { return 0 }
+        defer { closedir(d) }
+        var removed = 0
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count)), pid > 0, pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH, unlink(dir + "/" + name) == 0 { removed += 1 }
+        }
+        return removed
+    }
+}

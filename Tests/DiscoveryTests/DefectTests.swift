@@ -59,6 +59,56 @@ import Wire
         }
     }
 
+    // Issue 13: an older life's announce or join while every map holds the node alive at a higher
+    // incarnation (a replay, a delayed datagram) is dropped as stale_incarnation and answered with
+    // nothing: it cannot make the live node refute. A real restart below the remembered
+    // incarnation after a crash (clock back, map file lost) still recovers, once the detector has
+    // declared the old life dead.
+    @Test func olderLifeOfALiveMemberIsIgnored() {
+        var net = TestNet()
+        _ = net.add("10.0.0.1", detector: true)
+        _ = net.add("10.0.0.2", detector: true, incarnation: 1_000_000)
+        _ = net.add("10.0.0.3", detector: true)
+        for i in 0..<3 { net.start(i) }
+        net.advance(by: 3_000_000_000)
+        let b = IPAddress("10.0.0.2")!
+        let old = forged(.announce(NodeInfo(heartbeatPort: 7778)), origin: b, incarnation: 7)
+        for body in [old, forged(.join(NodeInfo(heartbeatPort: 7778)), origin: b, incarnation: 7)] {
+            for n in [0, 2] { net.inject(body, to: n) }
+        }
+        net.advance(by: 100_000_000)
+        #expect(net.nodes[1].incarnation == 1_000_000)
+        for n in [0, 2] {
+            #expect(net.nodes[n].counters.drops[.staleIncarnation] == 2, "node \(n)")
+            #expect(net.nodes[n].map[b]?.incarnation == 1_000_000 && net.nodes[n].map[b]?.state == .alive)
+        }
+
+        net.down.insert(1)  // crash: no leave
+        let again = net.add("10.0.0.2", detector: true, incarnation: 7)
+        net.start(again)
+        net.advance(by: 8_000_000_000)
+        #expect(net.nodes[again].incarnation > 1_000_000)
+        for n in [0, 2] {
+            #expect(net.nodes[n].map[b]?.state == .alive, "node \(n)")
+            #expect((net.nodes[n].map[b]?.incarnation ?? 0) > 1_000_000, "node \(n)")
+        }
+    }
+
+    // Issue 13 (found under a 60 s flood): a node that missed a refutation (its announce lost) takes
+    // the new incarnation from the refuter's next heartbeat, so a death it declares later names the
+    // incarnation every other map holds, and is not ignored as stale.
+    @Test func missedRefutationIsLearnedFromTheNextDatagram() {
+        var net = threeNodes(detector: true)
+        let b = IPAddress("10.0.0.2")!
+        let inc = net.nodes[1].incarnation
+        net.inject(forged(.heartbeat(sequence: 1, periodMillis: 150), origin: b, incarnation: inc + 5), to: 0)
+        #expect(net.nodes[0].map[b]?.incarnation == inc + 5)
+        #expect(net.nodes[0].map[b]?.state == .alive)
+        // A lower one changes nothing (it is dropped as stale).
+        net.inject(forged(.heartbeat(sequence: 2, periodMillis: 150), origin: b, incarnation: inc + 1), to: 0)
+        #expect(net.nodes[0].map[b]?.incarnation == inc + 5)
+    }
+
     // Defects 11: a forged leave about a live node, sent by a host that runs no discd, is contradicted
     // by that node at once: every map holds it alive again after one round trip.
     @Test func forgedLeaveIsRefutedAtOnce() {

@@ -12,11 +12,20 @@ independently of discd.  Run inside a namespace with `ip netns exec`.
                                                       (an eavesdropper's capture, for replay tests)
   mcast.py replay DEST PORT IFNAME FILE               sends the hex datagram of every "RXHEX" line of
                                                       FILE to DEST:PORT, as captured
+  mcast.py flood DEST PORT IFNAME SECONDS FILE [ADDR:PORT ...]
+                                                      sends as fast as it can for SECONDS to DEST:PORT
+                                                      and every extra ADDR:PORT in turn: random bytes,
+                                                      FILE's captured datagrams verbatim (replays),
+                                                      with one byte flipped (forgeries) and truncated;
+                                                      prints one JSON line of counts by kind
 
 GROUP_OR_ADDR may be an IPv4/IPv6 multicast group (joined on IFNAME) or a unicast
 address / '0.0.0.0' / '::' to bind.  Every loop is bounded by SECONDS or COUNT.
 """
 import ipaddress
+import json
+import os
+import random
 import socket
 import struct
 import sys
@@ -141,6 +150,49 @@ def main():
             s.sendto(("%s %d" % (tag, seq)).encode(), (addr, port))
             time.sleep(interval)
         print("SENT %d" % count, flush=True)
+    elif mode == "flood":
+        seconds, capfile = float(sys.argv[5]), sys.argv[6]
+        dests = [(addr, port)] + [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in sys.argv[7:]]
+        if ip.is_multicast:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                         socket.inet_aton("0.0.0.0") + socket.inet_aton("0.0.0.0") + struct.pack("@i", ifindex))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        s.setblocking(False)
+        captured = []
+        if capfile != "-":
+            with open(capfile) as f:
+                captured = [bytes.fromhex(p[2]) for p in (l.split() for l in f) if len(p) == 3 and p[0] == "RXHEX"]
+        rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+        # A pool of prepared datagrams (building one per send would halve the rate).
+        pool = []
+        for i in range(4096):
+            kind = ("garbage", "replayed", "flipped", "truncated")[i % 4] if captured else "garbage"
+            if kind == "garbage":
+                d = os.urandom(rng.randrange(0, 1400))
+            else:
+                d = bytearray(rng.choice(captured))
+                if kind == "flipped":
+                    d[rng.randrange(len(d))] ^= 1 << rng.randrange(8)
+                elif kind == "truncated":
+                    d = d[:rng.randrange(len(d))]
+                d = bytes(d)
+            pool.append((kind, d))
+        counts = {k: 0 for k in ("garbage", "replayed", "flipped", "truncated")}
+        sent = blocked = 0
+        end = time.monotonic() + seconds
+        i = 0
+        while True:
+            if i % 256 == 0 and time.monotonic() >= end:
+                break
+            kind, d = pool[i % len(pool)]
+            try:
+                s.sendto(d, dests[i % len(dests)])
+                counts[kind] += 1
+                sent += 1
+            except (BlockingIOError, OSError):
+                blocked += 1
+            i += 1
+        print(json.dumps({"sent": sent, "blocked": blocked, "seconds": seconds, "by_kind": counts}), flush=True)
     else:
         sys.exit("unknown mode " + mode)
 

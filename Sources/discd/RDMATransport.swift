@@ -76,9 +76,9 @@ func errnoText(_ e: Int32 = errno) -> String { "\(String(cString: strerror(e))) 
 
 /// RDMA UD multicast and unicast over librdmacm and libibverbs (InfiniBand, RoCE, Soft-RoCE).
 ///
-/// One endpoint: an rdma_cm ID bound to the address of the first cluster interface an RDMA device
-/// serves (or the one `--rdma-device` names), a UD queue pair that joined the cluster's group
-/// (`rdma_join_multicast`, which also does IGMP/MLD on RoCE), one registered buffer for
+/// One endpoint on the device and port that serve the first cluster interface's address (or the
+/// ones `--rdma-device`/`--rdma-port` name): a UD queue pair attached to the cluster's group (by
+/// verbs on RoCE, by `rdma_join_multicast` on InfiniBand: see `Endpoint`), one registered buffer for
 /// receive and send slots. The same datagrams as the IP transport; our endpoint (GID, QPN, Q_Key)
 /// is published as the node's RDMA capability so that others unicast detector traffic to it.
 ///

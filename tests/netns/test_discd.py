@@ -446,7 +446,7 @@ def _badconf(lab, node, args, must_mention):
 
 
 def test_bad_configuration(ctx):
-    """bad -i / --port / --map / --rdma-* / key files / port in use: non-zero exit <=3s, one stderr line, no backtrace"""
+    """bad -i / --port / --map / --rdma-* / unknown flag / -m / key files / port in use: non-zero exit <=3s, one stderr line, no backtrace"""
     ctx.need_discd()
     with ctx.lab() as lab:
         lan = lab.add_lan("", 1, 3)
@@ -462,6 +462,8 @@ def test_bad_configuration(ctx):
             _badconf(lab, node, ["-i", "e0", "--rdma-device", "nosuchdev0"] + mp, ["nosuchdev0"]),
             _badconf(lab, node, ["-i", "e0", "--rdma-port", "300"] + mp, ["300"]),
             _badconf(lab, node, ["-i", "e0", "--no-rdma", "--rdma-device", "rxe0"] + mp, ["--no-rdma"]),
+            _badconf(lab, node, ["-i", "e0", "--bogus-flag"] + mp, ["--bogus-flag"]),
+            _badconf(lab, node, ["-i", "e0", "-m", "999"] + mp, ["999"]),
         ]
         # Key files: readable by others, a key of the wrong length, absent; --trust-rdma-immediates alone.
         open_key, short_key = os.path.join(node.dir, "open.key"), os.path.join(node.dir, "short.key")
@@ -475,6 +477,8 @@ def test_bad_configuration(ctx):
             _badconf(lab, node, ["-i", "e0", "--key-file", open_key] + mp, [open_key, "644"]),
             _badconf(lab, node, ["-i", "e0", "--key-file", short_key] + mp, [short_key, "16"]),
             _badconf(lab, node, ["-i", "e0", "--key-file", short_key + ".none"] + mp, [short_key + ".none"]),
+            # Unreadable (root reads any file, so: a directory where the key file should be).
+            _badconf(lab, node, ["-i", "e0", "--key-file", node.dir] + mp, [node.dir]),
             _badconf(lab, node, ["-i", "e0", "--trust-rdma-immediates"] + mp, ["--key-file"]),
         ]
         # port in use: hold 0.0.0.0:7777 without SO_REUSEADDR in the node's namespace

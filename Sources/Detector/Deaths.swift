@@ -53,7 +53,7 @@ extension DetectorCore {
             }
             return
         }
-        if let n = map[target], n.incarnation > incarnation {
+        if let n = map.brief(target), n.incarnation > incarnation {
             emit(&out, .staleDeathNotice(address: target, incarnation: incarnation, known: n.incarnation))
             return
         }
@@ -98,7 +98,7 @@ extension DetectorCore {
     /// This node's neighbours in the binomial graph over the current members of `map` (dead and left
     /// nodes are not members, so they are skipped). O(N): used only when a death is spread.
     public func bmgNeighbours(in map: NodeMap) -> [IPAddress] {
-        guard let me = map[selfAddress], me.state.isMember else { return [] }
+        guard let me = map.brief(selfAddress), me.state.isMember else { return [] }
         let ids = map.memberIDs()
         var lo = 0
         var hi = ids.count
@@ -113,11 +113,11 @@ extension DetectorCore {
 
     // MARK: Helpers
 
-    func ownIncarnation(_ map: NodeMap) -> UInt64 { map[selfAddress]?.incarnation ?? 0 }
+    func ownIncarnation(_ map: NodeMap) -> UInt64 { map.brief(selfAddress)?.incarnation ?? 0 }
 
     /// Appends a unicast to `to`'s heartbeat port; false (and counted) when the map has no port for it.
     mutating func send(_ body: Body, to: IPAddress, map: NodeMap, out: inout [DetectorOutput]) -> Bool {
-        guard to != selfAddress, let port = map[to]?.heartbeatPort, port != 0 else {
+        guard to != selfAddress, let port = map.brief(to)?.heartbeatPort, port != 0 else {
             stats.unroutable += 1
             return false
         }

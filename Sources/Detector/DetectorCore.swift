@@ -184,7 +184,7 @@ public struct DetectorCore: Sendable {
     ) -> [DetectorOutput] {
         var out: [DetectorOutput] = []
         prepare(&map, now: now, out: &out)
-        let stale = (map[origin]?.incarnation ?? 0) > originIncarnation
+        let stale = (map.brief(origin)?.incarnation ?? 0) > originIncarnation
 
         // Any detector message from the observed node, of its current incarnation, is a sign of life.
         if !stale, origin == observedNode?.address {

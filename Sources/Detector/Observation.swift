@@ -48,7 +48,7 @@ extension DetectorCore {
         reason: DetectorEvent.ClearReason
     ) {
         stats.refutedSuspicions += 1
-        if map[address]?.state == .suspect {
+        if map.brief(address)?.state == .suspect {
             let c = map.setState(address, to: .alive)
             if !c.isEmpty { out.append(.changes(c)) }
         }

@@ -9,7 +9,7 @@ extension DetectorCore {
     mutating func prepare(_ map: inout NodeMap, now: Instant, out: inout [DetectorOutput]) {
         if seenGeneration != map.generation { refreshRing(map, now: now, out: &out) }
         if !orphans.isEmpty {
-            for a in orphans where map[a]?.state == .suspect {
+            for a in orphans where map.brief(a)?.state == .suspect {
                 let c = map.setState(a, to: .alive)
                 if !c.isEmpty {
                     out.append(.changes(c))
@@ -23,7 +23,7 @@ extension DetectorCore {
 
     mutating func refreshRing(_ map: NodeMap, now: Instant, out: inout [DetectorOutput]) {
         seenGeneration = map.generation
-        guard let me = map[selfAddress], me.state.isMember else {
+        guard let me = map.brief(selfAddress), me.state.isMember else {
             if let o = observedNode {
                 emit(&out, .stoppedObserving(address: o.address, notMember: true))
                 if o.suspicion != nil { orphans.append(o.address) }
@@ -34,8 +34,8 @@ extension DetectorCore {
             return
         }
         selfID = me.id
-        successorAddress = map.successor(of: me.id).flatMap { map.node(id: $0)?.address }
-        let pred = map.predecessor(of: me.id).flatMap { map.node(id: $0) }
+        successorAddress = map.successor(of: me.id).flatMap { map.brief(id: $0)?.address }
+        let pred = map.predecessor(of: me.id).flatMap { map.brief(id: $0) }
 
         if var o = observedNode, let p = pred, p.address == o.address {
             o.id = p.id
@@ -56,7 +56,7 @@ extension DetectorCore {
         let old = observedNode
         let repair: Bool
         if let o = old {
-            let stillMember = map[o.address]?.state.isMember ?? false
+            let stillMember = map.brief(o.address)?.state.isMember ?? false
             repair = !stillMember
             if stillMember, o.suspicion != nil { orphans.append(o.address) }
         } else {

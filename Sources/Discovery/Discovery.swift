@@ -331,7 +331,7 @@ public struct DiscoveryCore: Sendable {
                 address: h.origin, preferredID: h.flags.contains(.explicitID) ? NodeID(rawValue: h.senderID) : nil,
                 explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
                 hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
-            if let known = map[h.origin],
+            if let known = map.brief(h.origin),
                 (!known.state.isMember && known.incarnation == h.incarnation) || known.incarnation > h.incarnation,
                 mayAnswerRevival(h.origin, now: now, map: map)
             {
@@ -354,7 +354,7 @@ public struct DiscoveryCore: Sendable {
                 }
             }
         case .leave:
-            if let n = map[h.origin], h.incarnation >= n.incarnation {
+            if let n = map.brief(h.origin), h.incarnation >= n.incarnation {
                 let c = map.setState(h.origin, to: .left, incarnation: h.incarnation)
                 if !c.isEmpty { out.append(.changes(c)) }
             }
@@ -362,9 +362,9 @@ public struct DiscoveryCore: Sendable {
             var changes: [NodeMapChange] = []
             // The sender's distance to each entry plus ours to the sender; heard as long ago as the
             // sender last heard it, not now (a sync must not lend a silent node a fresh lifetime).
-            let senderHops = Int(map[h.origin]?.hops ?? h.hops)
+            let senderHops = Int(map.brief(h.origin)?.hops ?? h.hops)
             for e in entries where e.address != me.address && e.state.isMember {
-                if let known = map[e.address], known.incarnation >= e.incarnation { continue }
+                if let known = map.brief(e.address), known.incarnation >= e.incarnation { continue }
                 let claim = NodeClaim(
                     address: e.address, preferredID: e.explicitID ? NodeID(rawValue: e.preferredID) : nil,
                     explicitID: e.explicitID, aliases: e.aliases, incarnation: e.incarnation,
@@ -393,7 +393,7 @@ public struct DiscoveryCore: Sendable {
     /// A join is answered by the newcomer's two ring neighbours in our map (so about two answers
     /// whatever the cluster size), or by everyone while the cluster is tiny.
     private func shouldAnswerJoin(of newcomer: IPAddress, map: NodeMap) -> Bool {
-        guard let n = map[newcomer], let me = map[me.address] else { return false }
+        guard let n = map.brief(newcomer), let me = map.brief(me.address) else { return false }
         if map.memberCount <= 3 { return true }
         return map.successor(of: n.id) == me.id || map.predecessor(of: n.id) == me.id
     }

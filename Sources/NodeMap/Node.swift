@@ -80,6 +80,27 @@ public enum Capability: Hashable, Sendable {
     case unknown(type: UInt8, value: [UInt8])
 }
 
+/// A node's scalar fields (`NodeMap.brief`): no arrays, so reading one costs no reference counting.
+public struct NodeBrief: Sendable, Equatable {
+    public var address: IPAddress
+    public var id: NodeID
+    public var state: NodeState
+    public var incarnation: UInt64
+    public var lastHeard: Instant
+    public var hops: UInt8
+    public var heartbeatPort: UInt16
+
+    @inlinable init(_ n: borrowing Node) {
+        address = n.address
+        id = n.id
+        state = n.state
+        incarnation = n.incarnation
+        lastHeard = n.lastHeard
+        hops = n.hops
+        heartbeatPort = n.heartbeatPort
+    }
+}
+
 /// One node of the cluster as this node knows it.
 public struct Node: Hashable, Sendable {
     /// Primary address: the node's key; unique in a map.

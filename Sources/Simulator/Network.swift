@@ -26,7 +26,7 @@ extension Simulator {
             guard armed[i] == e.time else { return }
             armed[i] = .max
             guard status[i] == .running, pausedUntil[i] <= now, let slot = slots[i] else { return }
-            if now >= slot.node.nextDeadline.nanos {
+            if now >= slot.node.nextDeadlineInPlace().nanos {
                 trace(1, UInt64(i))
                 if diagnose?.observer == i { lastInput = "tick" }
                 let effects = slot.node.tick(now: Instant(nanos: now))
@@ -85,7 +85,7 @@ extension Simulator {
 
     @inline(__always)
     func rearm(_ i: Int, _ slot: Slot) {
-        let d = slot.node.nextDeadline.nanos
+        let d = slot.node.nextDeadlineInPlace().nanos
         if d < armed[i] {
             let t = Swift.max(d, now)
             armed[i] = t

@@ -51,7 +51,7 @@ extension Simulator {
             for d in activeDepartures where departures[d].knownAt[i] == Departure.pendingMark {
                 let a = departures[d].address
                 let known: Bool
-                if let n = slot.node.map[a] {
+                if let n = slot.node.map.brief(a) {
                     known = !n.state.isMember || n.incarnation > departures[d].incarnation
                     if n.state == .dead { learnedDeaths += 1 }
                 } else {

@@ -405,7 +405,8 @@ public struct ClusterNode: Sendable {
             inOurName(m, now: now)
             return flush()
         }
-        if let known = map.brief(h.origin), h.incarnation < known.incarnation, !h.type.speaksForItself || known.state.isMember {
+        let known = map.brief(h.origin)
+        if let known, h.incarnation < known.incarnation, !h.type.speaksForItself || known.state.isMember {
             // An older life of the sender (a delayed datagram, a replay): it says nothing about the
             // node now, and must neither refresh it nor clear a suspicion of it. Its own announce,
             // join or leave goes on to discovery only while we hold the node dead or left: then a
@@ -424,7 +425,10 @@ public struct ClusterNode: Sendable {
             counters.multicastSent += 1
         }
         guard process else { return flush() }
-        if !h.type.speaksForItself { mapChanged(map.heardAtIncarnation(h.origin, h.incarnation, now: now), now: now) }
+        if let known, known.state.isMember, h.incarnation > known.incarnation, !h.type.speaksForItself {
+            // A refutation or restart whose announce was lost here: take the incarnation.
+            mapChanged(map.heardAtIncarnation(h.origin, h.incarnation, now: now), now: now)
+        }
         if eventLevel <= .debug && h.type != .heartbeat {
             emit(.received(type: h.type, origin: h.origin, hops: h.hops, incarnation: h.incarnation, interface: interface))
         }

@@ -37,28 +37,31 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
 
     static let key = try! ClusterKey(bytes: (0..<32).map { UInt8($0 &* 7 &+ 1) })
     static let me = IPAddress("10.1.0.1")!
+    static let keyedAuth = AuthConfig(keyring: try! Keyring([key]), counterSeed: 1 << 20)
 
     public func run(_ bytes: [UInt8]) {
         switch self {
         case .datagram:
             feed(bytes, auth: nil)
         case .keyed:
-            feed(bytes, auth: AuthConfig(keyring: try! Keyring([Self.key]), counterSeed: 1 << 20))
+            feed(bytes, auth: Self.keyedAuth)
             if var m = try? Message.decode(bytes) {
                 m.header.flags.insert(.authenticated)
                 m.header.keyID = Self.key.id
                 if var signed = try? m.encode() {
                     Seal.sign(&signed, key: Self.key)
-                    feed(signed, auth: AuthConfig(keyring: try! Keyring([Self.key]), counterSeed: 1 << 20))
+                    feed(signed, auth: Self.keyedAuth)
                 }
             }
         case .mapfile:
             // As it is, then with its checksum made right (mutations rarely keep the CRC-32C, and
             // the structure behind it must be as robust).
             var fixed = bytes
-            if fixed.count > 4 {
-                let c = CRC32C.checksum(fixed[0..<(fixed.count - 4)])
-                for k in 0..<4 { fixed[fixed.count - 4 + k] = UInt8(truncatingIfNeeded: c >> UInt32(24 - 8 * k)) }
+            if bytes.count > 4 {
+                var w = ByteWriter(capacity: bytes.count)
+                w.raw(bytes.dropLast(4))
+                w.u32(CRC32C.checksum(w.bytes))   // the trailer as MapFile.encode writes it
+                fixed = w.bytes
             }
             for b in [bytes, fixed] {
                 if let snap = try? MapFile.decode(b, path: "fuzz") {

@@ -555,6 +555,20 @@ class Lab:
             rc = None
         return rc, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - t0
 
+    def capture(self, node, seconds, group=GROUP4, port=PORT):
+        """An eavesdropper in node (no daemon) records `seconds` of group:port (`mcast.py capture`).
+
+        Returns (path of the capture file, for `mcast.py replay`/`flood`; [(source, hex bytes)])."""
+        path = os.path.join(self.workdir, "capture-%s.txt" % node.name)
+        with open(path, "w") as f:
+            r = subprocess.run(node.exec_argv([sys.executable, MCAST_TOOL, "capture", group, str(port),
+                                               node.ifaces[0].name, str(seconds)]),
+                               stdout=f, stderr=subprocess.PIPE, timeout=seconds + 15)
+        if r.returncode != 0:
+            raise LabError("capture in %s failed: %s" % (node.name, r.stderr.decode(errors="replace")))
+        with open(path) as f:
+            return path, [(p[1], p[2]) for p in (l.split() for l in f) if len(p) == 3 and p[0] == "RXHEX"]
+
     def mcast(self, node, *args, log=None):
         """Start tests/netns/mcast.py in node's namespace (returns Popen; output in log)."""
         logpath = log or os.path.join(node.dir, "mcast.log")

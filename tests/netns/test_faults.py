@@ -14,11 +14,10 @@ import threading
 import time
 
 from gaplib import drops, state_is, status_int, wait_all
-from netlab import MCAST_TOOL, PORT, Daemon, find_node, proc_cpu_ticks, proc_rss_kb, wait_until
+from netlab import GROUP4, MCAST_TOOL, PORT, Daemon, find_node, proc_cpu_ticks, proc_rss_kb, wait_until
 from test_gaps import DETECT_BOUND, converge, one_lan, settle
 from test_security import keygen
 
-GROUP4 = "239.192.77.77"
 PARTITION_BOUND = 12.0   # s: after the cut, each side has the whole other side dead (4 deaths, one ring each side)
 HEAL_BOUND = 8.0         # s: after the heal, every map holds all 8 nodes alive (next announce + refutation)
 RESTART_BOUND = 5.0      # s: a restarted node is alive again, at its new incarnation, in every map
@@ -126,14 +125,8 @@ def test_restart_higher_incarnation_old_ignored(ctx):
         assert old is not None
         old_inc, old_id = old["incarnation"], old["id"]
         # An eavesdropper (n5, no daemon) captures 4 s of the group: announces of n2's first life.
-        cap = os.path.join(lab.workdir, "capture.txt")
-        with open(cap, "w") as f:
-            r = subprocess.run(nodes[4].exec_argv([sys.executable, MCAST_TOOL, "capture", GROUP4, str(PORT), "e0", "4.0"]),
-                               stdout=f, stderr=subprocess.PIPE, timeout=20)
-        assert r.returncode == 0, r.stderr
-        with open(cap) as f:
-            lines = [l.split() for l in f if l.startswith("RXHEX")]
-        from_victim = sum(1 for l in lines if l[1] == victim)
+        cap, lines = lab.capture(nodes[4], 4.0)
+        from_victim = sum(1 for src, _ in lines if src == victim)
         assert from_victim >= 1, "captured nothing from %s in 4 s (%d datagrams)" % (victim, len(lines))
 
         ds[1].proc.kill()
@@ -335,13 +328,8 @@ def test_flood_of_forged_datagrams(ctx):
         converge(ds, addrs)
         time.sleep(settle(5))
         attacker = nodes[5]
-        cap = os.path.join(lab.workdir, "capture.txt")
-        with open(cap, "w") as f:
-            r = subprocess.run(attacker.exec_argv([sys.executable, MCAST_TOOL, "capture", GROUP4, str(PORT), "e0", "4.0"]),
-                               stdout=f, stderr=subprocess.PIPE, timeout=20)
-        assert r.returncode == 0, r.stderr
-        ncap = sum(1 for l in open(cap) if l.startswith("RXHEX"))
-        assert ncap > 0, "captured nothing"
+        cap, captured = lab.capture(attacker, 4.0)
+        assert captured, "captured nothing"
 
         reasons = ("too_short", "bad_magic", "bad_version", "unknown_type", "bad_cluster", "bad_length", "malformed",
                    "unauthenticated", "unknown_key", "bad_tag", "replayed")

@@ -2,7 +2,6 @@
 datagrams without a tag or with another key are dropped and counted by reason; an eavesdropper's
 captured datagrams, replayed after a node died, do not bring it back; keys rotate on a running
 cluster by SIGHUP without a drop or a suspicion; a bad key file on SIGHUP keeps the keys in use."""
-import json
 import os
 import signal
 import subprocess
@@ -79,15 +78,8 @@ def test_keys_keep_outsiders_out_and_replays_fail(ctx):
         # every 3 s ± 50 %), n2 is SIGKILLed and
         # declared dead, then the capture is replayed to the group.
         victim = nodes[1].ip4
-        cap = os.path.join(lab.workdir, "capture.txt")
-        with open(cap, "w") as f:
-            r = subprocess.run(nodes[5].exec_argv([sys.executable, MCAST_TOOL, "capture", "239.192.77.77", str(PORT),
-                                                   nodes[5].ifaces[0].name, "5.0"]),
-                               stdout=f, stderr=subprocess.PIPE, timeout=20)
-        assert r.returncode == 0, r.stderr
-        with open(cap) as f:
-            lines = [l.split() for l in f if l.startswith("RXHEX")]
-        from_victim = sum(1 for l in lines if l[1] == victim)
+        cap, lines = lab.capture(nodes[5], 5.0)
+        from_victim = sum(1 for src, _ in lines if src == victim)
         assert from_victim >= 1, "captured nothing from %s (%d datagrams)" % (victim, len(lines))
         keyed[1].proc.kill()
         ok, t_dead = wait_until(lambda: all(state_of(d, victim) == "dead" for d in (keyed[0], keyed[2])), DEAD_BOUND, 0.05)

@@ -433,7 +433,7 @@ public struct ClusterNode: Sendable {
             emit(.received(type: h.type, origin: h.origin, hops: h.hops, incarnation: h.incarnation, interface: interface))
         }
         switch m.body {
-        case .announce, .join, .leave, .mapSync:
+        case .announce, .join, .leave, .mapSync, .syncRequest, .syncEntries, .offer:
             apply(discovery.receive(m, now: now, map: &map), now: now)
         case .heartbeat, .watch, .probe, .probeAck, .probeRequest, .suspect, .dead:
             if h.type != .dead { map.touch(h.origin, now: now) }
@@ -450,6 +450,9 @@ public struct ClusterNode: Sendable {
                 default:
                     break
                 }
+            }
+            if case .heartbeat(_, _, let members, let digest) = m.body {
+                apply(discovery.heardDigest(from: h.origin, members: members, digest: digest, now: now, map: map), now: now)
             }
         case .processExit(let p):
             if exitsSeen.insert(ProcessKey(node: p.node, pid: p.pid, startTime: p.startTime)) {
@@ -562,6 +565,8 @@ public struct ClusterNode: Sendable {
                 mapChanged(c, now: now)
             case .event(let e):
                 emit(.discovery(e))
+            case .refute(let state, let by, let past):
+                refute(state == .left ? .leave : .dead, by: by, past: past, now: now)
             }
         }
     }

@@ -205,7 +205,7 @@ public struct DetectorCore: Sendable {
                 watchers.append(Watcher(address: origin, at: now))
                 emit(&out, .watchedBy(address: origin))
                 // Answer a new observer at once so that its deadline starts from a heartbeat.
-                stats.heartbeatsSent += send(heartbeatBody(), to: origin, map: map, out: &out) ? 1 : 0
+                stats.heartbeatsSent += send(heartbeatBody(map), to: origin, map: map, out: &out) ? 1 : 0
             }
 
         case .probeRequest(let target, _, let nonce):
@@ -230,7 +230,7 @@ public struct DetectorCore: Sendable {
                 target: target, incarnation: incarnation, targetID: targetID, from: origin, now: now, map: &map,
                 out: &out)
 
-        case .announce, .join, .leave, .mapSync, .processExit:
+        case .announce, .join, .leave, .mapSync, .processExit, .syncRequest, .syncEntries, .offer:
             break
         }
         return out

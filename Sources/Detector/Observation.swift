@@ -4,8 +4,11 @@ import Wire
 
 /// Heartbeats out, deadlines and suspicion of the observed node in.
 extension DetectorCore {
-    func heartbeatBody() -> Body {
-        .heartbeat(sequence: sequence, periodMillis: settings.periodMillis)
+    /// A heartbeat carries the map digest: the receiver compares it with its own (anti-entropy).
+    func heartbeatBody(_ map: NodeMap) -> Body {
+        .heartbeat(
+            sequence: sequence, periodMillis: settings.periodMillis, members: UInt16(clamping: map.digestMembers),
+            digest: map.digest)
     }
 
     mutating func sendHeartbeats(now: Instant, map: NodeMap, out: inout [DetectorOutput]) {
@@ -15,7 +18,7 @@ extension DetectorCore {
             emit(&out, .lateHeartbeat(late: lateness, sequence: sequence &+ 1, period: settings.period))
         }
         sequence &+= 1
-        let body = heartbeatBody()
+        let body = heartbeatBody(map)
         if let s = successorAddress, s != selfAddress {
             stats.heartbeatsSent += send(body, to: s, map: map, out: &out) ? 1 : 0
         }

@@ -22,6 +22,27 @@ public struct DiscoverySettings: Sendable, Equatable {
     /// Entries kept to recognise relayed copies of a message already seen.
     public var seenCacheSize: Int
 
+    // Anti-entropy and joins (docs/PROTOCOL.md "Anti-entropy", "Joins and restart storms").
+    /// Most `syncEntries` datagrams in one answer; more differing buckets are asked for again.
+    public var syncReplyDatagrams = 16
+    /// Most `syncEntries` datagrams pushed back after one answer datagram.
+    public var syncPushDatagrams = 4
+    /// Sync requests and offers this node answers per second (token bucket; the burst is the same).
+    public var syncAnswerRate: Double = 20
+    /// A sync that got no last answer datagram by then is given up (a later heartbeat retries).
+    public var syncTimeout: TimeSpan = .milliseconds(500)
+    /// Joins (and revivals) within `influxWindow` that make an influx: max(influxMinJoins, members / influxDivisor).
+    public var influxMinJoins = 8
+    public var influxDivisor = 16
+    public var influxWindow: TimeSpan = .seconds(2)
+    /// The influx is over when no join came for this long; then the re-announce wave starts.
+    public var influxQuiet: TimeSpan = .milliseconds(300)
+    /// Wave announces: `waveCopies` copies, the first uniform in [0, waveSpread) after the quiet, then
+    /// `waveSpread` apart; at most one wave per `waveGap`.
+    public var waveCopies = 2
+    public var waveSpread: TimeSpan = .milliseconds(500)
+    public var waveGap: TimeSpan = .seconds(10)
+
     public struct Invalid: Error, CustomStringConvertible, Equatable {
         public let description: String
     }
@@ -83,6 +104,8 @@ public enum DiscoveryOutput: Hashable, Sendable {
     case relay(Message, except: Int)
     case changes([NodeMapChange])
     case event(DiscoveryEvent)
+    /// A map holds us dead or left at `past` or later (`by` sent the entry): refute past it.
+    case refute(accusedAs: NodeState, by: IPAddress, past: UInt64)
 }
 
 /// What discovery noticed (stable names, see `Event`).
@@ -138,14 +161,37 @@ public struct DiscoveryCore: Sendable {
     public private(set) var incarnation: UInt64
     public private(set) var started = false
 
-    private var rng: SplitMix64
+    var rng: SplitMix64
     private var nextAnnounce: Instant = .zero
     private var nextScan: Instant = .zero
     private var seen: RecentSet<SeenKey>
     private var relaysSeen = false
     /// When each node was last answered with a revival `suspect` (see `mayAnswerRevival`).
     private var revivalAnswered: [IPAddress: Instant] = [:]
-    public private(set) var stats = DiscoveryStats()
+    public internal(set) var stats = DiscoveryStats()
+
+    // Anti-entropy state (AntiEntropy.swift).
+    var startedAt: Instant = .zero
+    /// The last digest each heartbeat origin sent, and ours when it came.
+    var peerDigests: [IPAddress: PeerDigest] = [:]
+    /// The sync this node started and waits on (at most one).
+    var session: SyncSession?
+    var sessionCounter: UInt32 = 0
+    /// Sessions this node answered, by requester (their push-back is accepted); bounded.
+    var answered: [IPAddress: UInt32] = [:]
+    var answerTokens: Double = 0
+    var tokensAt: Instant = .zero
+    /// Joins counted in the current and the previous half of the influx window.
+    var joinsNow = 0
+    var joinsBefore = 0
+    var joinWindowStart: Instant = .zero
+    var lastJoinAt: Instant = .zero
+    /// An influx was seen and its wave not yet scheduled.
+    var influxPending = false
+    var waveDue: [Instant] = []
+    var lastWave: Instant?
+    /// The node a newcomer pulls its map from (set by the first offer taken).
+    var pulledFrom: IPAddress?
 
     struct SeenKey: Hashable, Sendable {
         var origin: IPAddress
@@ -195,7 +241,9 @@ public struct DiscoveryCore: Sendable {
     }
 
     /// The earliest time `tick` needs to be called.
-    public var nextDeadline: Instant { min(nextAnnounce, nextScan) }
+    public var nextDeadline: Instant {
+        min(nextAnnounce, nextScan, waveDue.first ?? .distantFuture, influxPending ? lastJoinAt + settings.influxQuiet : .distantFuture)
+    }
 
     /// Starts discovery: this node enters its own map and says `join`.
     public mutating func start(now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
@@ -205,6 +253,9 @@ public struct DiscoveryCore: Sendable {
         if !c.isEmpty { out.append(.changes(c)) }
         out.append(.multicast(.join(info(map))))
         stats.joinsSent += 1
+        startedAt = now
+        answerTokens = settings.syncAnswerRate
+        tokensAt = now
         // One early announce, soon after the join: nodes that started a moment after us missed the
         // join (their socket was not there yet) and would otherwise wait a whole interval.
         nextAnnounce = now + jittered(min(interval(members: map.memberCount), settings.baseInterval, Self.earlyAnnounce))
@@ -212,7 +263,7 @@ public struct DiscoveryCore: Sendable {
         return out
     }
 
-    private func info(_ map: NodeMap) -> NodeInfo {
+    func info(_ map: NodeMap) -> NodeInfo {
         NodeInfo(
             aliases: me.aliases, heartbeatPort: me.heartbeatPort,
             announceIntervalMillis: UInt32(clamping: interval(members: map.memberCount).nanos / 1_000_000),
@@ -225,10 +276,14 @@ public struct DiscoveryCore: Sendable {
         var out: [DiscoveryOutput] = []
         map.touch(me.address, now: now)
         if now >= nextAnnounce {
-            out.append(.multicast(.announce(info(map))))
-            stats.announcesSent += 1
+            // During an influx the wave announces after it replace the early one.
+            if !influxPending && waveDue.isEmpty {
+                out.append(.multicast(.announce(info(map))))
+                stats.announcesSent += 1
+            }
             nextAnnounce = now + jittered(interval(members: map.memberCount))
         }
+        waveTick(now: now, map: map, out: &out)
         if now >= nextScan {
             let iv = interval(members: map.memberCount)
             let expiry = TimeSpan(nanos: UInt64(Double(iv.nanos) * (detectorRunning ? settings.detectorExpiryFactor : settings.expiryFactor)))
@@ -239,7 +294,7 @@ public struct DiscoveryCore: Sendable {
                     changes += map.setState(n.address, to: .dead, incarnation: n.incarnation)
                     stats.expired += 1
                     out.append(.event(.expired(address: n.address, id: n.id, silent: silent)))
-                } else if !n.state.isMember && silent > settings.purgeAfter {
+                } else if !n.state.isMember && silent > tombstoneLifetime(map) {
                     changes += map.remove(n.address)
                 }
             }
@@ -348,10 +403,8 @@ public struct DiscoveryCore: Sendable {
             if !c.isEmpty { out.append(.changes(c)) }
             if case .join = m.body {
                 stats.joinsReceived += 1
-                if shouldAnswerJoin(of: h.origin, map: map) {
-                    for body in mapSync(map, now: now) { out.append(.unicast(body, to: h.origin)) }
-                    stats.syncsSent += 1
-                }
+                noteJoin(now: now, map: map)
+                answerJoin(of: h.origin, now: now, map: map, out: &out)
             }
         case .leave:
             if let n = map.brief(h.origin), h.incarnation >= n.incarnation {
@@ -372,6 +425,12 @@ public struct DiscoveryCore: Sendable {
                 changes += map.observe(claim, now: now - .milliseconds(UInt64(e.ageMillis)))
             }
             if !changes.isEmpty { out.append(.changes(changes)) }
+        case .syncRequest(let r):
+            answerSync(r, from: h.origin, now: now, map: map, out: &out)
+        case .syncEntries(let e):
+            receiveEntries(e, from: h.origin, now: now, map: &map, out: &out)
+        case .offer(_, let digest):
+            offered(by: h.origin, digest: digest, now: now, map: map, out: &out)
         default:
             break
         }
@@ -390,13 +449,6 @@ public struct DiscoveryCore: Sendable {
         return true
     }
 
-    /// A join is answered by the newcomer's two ring neighbours in our map (so about two answers
-    /// whatever the cluster size), or by everyone while the cluster is tiny.
-    private func shouldAnswerJoin(of newcomer: IPAddress, map: NodeMap) -> Bool {
-        guard let n = map.brief(newcomer), let me = map.brief(me.address) else { return false }
-        if map.memberCount <= 3 { return true }
-        return map.successor(of: n.id) == me.id || map.predecessor(of: n.id) == me.id
-    }
 
     /// Our members, split into datagram-sized map-sync messages.
     public func mapSync(_ map: NodeMap, now: Instant, clusterNameLength: Int = Wire.maxClusterName) -> [Body] {
@@ -428,4 +480,15 @@ public struct DiscoveryStats: Sendable, Equatable {
     public var refutations = 0
     /// Announces heard from nodes our map holds dead at the same incarnation (answered with `suspect`).
     public var revivalsRequested = 0
+    /// Anti-entropy: requests sent, answered, refused (no token), answer and push datagrams sent,
+    /// entries merged that changed the map, answers that belonged to no session of ours.
+    public var syncRequestsSent = 0
+    public var syncRequestsAnswered = 0
+    public var syncRequestsRefused = 0
+    public var syncEntriesSent = 0
+    public var syncEntriesMerged = 0
+    public var syncUnsolicited = 0
+    public var offersSent = 0
+    public var pulls = 0
+    public var waveAnnounces = 0
 }

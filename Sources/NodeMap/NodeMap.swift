@@ -67,6 +67,17 @@ public struct NodeMap: Sendable {
     /// The most nodes a map holds: one per ID.
     public static let capacity = 65535
 
+    /// Anti-entropy digest (docs/PROTOCOL.md "Anti-entropy"): the sum mod 2^64 of `digestTerm` over
+    /// members (alive or suspect). Independent of arrival order, updated in O(1) per change; dead,
+    /// left and removed nodes drop out, so a map that purged X equals one that holds X dead.
+    public private(set) var digest: UInt64 = 0
+    /// Members counted by state (alive or suspect), whether or not they hold an ID.
+    public private(set) var digestMembers = 0
+    /// The digest split by `digestBucket` of the address (allocated with the first member).
+    private var bucketSums: [UInt64] = []
+    /// Buckets of the digest: a sync compares them to find which entries differ.
+    public static let digestBuckets = 1024
+
     public init(timeBaseUnixNanos: Int64 = 0) {
         self.timeBaseUnixNanos = timeBaseUnixNanos
     }
@@ -101,6 +112,70 @@ public struct NodeMap: Sendable {
     public func node(anyAddress address: IPAddress) -> Node? {
         if let n = self[address] { return n }
         return storage.first { $0.aliases.contains { $0.address == address } }
+    }
+
+    // MARK: Digest
+
+    /// A fixed 64-bit hash of an address (the same on every node and every run).
+    @inlinable
+    public static func addressHash(_ a: IPAddress) -> UInt64 {
+        mix64(a.hi &* 0x9E37_79B9_7F4A_7C15 ^ a.lo)
+    }
+
+    @inlinable
+    public static func mix64(_ v: UInt64) -> UInt64 {
+        var x = v
+        x ^= x >> 30
+        x &*= 0xBF58_476D_1CE4_E5B9
+        x ^= x >> 27
+        x &*= 0x94D0_49BB_1331_11EB
+        x ^= x >> 31
+        return x
+    }
+
+    /// The digest bucket of an address: the top 10 bits of its hash.
+    @inlinable
+    public static func digestBucket(_ a: IPAddress) -> Int { Int(addressHash(a) >> 54) }
+
+    /// A member's term of the digest.
+    @inlinable
+    public static func digestTerm(_ a: IPAddress, incarnation: UInt64) -> UInt64 {
+        mix64(addressHash(a) ^ (incarnation &+ 1) &* 0xD6E8_FEB8_6659_FD93)
+    }
+
+    /// The sum of `digestTerm` over the members in bucket `k`.
+    public func bucketSum(_ k: Int) -> UInt64 { bucketSums.isEmpty ? 0 : bucketSums[k] }
+
+    /// Every bucket sum folded to one byte with `salt` (a new salt per sync session, so that two
+    /// different sums that fold to the same byte do not hide a difference twice in a row).
+    public func saltedBucketSums(salt: UInt32) -> [UInt8] {
+        (0..<Self.digestBuckets).map { Self.salted(bucketSum($0), salt: salt) }
+    }
+
+    @inlinable
+    public static func salted(_ sum: UInt64, salt: UInt32) -> UInt8 {
+        UInt8(truncatingIfNeeded: mix64(sum ^ UInt64(salt) &* 0xA24B_AED4_963E_E407) >> 56)
+    }
+
+    /// The nodes (members and tombstones) whose address falls in a bucket `wanted` says yes to.
+    public func nodes(inBuckets wanted: (Int) -> Bool) -> [Node] {
+        storage.filter { wanted(Self.digestBucket($0.address)) }
+    }
+
+    private mutating func account(_ a: IPAddress, incarnation: UInt64, member: Bool, adding: Bool) {
+        guard member else { return }
+        if bucketSums.isEmpty { bucketSums = [UInt64](repeating: 0, count: Self.digestBuckets) }
+        let t = Self.digestTerm(a, incarnation: incarnation)
+        let k = Self.digestBucket(a)
+        if adding {
+            bucketSums[k] &+= t
+            digest &+= t
+            digestMembers += 1
+        } else {
+            bucketSums[k] &-= t
+            digest &-= t
+            digestMembers -= 1
+        }
     }
 
     // MARK: Ring (members ordered by ID)
@@ -188,6 +263,7 @@ public struct NodeMap: Sendable {
         var n = storage[Int(slot)]
         if claim.incarnation < n.incarnation { return [] }
         if !n.state.isMember && claim.incarnation == n.incarnation { return [] }
+        account(n.address, incarnation: n.incarnation, member: n.state.isMember, adding: false)
         n.lastHeard = max(n.lastHeard, now)
         let oldState = n.state
         if claim.incarnation > n.incarnation && oldState != .alive {
@@ -203,6 +279,7 @@ public struct NodeMap: Sendable {
         n.heartbeatPort = claim.heartbeatPort
         n.capabilities = claim.capabilities
         storage[Int(slot)] = n
+        account(n.address, incarnation: n.incarnation, member: n.state.isMember, adding: true)
         if oldState != n.state {
             setMemberBit(n.id, n.state.isMember)
             changes.append(
@@ -258,6 +335,8 @@ public struct NodeMap: Sendable {
         let old = n.state
         n.state = state
         storage[Int(slot)] = n
+        account(address, incarnation: n.incarnation, member: old.isMember, adding: false)
+        account(address, incarnation: n.incarnation, member: state.isMember, adding: true)
         if owner[n.id.rawValue] == slot { setMemberBit(n.id, state.isMember) }
         let c: [NodeMapChange] = [
             .stateChanged(address: address, id: n.id, from: old, to: state, incarnation: n.incarnation)
@@ -283,6 +362,7 @@ public struct NodeMap: Sendable {
         guard let slot = index[address] else { return [] }
         var changes: [NodeMapChange] = []
         let node = storage[Int(slot)]
+        account(node.address, incarnation: node.incarnation, member: node.state.isMember, adding: false)
         removeClaim(slot: slot, changes: &changes)
         // swap-remove
         let last = Int32(storage.count - 1)
@@ -329,6 +409,7 @@ public struct NodeMap: Sendable {
             lastHeard: now, hops: claim.hops, heartbeatPort: claim.heartbeatPort, capabilities: claim.capabilities)
         let slot = Int32(storage.count)
         storage.append(node)
+        account(node.address, incarnation: node.incarnation, member: true, adding: true)
         index[node.address] = slot
         var local: [NodeMapChange] = []
         addClaim(slot: slot, changes: &local, newcomer: node.address)
@@ -479,12 +560,6 @@ public struct NodeMap: Sendable {
     /// Where a loser's probe for a substitute ID starts: a fixed hash of its address (the same on
     /// every node and every run, unlike Swift's seeded `Hasher`).
     public static func probeStart(_ a: IPAddress) -> UInt16 {
-        var x = a.hi &* 0x9E37_79B9_7F4A_7C15 ^ a.lo
-        x ^= x >> 30
-        x &*= 0xBF58_476D_1CE4_E5B9
-        x ^= x >> 27
-        x &*= 0x94D0_49BB_1331_11EB
-        x ^= x >> 31
-        return UInt16(x % 65535 + 1)
+        UInt16(addressHash(a) % 65535 + 1)
     }
 }

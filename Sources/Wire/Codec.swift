@@ -39,6 +39,45 @@ extension Message {
         }
     }
 
+    static func writeEntries(_ entries: [SyncEntry], _ w: inout ByteWriter) {
+        w.u16(UInt16(truncatingIfNeeded: entries.count))
+        for e in entries {
+            w.address(e.address)
+            w.u16(e.preferredID)
+            w.u8(e.explicitID ? 1 : 0)
+            w.u8(e.state.rawValue)
+            w.u64(e.incarnation)
+            w.u16(e.heartbeatPort)
+            w.u8(e.hops)
+            w.u32(e.ageMillis)
+            writeAliases(e.aliases, &w)
+        }
+    }
+
+    static func readEntries(_ r: inout ByteReader) throws -> [SyncEntry] {
+        let n = Int(try r.u16())
+        guard n <= Wire.maxDatagram / SyncEntry.minEncodedSize else { throw DecodeError.malformedBody("\(n) entries") }
+        var entries: [SyncEntry] = []
+        entries.reserveCapacity(n)
+        for _ in 0..<n {
+            let a = try r.address()
+            let pref = try r.u16()
+            let flags = try r.u8()
+            guard let st = NodeState(rawValue: try r.u8()) else { throw DecodeError.malformedBody("state") }
+            let inc = try r.u64()
+            let port = try r.u16()
+            let hops = try r.u8()
+            let age = try r.u32()
+            let al = try readAliases(&r)
+            guard flags & ~1 == 0 else { throw DecodeError.malformedBody("entry flags") }
+            entries.append(
+                SyncEntry(
+                    address: a, preferredID: pref, explicitID: flags & 1 != 0, state: st, incarnation: inc,
+                    heartbeatPort: port, aliases: al, hops: hops, ageMillis: age))
+        }
+        return entries
+    }
+
     static func encodeBody(_ b: Body, _ w: inout ByteWriter) {
         switch b {
         case .announce(let i), .join(let i):
@@ -52,21 +91,26 @@ extension Message {
         case .mapSync(let part, let parts, let entries):
             w.u16(part)
             w.u16(parts)
-            w.u16(UInt16(entries.count))
-            for e in entries {
-                w.address(e.address)
-                w.u16(e.preferredID)
-                w.u8(e.explicitID ? 1 : 0)
-                w.u8(e.state.rawValue)
-                w.u64(e.incarnation)
-                w.u16(e.heartbeatPort)
-                w.u8(e.hops)
-                w.u32(e.ageMillis)
-                writeAliases(e.aliases, &w)
-            }
-        case .heartbeat(let seq, let period):
+            writeEntries(entries, &w)
+        case .heartbeat(let seq, let period, let members, let digest):
             w.u32(seq)
             w.u16(period)
+            w.u16(members)
+            w.u64(digest)
+        case .syncRequest(let r):
+            w.u32(r.session)
+            w.u32(r.salt)
+            w.u8(r.flags.rawValue)
+            w.raw(r.sums)
+        case .syncEntries(let e):
+            w.u32(e.session)
+            w.u8(e.flags.rawValue)
+            w.u16(UInt16(truncatingIfNeeded: e.covered.count))
+            for k in e.covered { w.u16(k) }
+            writeEntries(e.entries, &w)
+        case .offer(let members, let digest):
+            w.u16(members)
+            w.u64(digest)
         case .probeRequest(let t, let inc, let nonce):
             w.address(t)
             w.u64(inc)
@@ -176,30 +220,33 @@ extension Message {
         case .mapSync:
             let part = try r.u16()
             let parts = try r.u16()
-            let n = Int(try r.u16())
             guard parts >= 1, part < parts else { throw DecodeError.malformedBody("part \(part) of \(parts)") }
-            guard n <= Wire.maxDatagram / SyncEntry.minEncodedSize else { throw DecodeError.malformedBody("\(n) entries") }
-            var entries: [SyncEntry] = []
-            entries.reserveCapacity(n)
-            for _ in 0..<n {
-                let a = try r.address()
-                let pref = try r.u16()
-                let flags = try r.u8()
-                guard let st = NodeState(rawValue: try r.u8()) else { throw DecodeError.malformedBody("state") }
-                let inc = try r.u64()
-                let port = try r.u16()
-                let hops = try r.u8()
-                let age = try r.u32()
-                let al = try readAliases(&r)
-                guard flags & ~1 == 0 else { throw DecodeError.malformedBody("entry flags") }
-                entries.append(
-                    SyncEntry(
-                        address: a, preferredID: pref, explicitID: flags & 1 != 0, state: st, incarnation: inc,
-                        heartbeatPort: port, aliases: al, hops: hops, ageMillis: age))
-            }
-            return .mapSync(part: part, parts: parts, entries: entries)
+            return .mapSync(part: part, parts: parts, entries: try readEntries(&r))
         case .heartbeat:
-            return .heartbeat(sequence: try r.u32(), periodMillis: try r.u16())
+            return .heartbeat(sequence: try r.u32(), periodMillis: try r.u16(), members: try r.u16(), digest: try r.u64())
+        case .syncRequest:
+            let session = try r.u32()
+            let salt = try r.u32()
+            let f = SyncRequest.Flags(rawValue: try r.u8())
+            guard SyncRequest.Flags.known.isSuperset(of: f) else { throw DecodeError.malformedBody("sync request flags") }
+            let sums = Array(try r.raw(NodeMap.digestBuckets))
+            return .syncRequest(SyncRequest(session: session, salt: salt, flags: f, sums: sums))
+        case .syncEntries:
+            let session = try r.u32()
+            let f = SyncEntries.Flags(rawValue: try r.u8())
+            guard SyncEntries.Flags.known.isSuperset(of: f) else { throw DecodeError.malformedBody("sync entries flags") }
+            let nc = Int(try r.u16())
+            guard nc <= NodeMap.digestBuckets else { throw DecodeError.malformedBody("\(nc) buckets") }
+            var covered: [UInt16] = []
+            covered.reserveCapacity(nc)
+            for _ in 0..<nc {
+                let k = try r.u16()
+                guard Int(k) < NodeMap.digestBuckets else { throw DecodeError.malformedBody("bucket \(k)") }
+                covered.append(k)
+            }
+            return .syncEntries(SyncEntries(session: session, flags: f, covered: covered, entries: try readEntries(&r)))
+        case .offer:
+            return .offer(members: try r.u16(), digest: try r.u64())
         case .probeRequest:
             return .probeRequest(target: try r.address(), targetIncarnation: try r.u64(), nonce: try r.u32())
         case .probe:
@@ -231,6 +278,9 @@ extension Message {
     public static func mapSyncCapacity(nameLength: Int) -> Int {
         Wire.maxDatagram - Wire.fixedHeader - nameLength - 6 - Wire.tagLength
     }
+
+    /// Room for a `syncEntries` body (covered buckets and entries) with the largest header and a tag.
+    public static let syncEntriesCapacity = Wire.maxDatagram - Wire.fixedHeader - Wire.maxClusterName - Wire.tagLength
 }
 
 extension Message {

@@ -1,11 +1,12 @@
 import NodeMap
 
-/// The discd datagram format, version 1 (docs/PROTOCOL.md). One datagram carries one message,
+/// The discd datagram format, version 2 (docs/PROTOCOL.md; version 2 added the map digest to the
+/// heartbeat and the anti-entropy messages 13-15). One datagram carries one message,
 /// over UDP (IPv4/IPv6 multicast or unicast) or RDMA UD multicast alike, and is at most
 /// `maxDatagram` bytes so that it fits any path MTU of 1280 (IPv6 minimum) with headers.
 public enum Wire {
     public static let magic: UInt16 = 0xD15C
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     public static let maxDatagram = 1200
     public static let fixedHeader = 52
     public static let maxClusterName = 32
@@ -28,6 +29,12 @@ public enum MessageType: UInt8, Sendable, CaseIterable {
     case dead = 10
     case processExit = 11
     case watch = 12
+    /// Anti-entropy: "these are my digest buckets, send me the entries where yours differ".
+    case syncRequest = 13
+    /// Anti-entropy: entries (members and tombstones) of whole digest buckets.
+    case syncEntries = 14
+    /// A settled node tells a newcomer it may pull the map from it.
+    case offer = 15
 
     /// Messages that are multicast and that gateways relay between networks.
     public var isRelayed: Bool {
@@ -147,6 +154,62 @@ public struct SyncEntry: Hashable, Sendable {
     public var encodedSize: Int { Self.minEncodedSize + 17 * aliases.count }
 }
 
+/// An anti-entropy request (type 13).
+public struct SyncRequest: Hashable, Sendable {
+    public var session: UInt32
+    public var salt: UInt32
+    public var flags: Flags
+    /// `NodeMap.saltedBucketSums(salt:)`: exactly `NodeMap.digestBuckets` bytes.
+    public var sums: [UInt8]
+
+    public struct Flags: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// A newcomer pulling a whole map after an offer.
+        public static let pull = Flags(rawValue: 1)
+        public static let known: Flags = [.pull]
+    }
+
+    public init(session: UInt32, salt: UInt32, flags: Flags = [], sums: [UInt8]) {
+        self.session = session
+        self.salt = salt
+        self.flags = flags
+        self.sums = sums
+    }
+    public static let encodedSize = 4 + 4 + 1 + NodeMap.digestBuckets
+}
+
+/// Entries of whole digest buckets (type 14).
+public struct SyncEntries: Hashable, Sendable {
+    public var session: UInt32
+    public var flags: Flags
+    /// Buckets whose entries (of the sender's map) this datagram carries completely.
+    public var covered: [UInt16]
+    public var entries: [SyncEntry]
+
+    public struct Flags: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// An answer to a request (the receiver pushes back what it holds and the sender lacks).
+        public static let reply = Flags(rawValue: 1)
+        /// The last datagram of an answer.
+        public static let last = Flags(rawValue: 2)
+        /// The answer was cut at its size bound: more buckets differ, ask again.
+        public static let more = Flags(rawValue: 4)
+        public static let known: Flags = [.reply, .last, .more]
+    }
+
+    public init(session: UInt32, flags: Flags, covered: [UInt16], entries: [SyncEntry]) {
+        self.session = session
+        self.flags = flags
+        self.covered = covered
+        self.entries = entries
+    }
+    /// Fixed part: session 4, flags 1, covered count 2, entry count 2.
+    public static let fixedSize = 9
+    public var encodedSize: Int { Self.fixedSize + 2 * covered.count + entries.reduce(0) { $0 + $1.encodedSize } }
+}
+
 /// The 32-bit immediate of an RDMA immediate-only send (the kernel module fdmod's process-exit
 /// notice): the sending node's ID in the high 16 bits, the watched process's tag in the low 16.
 public struct ProcessNotice: Hashable, Sendable {
@@ -205,8 +268,10 @@ public enum Body: Hashable, Sendable {
     case leave
     /// Answer to a join: part `part` of `parts` of the sender's map.
     case mapSync(part: UInt16, parts: UInt16, entries: [SyncEntry])
-    /// Sent every period η to the observer(s); `period` lets the observer check its own drift.
-    case heartbeat(sequence: UInt32, periodMillis: UInt16)
+    /// Sent every period η to the observer(s); `period` lets the observer check its own drift;
+    /// `members` and `digest` are the sender's map digest (anti-entropy: a receiver whose digest
+    /// differs pulls the difference).
+    case heartbeat(sequence: UInt32, periodMillis: UInt16, members: UInt16 = 0, digest: UInt64 = 0)
     /// "Probe `target` for me" (indirect probe, SWIM-style).
     case probeRequest(target: IPAddress, targetIncarnation: UInt64, nonce: UInt32)
     /// A probe of the receiver on behalf of `requester`.
@@ -220,6 +285,14 @@ public enum Body: Hashable, Sendable {
     case processExit(ProcessExit)
     /// "I observe you: send me heartbeats."
     case watch
+    /// Anti-entropy request: the sender's digest bucket sums, each folded to a byte with `salt`.
+    /// The receiver answers with `syncEntries` for the buckets where its own folded sum differs.
+    case syncRequest(SyncRequest)
+    /// Entries of whole digest buckets (`covered`): an answer to a `syncRequest`, or the
+    /// requester's own entries pushed back for the covered buckets where the two maps still differ.
+    case syncEntries(SyncEntries)
+    /// "You may pull my map": a settled node's answer to a join (the newcomer pulls from one).
+    case offer(members: UInt16, digest: UInt64)
 
     public var type: MessageType {
         switch self {
@@ -235,6 +308,9 @@ public enum Body: Hashable, Sendable {
         case .dead: .dead
         case .processExit: .processExit
         case .watch: .watch
+        case .syncRequest: .syncRequest
+        case .syncEntries: .syncEntries
+        case .offer: .offer
         }
     }
 }

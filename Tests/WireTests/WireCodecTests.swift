@@ -41,7 +41,7 @@ let everyBody: [Body] = MessageType.allCases.map { t in
     case .join: return .join(NodeInfo())
     case .leave: return .leave
     case .mapSync: return .mapSync(part: 1, parts: 3, entries: sampleEntries)
-    case .heartbeat: return .heartbeat(sequence: 42, periodMillis: 100)
+    case .heartbeat: return .heartbeat(sequence: 42, periodMillis: 100, members: 3000, digest: 0xDEAD_BEEF_0123_4567)
     case .probeRequest: return .probeRequest(target: ip("10.0.0.2"), targetIncarnation: 7, nonce: 0xABCD)
     case .probe: return .probe(requester: ip("fd00::3"), nonce: 5)
     case .probeAck: return .probeAck(target: ip("10.0.0.2"), targetIncarnation: 8, nonce: 0xABCD)
@@ -51,6 +51,18 @@ let everyBody: [Body] = MessageType.allCases.map { t in
         return .processExit(
             ProcessExit(node: ip("10.0.0.2"), pid: 4242, startTime: 123_456, status: -9, tag: 7, source: .kernel, name: "mpirun ✓"))
     case .watch: return .watch
+    case .syncRequest:
+        return .syncRequest(SyncRequest(session: 9, salt: 0xFEED, flags: .pull, sums: (0..<NodeMap.digestBuckets).map { UInt8($0 & 255) }))
+    case .syncEntries:
+        return .syncEntries(
+            SyncEntries(
+                session: 9, flags: [.reply, .last, .more], covered: [0, 17, 1023],
+                entries: sampleEntries + [
+                    SyncEntry(
+                        address: ip("10.1.5.8"), preferredID: 1288, explicitID: false, state: .dead, incarnation: 4,
+                        heartbeatPort: 7001, aliases: [])
+                ]))
+    case .offer: return .offer(members: 10000, digest: 0x0123_4567_89AB_CDEF)
     }
 }
 
@@ -257,11 +269,11 @@ struct WireRejectionTests {
 
     @Test func specificErrors() throws {
         try expectDecodeError(.badMagic) { $0[0] = 0xCA }
-        try expectDecodeError(.unsupportedVersion(2)) { $0[2] = 2 }
+        try expectDecodeError(.unsupportedVersion(1)) { $0[2] = 1 }  // version 1 (no digests) is refused
         try expectDecodeError(.unsupportedVersion(0)) { $0[2] = 0 }
         try expectDecodeError(.unknownType(200)) { $0[3] = 200 }
         try expectDecodeError(.unknownType(0)) { $0[3] = 0 }
-        try expectDecodeError(.unknownType(13)) { $0[3] = 13 }
+        try expectDecodeError(.unknownType(16)) { $0[3] = 16 }
         try expectDecodeError(.unknownFlags(0x80)) { $0[4] = 0x80 }
         try expectDecodeError(.unknownFlags(0x06)) { $0[4] = 0x06 }
         try expectDecodeError(.badClusterName) { $0[6] = 0 }
@@ -360,5 +372,43 @@ struct WireRejectionTests {
         #expect(HeaderFlags.known.rawValue == 3)
         #expect(MessageType.allCases.filter(\.isRelayed) == [.announce, .join, .leave, .dead, .processExit])
         #expect(Message.mapSyncCapacity(nameLength: 4) == Wire.maxDatagram - Wire.fixedHeader - 4 - 6 - Wire.tagLength)
+    }
+}
+
+struct AntiEntropyWireTests {
+    @Test func heartbeatCarriesTheDigestInSixteenBytes() throws {
+        let m = message(.heartbeat(sequence: 1, periodMillis: 150, members: 7, digest: 99))
+        let bytes = try m.encode()
+        // Header, the cluster name, then sequence 4 + period 2 + members 2 + digest 8.
+        #expect(bytes.count == Wire.fixedHeader + m.header.cluster.utf8.count + 16)
+    }
+
+    @Test func syncRequestFitsWithTheLongestNameAndATag() throws {
+        let r = SyncRequest(session: 1, salt: 2, sums: [UInt8](repeating: 0xAA, count: NodeMap.digestBuckets))
+        let m = message(.syncRequest(r), flags: [.authenticated], cluster: String(repeating: "c", count: 32))
+        let bytes = try m.encode()
+        #expect(bytes.count == Wire.fixedHeader + 32 + SyncRequest.encodedSize + Wire.tagLength)
+        #expect(bytes.count <= Wire.maxDatagram)
+        #expect(try Message.decode(bytes) == m)
+    }
+
+    @Test func syncRequestWithTheWrongNumberOfSumsIsRefused() throws {
+        let r = SyncRequest(session: 1, salt: 2, sums: [UInt8](repeating: 0, count: NodeMap.digestBuckets))
+        var bytes = try message(.syncRequest(r)).encode()
+        bytes.removeLast()
+        bytes[10] = UInt8((SyncRequest.encodedSize - 1) >> 8)
+        bytes[11] = UInt8((SyncRequest.encodedSize - 1) & 0xFF)
+        #expect(throws: DecodeError.self) { try Message.decode(bytes) }
+    }
+
+    @Test func syncEntriesRefusesABucketOutOfRangeAndUnknownFlags() throws {
+        let e = SyncEntries(session: 1, flags: .reply, covered: [5], entries: [])
+        var bytes = try message(.syncEntries(e)).encode()
+        let body = bytes.count - 2 - 2 - 2 - 1 - 4  // entry count, the bucket, covered count, flags, session
+        bytes[body + 4 + 1 + 2] = 0x04  // bucket 1024+5
+        #expect(throws: DecodeError.self) { try Message.decode(bytes) }
+        var flags = try message(.syncEntries(e)).encode()
+        flags[body + 4] = 0x80
+        #expect(throws: DecodeError.self) { try Message.decode(flags) }
     }
 }

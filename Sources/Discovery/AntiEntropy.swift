@@ -1,0 +1,314 @@
+import NodeMap
+import Wire
+
+/// The last digest a heartbeat origin sent, and this node's digest when it came.
+struct PeerDigest: Sendable {
+    var digest: UInt64
+    var mine: UInt64
+}
+
+/// A sync this node started.
+struct SyncSession: Sendable {
+    var peer: IPAddress
+    var id: UInt32
+    var started: Instant
+    var pull: Bool
+}
+
+/// Anti-entropy, bounded joins and the re-announce wave (docs/PROTOCOL.md "Anti-entropy").
+///
+/// - Every heartbeat carries the sender's map digest. A receiver whose own digest differs, with both
+///   digests unchanged since the previous heartbeat from that sender (so nothing is still in
+///   flight), sends a `syncRequest` with its 1,024 bucket sums folded to a byte each. The sender
+///   answers with its entries (members and tombstones) of the buckets that differ, at most
+///   `syncReplyDatagrams` datagrams; the requester merges them and pushes back its own entries of
+///   the covered buckets where the two maps still differ. Each node is compared with its ring
+///   predecessor, so a lost join, announce, leave or death notice is repaired within a few periods.
+/// - A join is answered with the whole map only while the map is tiny (≤ 3 members). Otherwise a
+///   settled ring neighbour sends a small `offer`, and the newcomer pulls the map (by syncs) from the
+///   first offerer only: one transfer per newcomer, however many nodes heard the join.
+/// - Many joins at once (a restart storm) make an influx: nobody offers and nobody pulls; when the
+///   joins stop, every node announces `waveCopies` times, and anti-entropy repairs what those lost.
+extension DiscoveryCore {
+    /// How long a dead or left node is remembered: long enough that no live map still holds it as a
+    /// member (a member entry older than this, for a node this map does not hold, is not taken).
+    public func tombstoneLifetime(_ map: NodeMap) -> TimeSpan {
+        max(settings.purgeAfter, interval(members: map.memberCount) * 3)
+    }
+
+    // MARK: Influx and wave
+
+    mutating func noteJoin(now: Instant, map: NodeMap) {
+        let half = settings.influxWindow / UInt64(2)
+        if now >= joinWindowStart + half {
+            joinsBefore = now >= joinWindowStart + settings.influxWindow ? 0 : joinsNow
+            joinsNow = 0
+            joinWindowStart = now
+        }
+        joinsNow += 1
+        lastJoinAt = now
+        if inInflux(now: now, map: map) { influxPending = true }
+    }
+
+    /// Whether many nodes are joining at once (a restart storm).
+    public func inInflux(now: Instant, map: NodeMap) -> Bool {
+        let recent: Int
+        if now >= joinWindowStart + settings.influxWindow {
+            recent = 0
+        } else if now >= joinWindowStart + settings.influxWindow / UInt64(2) {
+            recent = joinsNow
+        } else {
+            recent = joinsNow + joinsBefore
+        }
+        return recent >= max(settings.influxMinJoins, map.memberCount / max(settings.influxDivisor, 1))
+    }
+
+    mutating func waveTick(now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+        if influxPending, now >= lastJoinAt + settings.influxQuiet {
+            influxPending = false
+            if lastWave.map({ now >= $0 + settings.waveGap }) ?? true, settings.waveCopies > 0 {
+                lastWave = now
+                let first = now + TimeSpan(nanos: UInt64.random(in: 0..<max(settings.waveSpread.nanos, 1), using: &rng))
+                waveDue = (0..<settings.waveCopies).map { first + settings.waveSpread * UInt64($0) }
+            }
+        }
+        while let due = waveDue.first, due <= now {
+            waveDue.removeFirst()
+            out.append(.multicast(.announce(info(map))))
+            stats.announcesSent += 1
+            stats.waveAnnounces += 1
+        }
+    }
+
+    // MARK: Joins
+
+    /// A tiny map answers with itself (one datagram); a settled ring neighbour of the newcomer offers.
+    mutating func answerJoin(of newcomer: IPAddress, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+        if map.memberCount <= 3 {
+            for body in mapSync(map, now: now) { out.append(.unicast(body, to: newcomer)) }
+            stats.syncsSent += 1
+            return
+        }
+        guard !inInflux(now: now, map: map), waveDue.isEmpty,
+            let n = map.brief(newcomer), let mine = map.brief(me.address),
+            map.successor(of: n.id) == mine.id || map.predecessor(of: n.id) == mine.id,
+            takeToken(now: now)
+        else { return }
+        out.append(.unicast(.offer(members: UInt16(clamping: map.digestMembers), digest: map.digest), to: newcomer))
+        stats.offersSent += 1
+    }
+
+    /// A newcomer pulls from the first offerer only, and not during an influx (the wave serves it).
+    mutating func offered(by peer: IPAddress, digest: UInt64, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+        guard pulledFrom == nil, digest != map.digest, !inInflux(now: now, map: map) else { return }
+        pulledFrom = peer
+        stats.pulls += 1
+        startSession(with: peer, pull: true, now: now, map: map, out: &out)
+    }
+
+    // MARK: Digests on heartbeats
+
+    /// A heartbeat from `origin` carried its map digest.
+    public mutating func heardDigest(
+        from origin: IPAddress, members: UInt16, digest: UInt64, now: Instant, map: NodeMap
+    ) -> [DiscoveryOutput] {
+        guard started else { return [] }
+        let mine = map.digest
+        let previous = peerDigests[origin]
+        if previous == nil, peerDigests.count >= 64 { peerDigests.removeAll(keepingCapacity: true) }
+        peerDigests[origin] = PeerDigest(digest: digest, mine: mine)
+        // Start only when both maps stood still over a heartbeat period: a change still in flight
+        // (a multicast a moment behind the heartbeat) is not a divergence.
+        guard digest != mine, let previous, previous.digest == digest, previous.mine == mine,
+            !inInflux(now: now, map: map)
+        else { return [] }
+        var out: [DiscoveryOutput] = []
+        startSession(with: origin, pull: false, now: now, map: map, out: &out)
+        return out
+    }
+
+    mutating func startSession(with peer: IPAddress, pull: Bool, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+        if let s = session, now < s.started + settings.syncTimeout { return }
+        sessionCounter &+= 1
+        let salt = UInt32.random(in: 0...UInt32.max, using: &rng)
+        session = SyncSession(peer: peer, id: sessionCounter, started: now, pull: pull)
+        stats.syncRequestsSent += 1
+        out.append(
+            .unicast(
+                .syncRequest(SyncRequest(session: sessionCounter, salt: salt, flags: pull ? .pull : [], sums: map.saltedBucketSums(salt: salt))),
+                to: peer))
+    }
+
+    mutating func takeToken(now: Instant) -> Bool {
+        let rate = settings.syncAnswerRate
+        if now > tokensAt {
+            answerTokens = min(rate, answerTokens + Double((now - tokensAt).nanos) / 1e9 * rate)
+            tokensAt = now
+        }
+        guard answerTokens >= 1 else { return false }
+        answerTokens -= 1
+        return true
+    }
+
+    // MARK: Answering
+
+    /// Our entries of the buckets whose folded sums differ from the requester's, whole buckets per
+    /// datagram, starting at a bucket the salt picks, at most `syncReplyDatagrams` datagrams.
+    mutating func answerSync(_ r: SyncRequest, from peer: IPAddress, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+        guard r.sums.count == NodeMap.digestBuckets, peer != me.address else { return }
+        // Only members are answered: an answer is many times the request's size, and a forged
+        // source address must not turn this node into an amplifier aimed at a stranger.
+        guard map.brief(peer)?.state.isMember == true else {
+            stats.syncUnsolicited += 1
+            return
+        }
+        guard takeToken(now: now) else {
+            stats.syncRequestsRefused += 1
+            return
+        }
+        stats.syncRequestsAnswered += 1
+        if answered[peer] == nil, answered.count >= 64 { answered.removeAll(keepingCapacity: true) }
+        answered[peer] = r.session
+        let buckets = NodeMap.digestBuckets
+        var differ = [Bool](repeating: false, count: buckets)
+        var any = false
+        for k in 0..<buckets where NodeMap.salted(map.bucketSum(k), salt: r.salt) != r.sums[k] {
+            differ[k] = true
+            any = true
+        }
+        var byBucket: [[Node]] = []
+        if any {
+            byBucket = [[Node]](repeating: [], count: buckets)
+            for n in map.nodes(inBuckets: { differ[$0] }) { byBucket[NodeMap.digestBucket(n.address)].append(n) }
+        }
+        let start = Int(r.salt % UInt32(buckets))
+        let order = (0..<buckets).lazy.map { (start + $0) % buckets }.filter { differ[$0] }
+        let bodies = pack(order, byBucket, now: now, limit: settings.syncReplyDatagrams, session: r.session, reply: true)
+        for b in bodies { out.append(.unicast(b, to: peer)) }
+        stats.syncEntriesSent += bodies.count
+    }
+
+    /// Packs the entries of `order`'s buckets into `syncEntries` bodies of at most one datagram each.
+    /// A bucket too large for one datagram is sent cut and not listed as covered.
+    func pack<S: Sequence>(
+        _ order: S, _ byBucket: [[Node]], now: Instant, limit: Int, session: UInt32, reply: Bool
+    ) -> [Body] where S.Element == Int {
+        let room = Message.syncEntriesCapacity - SyncEntries.fixedSize
+        var bodies: [SyncEntries] = []
+        var cur = SyncEntries(session: session, flags: reply ? .reply : [], covered: [], entries: [])
+        var used = 0
+        var cut = false
+        for k in order {
+            let entries = byBucket.isEmpty ? [] : byBucket[k].map { SyncEntry($0, now: now) }
+            let size = 2 + entries.reduce(0) { $0 + $1.encodedSize }
+            if used + size > room, !(cur.covered.isEmpty && cur.entries.isEmpty) {
+                bodies.append(cur)
+                if bodies.count >= limit {
+                    cut = true
+                    break
+                }
+                cur = SyncEntries(session: session, flags: reply ? .reply : [], covered: [], entries: [])
+                used = 0
+            }
+            if size > room {
+                // Larger than a datagram (about 30 entries: only in maps of tens of thousands).
+                var u = 0
+                for e in entries where u + e.encodedSize <= room {
+                    cur.entries.append(e)
+                    u += e.encodedSize
+                }
+                used = room
+                continue
+            }
+            cur.covered.append(UInt16(k))
+            cur.entries += entries
+            used += size
+        }
+        if !cut, !(cur.covered.isEmpty && cur.entries.isEmpty) || bodies.isEmpty { bodies.append(cur) }
+        if reply, !bodies.isEmpty {
+            bodies[bodies.count - 1].flags.insert(.last)
+            if cut { bodies[bodies.count - 1].flags.insert(.more) }
+        }
+        return bodies.map { .syncEntries($0) }
+    }
+
+    // MARK: Receiving entries
+
+    mutating func receiveEntries(_ e: SyncEntries, from peer: IPAddress, now: Instant, map: inout NodeMap, out: inout [DiscoveryOutput]) {
+        if e.flags.contains(.reply) {
+            guard let s = session, s.peer == peer, s.id == e.session else {
+                stats.syncUnsolicited += 1
+                return
+            }
+            merge(e.entries, from: peer, now: now, map: &map, out: &out)
+            pushBack(e, to: peer, now: now, map: map, out: &out)
+            if e.flags.contains(.last) {
+                session = nil
+                if e.flags.contains(.more) {
+                    startSession(with: peer, pull: s.pull, now: now, map: map, out: &out)
+                }
+            }
+        } else {
+            // A push: the requester's entries for buckets of a session we answered.
+            guard answered[peer] == e.session else {
+                stats.syncUnsolicited += 1
+                return
+            }
+            merge(e.entries, from: peer, now: now, map: &map, out: &out)
+        }
+    }
+
+    /// After merging an answer: our entries of each covered bucket whose sum still differs from the
+    /// answer's (we hold something it lacks, or newer).
+    mutating func pushBack(_ e: SyncEntries, to peer: IPAddress, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+        guard !e.covered.isEmpty else { return }
+        var theirs: [Int: UInt64] = [:]
+        for x in e.entries where x.state.isMember {
+            theirs[NodeMap.digestBucket(x.address), default: 0] &+= NodeMap.digestTerm(x.address, incarnation: x.incarnation)
+        }
+        var differ: [Int] = []
+        for k in e.covered where map.bucketSum(Int(k)) != theirs[Int(k)] ?? 0 { differ.append(Int(k)) }
+        guard !differ.isEmpty else { return }
+        let wanted = Set(differ)
+        var byBucket = [[Node]](repeating: [], count: NodeMap.digestBuckets)
+        for n in map.nodes(inBuckets: { wanted.contains($0) }) { byBucket[NodeMap.digestBucket(n.address)].append(n) }
+        let bodies = pack(differ, byBucket, now: now, limit: settings.syncPushDatagrams, session: e.session, reply: false)
+        for b in bodies { out.append(.unicast(b, to: peer)) }
+        stats.syncEntriesSent += bodies.count
+    }
+
+    /// Takes what the entries know better: a member at a higher incarnation (a node we lack, unless
+    /// its entry is older than a tombstone lives: a node the others may have purged), a death or
+    /// leave at our incarnation or above. An entry that holds us dead or left makes us refute.
+    mutating func merge(_ entries: [SyncEntry], from sender: IPAddress, now: Instant, map: inout NodeMap, out: inout [DiscoveryOutput]) {
+        var changes: [NodeMapChange] = []
+        let senderHops = Int(map.brief(sender)?.hops ?? 0)
+        let lifetime = tombstoneLifetime(map)
+        for e in entries {
+            if e.address == me.address {
+                if !e.state.isMember, e.incarnation >= incarnation {
+                    out.append(.refute(accusedAs: e.state, by: sender, past: e.incarnation))
+                }
+                continue
+            }
+            let known = map.brief(e.address)
+            let before = changes.count
+            if e.state.isMember {
+                if let known {
+                    guard e.incarnation > known.incarnation else { continue }
+                } else {
+                    guard UInt64(e.ageMillis) * 1_000_000 <= lifetime.nanos else { continue }
+                }
+                let claim = NodeClaim(
+                    address: e.address, preferredID: e.explicitID ? NodeID(rawValue: e.preferredID) : nil,
+                    explicitID: e.explicitID, aliases: e.aliases, incarnation: e.incarnation,
+                    hops: UInt8(clamping: Int(e.hops) + senderHops), heartbeatPort: e.heartbeatPort)
+                changes += map.observe(claim, now: now - .milliseconds(UInt64(e.ageMillis)))
+            } else if let known, known.state.isMember, e.incarnation >= known.incarnation {
+                changes += map.setState(e.address, to: e.state, incarnation: e.incarnation)
+            }
+            if changes.count > before { stats.syncEntriesMerged += 1 }
+        }
+        if !changes.isEmpty { out.append(.changes(changes)) }
+    }
+}

@@ -1,6 +1,11 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// The protocol cores and the simulator are optimized in debug builds too: the test suite runs the
+/// simulator at 1,000 nodes (issue #9), which takes minutes unoptimized and seconds optimized.
+/// Everything else (the daemon's shell, the tests) stays a plain debug build.
+let optimizedCores: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "discd",
     platforms: [.macOS(.v14)],
@@ -31,13 +36,13 @@ let package = Package(
             providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]),
 
         // Pure protocol cores: no sockets, no sleeps, no wall clock.
-        .target(name: "NodeMap"),
+        .target(name: "NodeMap", swiftSettings: optimizedCores),
         // Map-file I/O (the one atomic file writer): NodeMap stays pure, the daemon and showmap use this.
         .target(name: "MapStore", dependencies: ["NodeMap", "Events"]),
         // Typed events (levels, fields, the one JSON writer) and the one duration formatter.
         .target(name: "Events"),
         // The datagram format shared by every transport (UDP multicast/unicast, RDMA multicast).
-        .target(name: "Wire", dependencies: ["NodeMap"]),
+        .target(name: "Wire", dependencies: ["NodeMap"], swiftSettings: optimizedCores),
         // Cluster keys (HMAC-SHA256 tags on every datagram) and replay windows: pure, no I/O.
         .target(
             name: "Auth",
@@ -45,11 +50,13 @@ let package = Package(
                 "Wire", "NodeMap", .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ExtrasBase64", package: "swift-extras-base64"),
             ]),
-        .target(name: "Discovery", dependencies: ["NodeMap", "Wire", "Events"]),
-        .target(name: "Detector", dependencies: ["NodeMap", "Wire", "Events"]),
+        .target(name: "Discovery", dependencies: ["NodeMap", "Wire", "Events"], swiftSettings: optimizedCores),
+        .target(name: "Detector", dependencies: ["NodeMap", "Wire", "Events"], swiftSettings: optimizedCores),
         // One node's protocol: Discovery and Detector over one NodeMap, fed datagrams and ticks.
         // The daemon and the simulator both run exactly this.
-        .target(name: "Cluster", dependencies: ["NodeMap", "Wire", "Events", "Discovery", "Detector", "Auth"]),
+        .target(
+            name: "Cluster", dependencies: ["NodeMap", "Wire", "Events", "Discovery", "Detector", "Auth"],
+            swiftSettings: optimizedCores),
         // The control socket's request format (parsed by the daemon, fuzzed on its own).
         .target(name: "ControlProtocol", dependencies: ["Events"]),
         // What the fuzzers feed untrusted bytes to, and the fuzzer binary (scripts/fuzz.sh).
@@ -57,7 +64,7 @@ let package = Package(
             name: "FuzzTargets", dependencies: ["Cluster", "Discovery", "Detector", "Auth", "ControlProtocol", "NodeMap", "Wire"]),
         .executableTarget(name: "discd-fuzz", dependencies: ["FuzzTargets"]),
         // Deterministic cluster simulator driving the very same cores in virtual time.
-        .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire", "Events"]),
+        .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire", "Events"], swiftSettings: optimizedCores),
 
         .executableTarget(
             name: "discd",

@@ -62,8 +62,14 @@ extension DetectorCore {
     mutating func checkObserved(now: Instant, map: inout NodeMap, out: inout [DetectorOutput]) {
         guard var o = observedNode else { return }
         if now >= o.nextWatch {
-            if send(.watch, to: o.address, map: map, out: &out) { stats.watchesSent += 1 }
-            o.nextWatch = now + settings.watchRefresh
+            // Heartbeats flowing (it holds us as its successor, or still as a watcher): no watch
+            // needed, look again in a period. Silent for two periods: ask, and again every refresh.
+            if let heard = o.lastHeard, now < heard + settings.period * 2 {
+                o.nextWatch = now + settings.period
+            } else {
+                if send(.watch, to: o.address, map: map, out: &out) { stats.watchesSent += 1 }
+                o.nextWatch = now + settings.watchRefresh
+            }
             observedNode = o
         }
         guard let node = map[o.address] else { return }

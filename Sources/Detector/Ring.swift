@@ -70,9 +70,10 @@ extension DetectorCore {
         stats.ringChanges += 1
         let grace = repair ? settings.timeout : settings.startupGrace(memberCount: map.memberCount)
         observedNode = Observed(
-            address: p.address, id: p.id, since: now, deadline: now + grace, nextWatch: now + settings.watchRefresh,
+            address: p.address, id: p.id, since: now, deadline: now + grace, nextWatch: now + settings.period,
             lastHeard: nil, suspicion: nil)
-        if send(.watch, to: p.address, map: map, out: &out) { stats.watchesSent += 1 }
+        // The first watch waits one period: a predecessor that already holds us as its successor
+        // heartbeats us within it, and needs none (a restart storm changes rings many times).
         let reason: DetectorEvent.ObserveReason =
             old.map { repair ? .ringRepair(left: $0.address) : .newPredecessor(was: $0.address) } ?? .start
         emit(&out, .observing(address: p.address, id: p.id, reason: reason, grace: grace, members: map.memberCount))

@@ -17,9 +17,9 @@ struct SyncSession: Sendable {
 
 /// Anti-entropy, bounded joins and the re-announce wave (docs/PROTOCOL.md "Anti-entropy").
 ///
-/// - Every heartbeat carries the sender's map digest. A receiver whose own digest differs, with both
-///   digests unchanged since the previous heartbeat from that sender (so nothing is still in
-///   flight), sends a `syncRequest` with its 1,024 bucket sums folded to a byte each. The sender
+/// - Every heartbeat carries the sender's map digest. A receiver whose own digest differs, as it
+///   did at the previous heartbeat from that sender (so it is not a change still in flight), sends
+///   a `syncRequest` with its 1,024 bucket sums folded to a byte each. The sender
 ///   answers with its entries (members and tombstones) of the buckets that differ, at most
 ///   `syncReplyDatagrams` datagrams; the requester merges them and pushes back its own entries of
 ///   the covered buckets where the two maps still differ. Each node is compared with its ring
@@ -98,9 +98,9 @@ extension DiscoveryCore {
         stats.offersSent += 1
     }
 
-    /// A newcomer pulls from the first offerer only, and not during an influx (the wave serves it).
+    /// A newcomer pulls from the first offerer only (offers are sent only outside an influx).
     mutating func offered(by peer: IPAddress, digest: UInt64, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
-        guard pulledFrom == nil, digest != map.digest, !inInflux(now: now, map: map) else { return }
+        guard pulledFrom == nil, digest != map.digest else { return }
         pulledFrom = peer
         stats.pulls += 1
         startSession(with: peer, pull: true, now: now, map: map, out: &out)
@@ -117,10 +117,13 @@ extension DiscoveryCore {
         let previous = peerDigests[origin]
         if previous == nil, peerDigests.count >= 64 { peerDigests.removeAll(keepingCapacity: true) }
         peerDigests[origin] = PeerDigest(digest: digest, mine: mine)
-        // Start only when both maps stood still over a heartbeat period: a change still in flight
-        // (a multicast a moment behind the heartbeat) is not a divergence.
-        guard digest != mine, let previous, previous.digest == digest, previous.mine == mine,
-            !inInflux(now: now, map: map)
+        // Start only when the maps differed at the previous heartbeat too: a change still in
+        // flight (a multicast a moment behind the heartbeat) is not a divergence.
+        // And not while both maps are still moving (a wave of announces sweeping over them), nor
+        // during an influx or its wave: those fill most gaps by themselves.
+        guard digest != mine, let previous, previous.digest != previous.mine,
+            previous.digest == digest || previous.mine == mine,
+            !inInflux(now: now, map: map), !influxPending, waveDue.isEmpty
         else { return [] }
         var out: [DiscoveryOutput] = []
         startSession(with: origin, pull: false, now: now, map: map, out: &out)
@@ -129,6 +132,10 @@ extension DiscoveryCore {
 
     mutating func startSession(with peer: IPAddress, pull: Bool, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
         if let s = session, now < s.started + settings.syncTimeout { return }
+        if let s = session {
+            if recentSessions.count >= 4 { recentSessions.removeFirst() }
+            recentSessions.append(s)
+        }
         sessionCounter &+= 1
         let salt = UInt32.random(in: 0...UInt32.max, using: &rng)
         session = SyncSession(peer: peer, id: sessionCounter, started: now, pull: pull)
@@ -236,13 +243,19 @@ extension DiscoveryCore {
 
     mutating func receiveEntries(_ e: SyncEntries, from peer: IPAddress, now: Instant, map: inout NodeMap, out: inout [DiscoveryOutput]) {
         if e.flags.contains(.reply) {
-            guard let s = session, s.peer == peer, s.id == e.session else {
+            // Datagrams of one answer may arrive out of order: those of a session that already
+            // ended (its last datagram came first) are still taken, for a while.
+            let current = session.map { $0.peer == peer && $0.id == e.session } ?? false
+            guard current || recentSessions.contains(where: { $0.peer == peer && $0.id == e.session && now < $0.started + settings.syncTimeout * 2 })
+            else {
                 stats.syncUnsolicited += 1
                 return
             }
             merge(e.entries, from: peer, now: now, map: &map, out: &out)
             pushBack(e, to: peer, now: now, map: map, out: &out)
-            if e.flags.contains(.last) {
+            if current, let s = session, e.flags.contains(.last) {
+                if recentSessions.count >= 4 { recentSessions.removeFirst() }
+                recentSessions.append(s)
                 session = nil
                 if e.flags.contains(.more) {
                     startSession(with: peer, pull: s.pull, now: now, map: map, out: &out)

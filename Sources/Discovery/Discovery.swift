@@ -176,6 +176,8 @@ public struct DiscoveryCore: Sendable {
     var peerDigests: [IPAddress: PeerDigest] = [:]
     /// The sync this node started and waits on (at most one).
     var session: SyncSession?
+    /// Sessions that ended lately: their answer datagrams still in flight are taken.
+    var recentSessions: [SyncSession] = []
     var sessionCounter: UInt32 = 0
     /// Sessions this node answered, by requester (their push-back is accepted); bounded.
     var answered: [IPAddress: UInt32] = [:]

@@ -441,14 +441,18 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: Instant = at(3 * sec))
         let start = core.mapChanged(map, now: 0)
         #expect(core.observed == addr(1))
         #expect(core.observer == addr(3))
-        #expect(start.contains(.send(.watch, to: addr(1), port: port(1))))
+        // The first watch waits a period: the new predecessor may heartbeat us anyway.
+        #expect(!start.contains(.send(.watch, to: addr(1), port: port(1))))
 
         func heartbeatTargets(_ out: [DetectorOutput]) -> Set<IPAddress> {
             Set(out.compactMap { if case .send(.heartbeat, let to, _) = $0 { to } else { nil } })
         }
         #expect(heartbeatTargets(core.tick(now: 0, map: &map)) == [addr(3)])
         #expect(core.nextDeadline == at(s.period))
-        #expect(heartbeatTargets(core.tick(now: at(100 * ms), map: &map)) == [addr(3)])
+        let second = core.tick(now: at(s.period), map: &map)
+        #expect(heartbeatTargets(second) == [addr(3)])
+        // No heartbeat from 1 within the period: it is asked to send them.
+        #expect(second.contains(.send(.watch, to: addr(1), port: port(1))))
 
         // 4 thinks it observes 2 (views differ briefly): it gets a heartbeat at once and every η.
         let w = core.receive(.watch, from: addr(4), originIncarnation: 0, now: at(150 * ms), map: &map)
@@ -465,6 +469,34 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: Instant = at(3 * sec))
         }
         #expect(last == [addr(3)])
         #expect(core.stats.heartbeatsSent >= 20)
+    }
+
+    /// A predecessor that heartbeats us gets no watch, at the start or later; one that falls silent
+    /// for two periods is asked again.
+    @Test func watchOnlyWhenThePredecessorIsSilent() throws {
+        let s = try defaults()
+        var map = makeMap([1, 2, 3, 4])
+        var core = DetectorCore(settings: s, selfAddress: addr(2), now: 0)
+        _ = core.mapChanged(map, now: 0)
+        func watches(_ out: [DetectorOutput]) -> Int {
+            out.filter { if case .send(.watch, _, _) = $0 { true } else { false } }.count
+        }
+        var t: UInt64 = 0
+        var sent = 0
+        while t < at(10 * s.watchRefresh).nanos {
+            _ = core.receive(.heartbeat(sequence: 0, periodMillis: 100), from: addr(1), originIncarnation: 0, now: Instant(nanos: t), map: &map)
+            sent += watches(core.tick(now: Instant(nanos: t), map: &map))
+            t += s.period.nanos / 2
+        }
+        #expect(sent == 0)
+        // Silent from now: a watch within three periods (before the timeout runs out).
+        let silentFrom = t
+        var first: UInt64?
+        while t < silentFrom + 3 * s.period.nanos, first == nil {
+            t += s.period.nanos / 4
+            if watches(core.tick(now: Instant(nanos: t), map: &map)) > 0 { first = t }
+        }
+        #expect(first != nil)
     }
 
     @Test func nextDeadlineCoversTimersWithoutBusyTicking() throws {

@@ -68,8 +68,11 @@ extension DiscoveryCore {
             influxPending = false
             if lastWave.map({ now >= $0 + settings.waveGap }) ?? true, settings.waveCopies > 0 {
                 lastWave = now
-                let first = now + TimeSpan(nanos: UInt64.random(in: 0..<max(settings.waveSpread.nanos, 1), using: &rng))
-                waveDue = (0..<settings.waveCopies).map { first + settings.waveSpread * UInt64($0) }
+                // Spread over about 50 us per member (10,000 nodes: 0.5 s, so that a receiver gets
+                // 20,000 announces a second, not all at once), at least 100 ms between copies.
+                let spread = max(.milliseconds(100), min(settings.waveSpread, .nanoseconds(50_000 * UInt64(map.memberCount))))
+                let first = now + TimeSpan(nanos: UInt64.random(in: 0..<spread.nanos, using: &rng))
+                waveDue = (0..<settings.waveCopies).map { first + spread * UInt64($0) }
             }
         }
         while let due = waveDue.first, due <= now {

@@ -37,8 +37,9 @@ public struct DiscoverySettings: Sendable, Equatable {
     public var influxWindow: TimeSpan = .seconds(2)
     /// The influx is over when no join came for this long; then the re-announce wave starts.
     public var influxQuiet: TimeSpan = .milliseconds(300)
-    /// Wave announces: `waveCopies` copies, the first uniform in [0, waveSpread) after the quiet, then
-    /// `waveSpread` apart; at most one wave per `waveGap`.
+    /// Wave announces: `waveCopies` copies, the first uniform in [0, spread) after the quiet, then
+    /// `spread` apart, where spread = 50 us per member within [100 ms, waveSpread]; at most one wave
+    /// per `waveGap`.
     public var waveCopies = 2
     public var waveSpread: TimeSpan = .milliseconds(500)
     public var waveGap: TimeSpan = .seconds(10)

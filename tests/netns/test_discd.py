@@ -499,3 +499,49 @@ def _read(p):
             return f.read()
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- convergence under loss (issue #9)
+
+LOSSY_CONVERGE_BOUND = 3.0   # s after the last start: every map complete, with 10 % loss on every node
+LOSSY_LEAVE_BOUND = 2.0      # s: a leave whose multicast some nodes lost reaches them by anti-entropy
+
+
+def test_converge_16_loss_10(ctx):
+    """N=16 IPv4, 10 % of all datagrams dropped on every node (nftables numgen): every map complete
+    <=3s after the last start; a leave reaches every map <=2s; a node restarted under the same
+    loss is back in every map <=3s"""
+    from test_detector import loss_counters, set_loss
+    ctx.need_discd()
+    n = 16
+    with ctx.lab() as lab:
+        lan = lab.add_lan("", 1, 3)
+        nodes = [lab.add_node("n%d" % i, lan, i) for i in range(1, n + 1)]
+        lab.wait_addresses()
+        set_loss(nodes, 10)
+        addrs = [nd.ip4 for nd in nodes]
+        daemons = lab.start_daemons(nodes, family="ipv4")
+        ok, conv, per = wait_converged(daemons, addrs, LOSSY_CONVERGE_BOUND)
+        assert ok, "N=16 at 10%% loss: not all maps complete within %.1fs of the last start (%d/%d)\n%s" % (
+            LOSSY_CONVERGE_BOUND, len(per), n, describe_maps(daemons))
+        slowest = wait_converged.slowest
+        # a clean stop: its one leave multicast is lost at ~10 % of the receivers
+        victim, others = daemons[-1], daemons[:-1]
+        t_wall = time.time()
+        rc, _, killed = victim.stop(timeout=STOP_BOUND)
+        assert not killed and rc == 0
+        lat = wait_gone(others, addrs[-1], t_wall, LOSSY_LEAVE_BOUND + 1.0)
+        missing = [d.node.name for d in others if d not in lat]
+        assert not missing, "leave never reached %s\n%s" % (missing, describe_maps(others))
+        worst = max(lat.values())
+        assert worst <= LOSSY_LEAVE_BOUND, "leave reached the last map after %.2fs (bound %.1fs)" % (worst, LOSSY_LEAVE_BOUND)
+        # it comes back (a join under loss)
+        back = lab.start_daemon(nodes[-1], family="ipv4")
+        daemons = others + [back]
+        ok2, rejoin, _ = wait_converged(daemons, addrs, LOSSY_CONVERGE_BOUND)
+        assert ok2, "the restarted node is not in every map within %.1fs\n%s" % (LOSSY_CONVERGE_BOUND, describe_maps(daemons))
+        seen, dropped = loss_counters(nodes)
+        assert seen > 0 and dropped > 0.05 * seen, "the loss was not in effect: %d of %d dropped" % (dropped, seen)
+        return ("N=16, 10%% loss (%d of %d packets dropped): all maps complete %.2fs after the last start "
+                "(bound %.0fs; %s); leave everywhere in %.2fs max; restart back everywhere in %.2fs" % (
+                    dropped, seen, conv, LOSSY_CONVERGE_BOUND, slowest, worst, rejoin))

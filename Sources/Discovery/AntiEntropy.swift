@@ -63,20 +63,51 @@ extension DiscoveryCore {
         return recent >= max(settings.influxMinJoins, map.memberCount / max(settings.influxDivisor, 1))
     }
 
-    mutating func waveTick(now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+    /// Announces of nodes this map does not hold as members (unknown, or held dead or left): many of
+    /// them at once is a partition healing (or a restart after a long one). Then every node that sees
+    /// it announces at once, at a new incarnation, so that maps holding it dead take it back without
+    /// a revival round trip.
+    mutating func noteNews(now: Instant, map: NodeMap) {
+        // During a restart storm announces of unknown nodes are the storm itself: its wave serves.
+        guard !influxPending, !inInflux(now: now, map: map) else { return }
+        if now >= newsWindowStart + settings.influxWindow {
+            newsCount = 0
+            newsWindowStart = now
+        }
+        newsCount += 1
+        guard newsCount >= settings.influxMinJoins else { return }
+        newsCount = 0
+        if scheduleWave(now: now, map: map) {
+            waveBump = true
+            stats.healWaves += 1
+        }
+    }
+
+    @discardableResult
+    mutating func scheduleWave(now: Instant, map: NodeMap) -> Bool {
+        guard settings.waveCopies > 0, waveDue.isEmpty, lastWave.map({ now >= $0 + settings.waveGap }) ?? true else { return false }
+        lastWave = now
+        // Spread over about 50 us per member (10,000 nodes: 0.5 s, so that a receiver gets 20,000
+        // announces a second, not all at once), at least 100 ms between copies.
+        let spread = max(.milliseconds(100), min(settings.waveSpread, .nanoseconds(50_000 * UInt64(map.memberCount))))
+        let first = now + TimeSpan(nanos: UInt64.random(in: 0..<spread.nanos, using: &rng))
+        waveDue = (0..<settings.waveCopies).map { first + spread * UInt64($0) }
+        return true
+    }
+
+    mutating func waveTick(now: Instant, map: inout NodeMap, out: inout [DiscoveryOutput]) {
         if influxPending, now >= lastJoinAt + settings.influxQuiet {
             influxPending = false
-            if lastWave.map({ now >= $0 + settings.waveGap }) ?? true, settings.waveCopies > 0 {
-                lastWave = now
-                // Spread over about 50 us per member (10,000 nodes: 0.5 s, so that a receiver gets
-                // 20,000 announces a second, not all at once), at least 100 ms between copies.
-                let spread = max(.milliseconds(100), min(settings.waveSpread, .nanoseconds(50_000 * UInt64(map.memberCount))))
-                let first = now + TimeSpan(nanos: UInt64.random(in: 0..<spread.nanos, using: &rng))
-                waveDue = (0..<settings.waveCopies).map { first + spread * UInt64($0) }
-            }
+            scheduleWave(now: now, map: map)
         }
         while let due = waveDue.first, due <= now {
             waveDue.removeFirst()
+            if waveBump {
+                waveBump = false
+                if incarnation < .max { incarnation += 1 }
+                let c = map.observe(selfClaim, now: now)
+                if !c.isEmpty { out.append(.changes(c)) }
+            }
             out.append(.multicast(.announce(info(map))))
             stats.announcesSent += 1
             stats.waveAnnounces += 1
@@ -84,6 +115,15 @@ extension DiscoveryCore {
     }
 
     // MARK: Joins
+
+    /// Whether this node answers a revival of `node` (an announce our map will not take): while the
+    /// map is tiny, or when we are its ring neighbour (as if it were a member): two answers per
+    /// announce, not one from every node that holds it dead (a healed partition of 5,000 nodes).
+    func responsible(for node: NodeBrief, map: NodeMap) -> Bool {
+        if map.memberCount <= 3 { return true }
+        guard let mine = map.brief(me.address) else { return false }
+        return map.successor(of: node.id) == mine.id || map.predecessor(of: node.id) == mine.id
+    }
 
     /// A tiny map answers with itself (one datagram); a settled ring neighbour of the newcomer offers.
     mutating func answerJoin(of newcomer: IPAddress, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
@@ -123,10 +163,9 @@ extension DiscoveryCore {
         // Start only when the maps differed at the previous heartbeat too: a change still in
         // flight (a multicast a moment behind the heartbeat) is not a divergence.
         // And not while both maps are still moving (a wave of announces sweeping over them), nor
-        // during an influx or its wave: those fill most gaps by themselves.
+        // while joins pour in or their wave is under way: those fill most gaps by themselves.
         guard digest != mine, let previous, previous.digest != previous.mine,
-            previous.digest == digest || previous.mine == mine,
-            !inInflux(now: now, map: map), !influxPending, waveDue.isEmpty
+            previous.digest == digest || previous.mine == mine, !influxPending, waveDue.isEmpty
         else { return [] }
         var out: [DiscoveryOutput] = []
         startSession(with: origin, pull: false, now: now, map: map, out: &out)

@@ -159,7 +159,7 @@ public enum DiscoveryEvent: Event, Hashable {
 public struct DiscoveryCore: Sendable {
     public let settings: DiscoverySettings
     public private(set) var me: SelfInfo
-    public private(set) var incarnation: UInt64
+    public internal(set) var incarnation: UInt64
     public private(set) var started = false
 
     var rng: SplitMix64
@@ -172,7 +172,6 @@ public struct DiscoveryCore: Sendable {
     public internal(set) var stats = DiscoveryStats()
 
     // Anti-entropy state (AntiEntropy.swift).
-    var startedAt: Instant = .zero
     /// The last digest each heartbeat origin sent, and ours when it came.
     var peerDigests: [IPAddress: PeerDigest] = [:]
     /// The sync this node started and waits on (at most one).
@@ -191,6 +190,11 @@ public struct DiscoveryCore: Sendable {
     var lastJoinAt: Instant = .zero
     /// An influx was seen and its wave not yet scheduled.
     var influxPending = false
+    /// Announces of non-members counted in the current influx window (see `noteNews`).
+    var newsCount = 0
+    var newsWindowStart: Instant = .zero
+    /// The next wave announce goes out at a new incarnation (a heal wave).
+    var waveBump = false
     var waveDue: [Instant] = []
     var lastWave: Instant?
     /// The node a newcomer pulls its map from (set by the first offer taken).
@@ -256,7 +260,6 @@ public struct DiscoveryCore: Sendable {
         if !c.isEmpty { out.append(.changes(c)) }
         out.append(.multicast(.join(info(map))))
         stats.joinsSent += 1
-        startedAt = now
         answerTokens = settings.syncAnswerRate
         tokensAt = now
         // One early announce, soon after the join: nodes that started a moment after us missed the
@@ -286,7 +289,7 @@ public struct DiscoveryCore: Sendable {
             }
             nextAnnounce = now + jittered(interval(members: map.memberCount))
         }
-        waveTick(now: now, map: map, out: &out)
+        waveTick(now: now, map: &map, out: &out)
         if now >= nextScan {
             let iv = interval(members: map.memberCount)
             let expiry = TimeSpan(nanos: UInt64(Double(iv.nanos) * (detectorRunning ? settings.detectorExpiryFactor : settings.expiryFactor)))
@@ -389,9 +392,13 @@ public struct DiscoveryCore: Sendable {
                 address: h.origin, preferredID: h.flags.contains(.explicitID) ? NodeID(rawValue: h.senderID) : nil,
                 explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
                 hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
-            if let known = map.brief(h.origin),
+            let known = map.brief(h.origin)
+            if case .announce = m.body, !(known?.state.isMember ?? false) {
+                noteNews(now: now, map: map)
+            }
+            if let known,
                 (!known.state.isMember && known.incarnation == h.incarnation) || known.incarnation > h.incarnation,
-                mayAnswerRevival(h.origin, now: now, map: map)
+                responsible(for: known, map: map), mayAnswerRevival(h.origin, now: now, map: map)
             {
                 // The node speaks at an incarnation our map will not take: we hold it dead or left at
                 // this incarnation (a lost-message expiry, a notice it missed, a forged leave), or we
@@ -494,4 +501,6 @@ public struct DiscoveryStats: Sendable, Equatable {
     public var offersSent = 0
     public var pulls = 0
     public var waveAnnounces = 0
+    /// Waves started by many announces of non-members at once (a partition healing).
+    public var healWaves = 0
 }

@@ -84,7 +84,23 @@ extension Simulator {
             departures[d].survivors -= 1
         }
         closeFinishedDepartures()
+        for a in activeArrivals where arrivals[a].knownAt[i] == Departure.pendingMark {
+            arrivals[a].knownAt[i] = Departure.notSurvivor
+            arrivals[a].pending -= 1
+            arrivals[a].observers -= 1
+        }
+        // An arrival that went again is no longer followed.
+        activeArrivals.removeAll { arrivals[$0].node == i }
+        closeFinishedArrivals()
         liveSetChanged()
+    }
+
+    func closeFinishedArrivals() {
+        activeArrivals.removeAll { a in
+            guard arrivals[a].pending == 0 else { return false }
+            arrivals[a].completedAt = now
+            return true
+        }
     }
 
     func launch(_ i: Int) {
@@ -104,6 +120,18 @@ extension Simulator {
         liveCount += 1
         liveSetChanged()
         trace(5, UInt64(i) << 32 ^ incarnation)
+        if processes[i] > 1 {
+            var a = Arrival(
+                node: i, address: addresses[i], incarnation: incarnation, time: now,
+                knownAt: Array(repeating: Departure.notSurvivor, count: count))
+            for j in 0..<count where j != i && status[j] == .running {
+                a.observers += 1
+                a.knownAt[j] = Departure.pendingMark
+                a.pending += 1
+            }
+            arrivals.append(a)
+            activeArrivals.append(arrivals.count - 1)
+        }
         let effects = slot.node.start(now: Instant(nanos: now))
         if let d = diagnose, d.observer == i || d.target == i {
             lastInput = "start"

@@ -66,6 +66,18 @@ extension Simulator {
             if finished { closeFinishedDepartures() }
         }
 
+        if !activeArrivals.isEmpty {
+            var finished = false
+            for a in activeArrivals where arrivals[a].knownAt[i] == Departure.pendingMark {
+                if let n = slot.node.map.brief(arrivals[a].address), n.state.isMember, n.incarnation >= arrivals[a].incarnation {
+                    arrivals[a].knownAt[i] = now
+                    arrivals[a].pending -= 1
+                    if arrivals[a].pending == 0 { finished = true }
+                }
+            }
+            if finished { closeFinishedArrivals() }
+        }
+
         // Deaths this node marked (declared, learned from a notice, expired): any not explained by a
         // departure it just learned of is checked against the live set. A death turns a member into
         // a non-member, and no single input both adds a member and marks one dead, so the counters

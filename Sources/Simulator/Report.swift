@@ -50,6 +50,15 @@ public struct SimReport: Sendable {
         public var complete: Bool
     }
 
+    public struct ArrivalSummary: Sendable {
+        public var node: Int
+        public var at: UInt64
+        public var observers: Int
+        public var known: Int
+        public var latency: Percentiles?
+        public var complete: Bool
+    }
+
     public var nodes: Int
     public var seed: UInt64
     public var virtualTime: UInt64
@@ -66,6 +75,13 @@ public struct SimReport: Sendable {
     /// Up to five running nodes whose map was incomplete at the end, with what they lacked.
     public var incomplete: [(node: Int, missing: [Int], extra: [IPAddress])]
     public var departures: [DepartureSummary]
+    public var arrivals: [ArrivalSummary]
+    /// Per kind of event (join, leave, death): percentiles over the events of the time until the
+    /// last map learned of it (complete events only).
+    public var lastMapLearned: [(kind: String, events: Int, incomplete: Int, latency: Percentiles?)]
+    /// Datagrams sent per node in the first 10 s of virtual time, heartbeats excluded, and by type
+    /// (all nodes); nil when the run was shorter.
+    public var stormFirst10s: (perNode: Double, byType: [Int])?
     public var falseDeaths: Int
     public var falseDeathsAcrossPartition: Int
     public var falseDeathMarks: Int
@@ -119,6 +135,25 @@ public struct SimReport: Sendable {
                 known: d.survivors - d.pending, neverKnew: d.neverKnew, latency: Percentiles(lat), bound: bound,
                 overBound: late + d.pending, complete: d.pending == 0)
         }
+        arrivals = sim.arrivals.map { a in
+            ArrivalSummary(
+                node: a.node, at: a.time, observers: a.observers, known: a.observers - a.pending,
+                latency: Percentiles(a.latencies), complete: a.pending == 0)
+        }
+        func last(_ events: [(latencies: [UInt64], complete: Bool)], _ kind: String) -> (kind: String, events: Int, incomplete: Int, latency: Percentiles?) {
+            let done = events.filter(\.complete)
+            return (kind, events.count, events.count - done.count, Percentiles(done.map { $0.latencies.max() ?? 0 }))
+        }
+        lastMapLearned = [
+            last(sim.arrivals.map { ($0.latencies, $0.pending == 0) }, "join"),
+            last(sim.departures.filter { $0.kind == .stop }.map { ($0.latencies, $0.pending == 0) }, "leave"),
+            last(sim.departures.filter { $0.kind == .crash }.map { ($0.latencies, $0.pending == 0) }, "death"),
+        ]
+        stormFirst10s = sim.trafficFirst10s.map { t in
+            let hb = Int(MessageType.heartbeat.rawValue)
+            let beyond = t.sentByType.enumerated().filter { $0.offset != hb }.map(\.element).reduce(0, +)
+            return (Double(beyond) / Double(Swift.max(sim.nodeCount, 1)), t.sentByType)
+        }
         falseDeaths = sim.falseDeaths.filter { !$0.acrossPartition }.count
         falseDeathsAcrossPartition = sim.falseDeaths.count - falseDeaths
         falseDeathMarks = sim.falseDeathMarks
@@ -159,6 +194,13 @@ public struct SimReport: Sendable {
             }
             if let b = d.bound { s += "; bound \(ms(b)), over bound \(d.overBound)" }
             l.append(s)
+        }
+        for e in lastMapLearned where e.events > 0 {
+            let p = e.latency.map { "p50 \(ms($0.p50)) p90 \(ms($0.p90)) p99 \(ms($0.p99)) max \(ms($0.max))" } ?? "-"
+            l.append("last map learned of each \(e.kind) (\(e.events) events\(e.incomplete > 0 ? ", \(e.incomplete) incomplete" : "")): \(p)")
+        }
+        if let st = stormFirst10s {
+            l.append("start storm, first 10 s: \(fmt(st.perNode, 1)) datagrams per node beyond heartbeats")
         }
         l.append(
             "false deaths (live node marked dead): \(falseDeaths) nodes, \(falseDeathMarks) marks"
@@ -230,6 +272,19 @@ public struct SimReport: Sendable {
             ("converged_at_end", .bool(convergedAtEnd)),
             ("epochs", .array(epochs.map { .object([("since_ms", msValue($0.since)), ("converged_ms", msValue($0.convergedAt))]) })),
             ("departures", .array(deps)),
+            ("arrivals", .array(arrivals.map { a in
+                .object([
+                    ("node", .int(Int64(a.node))), ("at_ms", msValue(a.at)), ("observers", .int(Int64(a.observers))),
+                    ("known", .int(Int64(a.known))), ("latency", pct(a.latency)), ("complete", .bool(a.complete)),
+                ])
+            })),
+            ("last_map_learned", .object(lastMapLearned.map { e in
+                (e.kind, .object([("events", .int(Int64(e.events))), ("incomplete", .int(Int64(e.incomplete))), ("latency", pct(e.latency))]))
+            })),
+            ("storm_first_10s_per_node", stormFirst10s.map { .double($0.perNode) } ?? .null),
+            ("storm_first_10s_by_type", stormFirst10s.map { st in
+                .object(MessageType.allCases.map { ("\($0)", .int(Int64(st.byType[Int($0.rawValue)]))) })
+            } ?? .null),
             ("false_deaths", .int(Int64(falseDeaths))), ("false_death_marks", .int(Int64(falseDeathMarks))),
             ("false_deaths_declared", .int(Int64(falseDeathCauses[.declared] ?? 0))),
             ("false_deaths_expired", .int(Int64(falseDeathCauses[.expired] ?? 0))),

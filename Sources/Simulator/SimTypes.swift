@@ -58,6 +58,25 @@ public struct Departure: Sendable {
     }
 }
 
+/// A node that (re)started after the first start storm, and which running maps hold it: every node
+/// running when it started must come to hold it as a member at its new incarnation or above.
+public struct Arrival: Sendable {
+    public let node: Int
+    public let address: IPAddress
+    public let incarnation: UInt64
+    public let time: UInt64
+    /// When each observer's map first held it (`Departure`'s marks for the others).
+    public internal(set) var knownAt: [UInt64]
+    public internal(set) var observers = 0
+    public internal(set) var pending = 0
+    public internal(set) var completedAt: UInt64?
+
+    /// Latency of each observer that learned of it, from the start.
+    public var latencies: [UInt64] {
+        knownAt.compactMap { $0 >= Departure.neverKnewMark ? nil : $0 - time }
+    }
+}
+
 /// A live node marked dead by another node's map, at or above the incarnation of its running process.
 public struct FalseDeath: Sendable, Equatable {
     public let time: UInt64

@@ -94,6 +94,12 @@ public final class Simulator {
     public internal(set) var traceHash: UInt64 = 0xCBF2_9CE4_8422_2325
     public internal(set) var departures: [Departure] = []
     var activeDepartures: [Int] = []
+    /// Restarts after the first start (joins into a running cluster), and which maps learned of them.
+    public internal(set) var arrivals: [Arrival] = []
+    var activeArrivals: [Int] = []
+    /// The traffic counters at 10 s of virtual time: the start storm's first 10 s (all nodes start
+    /// within the start spread, 1 s by default).
+    public internal(set) var trafficFirst10s: TrafficCounters?
     public internal(set) var falseDeaths: [FalseDeath] = []
     /// (observer, target, incarnation) marks counted as false deaths.
     public internal(set) var falseDeathMarks = 0
@@ -268,6 +274,7 @@ public final class Simulator {
         if done() { return true }
         while let t = queue.peekTime, t <= time {
             let e = queue.pop()!
+            if trafficFirst10s == nil, e.time >= 10_000_000_000 { trafficFirst10s = traffic }
             now = e.time
             handle(e)
             events += 1

@@ -211,9 +211,12 @@ final class NodeDriver: @unchecked Sendable {
         let c = node.counters
         let d = node.discovery.stats
         let det = node.detector?.stats
+        // One snapshot of the RDMA transport's state (its thread keeps counting): the totals and the
+        // rdma section below must come from the same one, or they disagree by what arrived between.
+        let rdmaStatus = transports.lazy.compactMap { $0 as? RDMATransport }.first?.status
         var t = TransportCounters()
         for x in transports {
-            let k = x.counters
+            let k = x is RDMATransport ? rdmaStatus.map(TransportCounters.init) ?? x.counters : x.counters
             t.datagramsRx += k.datagramsRx
             t.datagramsTx += k.datagramsTx
             t.multicastTx += k.multicastTx
@@ -247,8 +250,8 @@ final class NodeDriver: @unchecked Sendable {
         f.add("late_heartbeats", det?.lateHeartbeats ?? 0)
         f.add("map_refused_full", node.map.refusedFull)
         var rdma = EventFields()
-        if let r = transports.lazy.compactMap({ $0 as? RDMATransport }).first {
-            r.status.fields(into: &rdma)
+        if let rdmaStatus {
+            rdmaStatus.fields(into: &rdma)
         } else {
             RDMAStatus(state: .off, reason: "--no-rdma").fields(into: &rdma)
         }

@@ -137,16 +137,7 @@ final class RDMATransport: Transport, @unchecked Sendable {
 
     var status: RDMAStatus { lock.withLock { state } }
 
-    var counters: TransportCounters {
-        let s = status
-        var c = TransportCounters()
-        c.datagramsRx = s.datagramsRx + s.immediateRx
-        c.datagramsTx = s.datagramsTx
-        c.multicastTx = s.multicastTx
-        c.unicastTx = s.unicastTx
-        c.sendErrors = s.sendErrors
-        return c
-    }
+    var counters: TransportCounters { TransportCounters(status) }
 
     /// The devices present now (names), or a reason there are none. Checked at start so that a
     /// device named by `--rdma-device` that does not exist is a clear error, not a silent IP-only node.
@@ -862,3 +853,15 @@ final class Endpoint: @unchecked Sendable {
     }
 }
 
+extension TransportCounters {
+    /// The counters of one snapshot of the RDMA transport's state (the status file reads one
+    /// snapshot for both its totals and its rdma section, so that the two agree).
+    init(_ s: RDMAStatus) {
+        self.init()
+        datagramsRx = s.datagramsRx + s.immediateRx
+        datagramsTx = s.datagramsTx
+        multicastTx = s.multicastTx
+        unicastTx = s.unicastTx
+        sendErrors = s.sendErrors
+    }
+}

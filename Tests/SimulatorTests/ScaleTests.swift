@@ -63,4 +63,27 @@ import Testing
         #expect(sim.convergedAt != nil)
         #expect(sim.falseDeaths.filter { !$0.acrossPartition }.isEmpty)
     }
+
+    /// A partition in two halves long enough that each side holds the other dead, then the heal:
+    /// the announces of nodes held dead make a heal wave (announces at a new incarnation, taken at
+    /// once), and every map holds every node again within 5 s, not after an announce interval.
+    @Test func halvesHealWithinFiveSeconds() throws {
+        let n = 600
+        let config = SimSetup.config(nodes: n, seed: 5, loss: 0.05, startSpread: Self.spread)
+        let sim = try SimSetup.converged(config, limit: 20 * SimSetup.s)
+        sim.run(until: sim.now + SimSetup.s)
+        let sideB = sim.pickRunning(n / 2)
+        sim.partition(sideB)
+        // Each side declares the other dead.
+        let split = sim.runUntilConverged(limit: sim.now + 15 * SimSetup.s)
+        #expect(split != nil, "the halves never settled")
+        sim.run(until: sim.now + SimSetup.s)
+        sim.heal()
+        let healStart = sim.now
+        let healed = try #require(sim.runUntilConverged(limit: healStart + 15 * SimSetup.s), "never healed")
+        #expect(healed - healStart <= 5 * SimSetup.s, "healed after \(Double(healed - healStart) / 1e6) ms")
+        #expect(sim.membersEqualLiveSet())
+        let waves = sim.runningNodes.map { sim.node($0)!.discovery.stats.healWaves }.reduce(0, +)
+        #expect(waves > n / 2, "heal waves: \(waves)")
+    }
 }

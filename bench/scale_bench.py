@@ -86,8 +86,9 @@ def main():
                                            "--duration", "20s"])
             conv = r.get("convergence_ms")
             conv_after_last = None if conv is None else max(0.0, conv - spread_ms)
-            storm = r.get("storm_first_10s_per_node")
             steady = simulate(binary, common + ["--crash", "0", "--duration", "20s"])
+            # The storm from the run without crashes (the crash run's deaths fall in its first 10 s).
+            storm = steady.get("storm_first_10s_per_node")
             part_at = 10
             heal = simulate(binary, common + ["--crash", "0", "--partition", "%ds+%ds" % (part_at, a.partition_s),
                                               "--duration", "%ds" % (part_at + a.partition_s + 15)])
@@ -102,11 +103,11 @@ def main():
                 pct(r, "death"), steady.get("sent_msgs_per_node_s", 0), steady.get("sent_bytes_per_node_s", 0),
                 ms(heal_ms) if heal_ms is not None else "never", r["_wall"], rss), flush=True)
             if storm is not None:
-                by = r.get("storm_first_10s_by_type") or {}
+                by = steady.get("storm_first_10s_by_type") or {}
                 print("         storm by type (all nodes): " + ", ".join("%s %d" % (k, v) for k, v in by.items()
                                                                          if v and k != "heartbeat"))
     print("\nconv: after the last start (the start spread is subtracted from the time after the first start); "
-          "storm: datagrams per node beyond heartbeats in the first 10 s; join/leave/death: ms until the last map "
+          "storm: datagrams per node beyond heartbeats in the first 10 s of the run without crashes; join/leave/death: ms until the last map "
           "learned of each event (p50/p99/max over events); steady: per node after convergence; heal: after a "
           "%d s partition in two halves; wall: the crash run." % a.partition_s)
 

@@ -16,6 +16,9 @@ public struct ClusterConfig: Sendable {
     /// Least severe event produced (the simulator asks for warnings only).
     public var logLevel: LogLevel
     public var timeBaseUnixNanos: Int64
+    /// How many nodes the map is expected to hold (the simulator knows it): its arrays are sized
+    /// once. 0: grow as nodes arrive (the daemon).
+    public var mapCapacityHint = 0
     /// Cluster keys: every datagram is signed with the primary key and every received one must
     /// carry a tag of a key of the ring and a fresh replay counter. nil: no authentication.
     public var auth: AuthConfig?
@@ -178,7 +181,7 @@ public struct ClusterNode: Sendable {
 
     public init(config: ClusterConfig, now: Instant) {
         self.config = config
-        self.map = NodeMap(timeBaseUnixNanos: config.timeBaseUnixNanos)
+        self.map = NodeMap(timeBaseUnixNanos: config.timeBaseUnixNanos, capacityHint: config.mapCapacityHint)
         self.discovery = DiscoveryCore(
             settings: config.discovery, me: config.me, incarnation: config.incarnation, seed: config.seed,
             detectorRunning: config.detector != nil)

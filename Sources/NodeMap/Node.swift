@@ -8,6 +8,9 @@ public struct NodeID: RawRepresentable, Hashable, Comparable, Sendable, CustomSt
         self.rawValue = rawValue
     }
 
+    /// For values known to be 1...65535 (an ID the map assigned).
+    @inline(__always) init(unchecked rawValue: UInt16) { self.rawValue = rawValue }
+
     public init?(_ value: Int) {
         guard value >= 1, value <= 65535 else { return nil }
         self.rawValue = UInt16(value)
@@ -89,6 +92,19 @@ public struct NodeBrief: Sendable, Equatable {
     public var lastHeard: Instant
     public var hops: UInt8
     public var heartbeatPort: UInt16
+
+    init(
+        address: IPAddress, id: NodeID, state: NodeState, incarnation: UInt64, lastHeard: Instant, hops: UInt8,
+        heartbeatPort: UInt16
+    ) {
+        self.address = address
+        self.id = id
+        self.state = state
+        self.incarnation = incarnation
+        self.lastHeard = lastHeard
+        self.hops = hops
+        self.heartbeatPort = heartbeatPort
+    }
 
     @inlinable init(_ n: borrowing Node) {
         address = n.address

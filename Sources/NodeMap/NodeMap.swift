@@ -49,10 +49,12 @@ public struct NodeMap: Sendable {
     public private(set) var generation: UInt64 = 0
     public var timeBaseUnixNanos: Int64 = 0
 
-    private var storage: [Node] = []
-    private var index: [IPAddress: Int32] = [:]
-    /// Assigned ID → slot in `storage`.
-    private var owner: [UInt16: Int32] = [:]
+    /// The nodes, one column per field (NodeColumns.swift); a node's slot is its index there.
+    private var storage = NodeColumns()
+    /// Address → slot.
+    private var index = SlotIndex()
+    /// Assigned ID → slot.
+    private var owner = OwnerTable()
     /// Preferred IDs with two or more claimants → their addresses, best rank first.
     private var contested: [UInt16: [IPAddress]] = [:]
     /// Nodes that hold a substitute ID, sorted by address.
@@ -78,40 +80,54 @@ public struct NodeMap: Sendable {
     /// Buckets of the digest: a sync compares them to find which entries differ.
     public static let digestBuckets = 1024
 
-    public init(timeBaseUnixNanos: Int64 = 0) {
+    /// `capacityHint`: the number of nodes the map is expected to hold (the simulator knows it), so
+    /// that its arrays are allocated once instead of doubling; it is not a limit.
+    public init(timeBaseUnixNanos: Int64 = 0, capacityHint: Int = 0) {
         self.timeBaseUnixNanos = timeBaseUnixNanos
+        let hint = Swift.min(Swift.max(capacityHint, 0), Self.capacity)
+        if hint > 0 {
+            storage.reserve(hint)
+            index = SlotIndex(capacityHint: hint)
+            owner = OwnerTable(capacityHint: hint)
+        }
     }
+
+    @inline(__always)
+    private func slot(_ a: IPAddress) -> Int32? { index.find(a, in: storage) }
 
     // MARK: Reading
 
     public var count: Int { storage.count }
-    public var isEmpty: Bool { storage.isEmpty }
+    public var isEmpty: Bool { storage.count == 0 }
     /// All nodes, in no particular order.
-    public var nodes: [Node] { storage }
-    public subscript(address: IPAddress) -> Node? { index[address].map { storage[Int($0)] } }
-    public func node(id: NodeID) -> Node? { owner[id.rawValue].map { storage[Int($0)] } }
+    public var nodes: [Node] { (0..<storage.count).map { storage.node($0) } }
+    public subscript(address: IPAddress) -> Node? { slot(address).map { storage.node(Int($0)) } }
+    public func node(id: NodeID) -> Node? { owner[id.rawValue].map { storage.node(Int($0)) } }
     /// The scalar fields of the node with `address`, read without copying its aliases and
     /// capabilities: for the paths that look a node up for every datagram (a `Node` copy retains two
     /// arrays; in a 2,000-node simulator run those retains were 13 % of the time).
     public func brief(_ address: IPAddress) -> NodeBrief? {
-        guard let slot = index[address] else { return nil }
-        return NodeBrief(storage[Int(slot)])
+        guard let slot = slot(address) else { return nil }
+        return storage.brief(Int(slot))
     }
     /// `brief` for the node that holds `id`.
     public func brief(id: NodeID) -> NodeBrief? {
         guard let slot = owner[id.rawValue] else { return nil }
-        return NodeBrief(storage[Int(slot)])
+        return storage.brief(Int(slot))
     }
-    public func contains(_ address: IPAddress) -> Bool { index[address] != nil }
+    public func contains(_ address: IPAddress) -> Bool { slot(address) != nil }
     /// All nodes ordered by assigned ID.
-    public func sortedByID() -> [Node] { storage.sorted { $0.id < $1.id } }
+    public func sortedByID() -> [Node] { nodes.sorted { $0.id < $1.id } }
     /// Addresses of nodes that currently hold a substitute ID.
     public var collisionLosers: [IPAddress] { losers }
 
     /// Finds the node that has `address` as its primary address or as one of its aliases.
     public func node(anyAddress address: IPAddress) -> Node? {
         if let n = self[address] { return n }
-        return storage.first { $0.aliases.contains { $0.address == address } }
+        for s in storage.slotsWithExtras where storage.aliases(s).contains(where: { $0.address == address }) {
+            return storage.node(s)
+        }
+        return nil
     }
 
     // MARK: Digest
@@ -159,7 +175,9 @@ public struct NodeMap: Sendable {
 
     /// The nodes (members and tombstones) whose address falls in a bucket `wanted` says yes to.
     public func nodes(inBuckets wanted: (Int) -> Bool) -> [Node] {
-        storage.filter { wanted(Self.digestBucket($0.address)) }
+        var out: [Node] = []
+        for s in 0..<storage.count where wanted(Self.digestBucket(storage.address(s))) { out.append(storage.node(s)) }
+        return out
     }
 
     private mutating func account(_ a: IPAddress, incarnation: UInt64, member: Bool, adding: Bool) {
@@ -250,7 +268,7 @@ public struct NodeMap: Sendable {
     public mutating func observe(_ claim: NodeClaim, now: Instant) -> [NodeMapChange] {
         guard !claim.address.isUnspecified else { return [] }
         var changes: [NodeMapChange] = []
-        guard let slot = index[claim.address] else {
+        guard let slot = slot(claim.address) else {
             guard storage.count < Self.capacity else {
                 // Remote input must not crash the daemon: a 65536th node is refused and counted.
                 refusedFull += 1
@@ -260,9 +278,20 @@ public struct NodeMap: Sendable {
             bump(changes)
             return changes
         }
-        var n = storage[Int(slot)]
-        if claim.incarnation < n.incarnation { return [] }
-        if !n.state.isMember && claim.incarnation == n.incarnation { return [] }
+        let s = Int(slot)
+        let m = storage.meta[s]
+        let known = storage.incarnation[s]
+        if claim.incarnation < known { return [] }
+        if !m.state.isMember && claim.incarnation == known { return [] }
+        if claim.incarnation == known && !m.hasExtras && claim.aliases.isEmpty && claim.capabilities.isEmpty
+            && m.hops == claim.hops && m.heartbeatPort == claim.heartbeatPort && m.preferredID == claim.preferredID
+            && m.explicitID == claim.explicitID
+        {
+            // The same claim again (a repeated announce): only the time heard changes.
+            if storage.heard[s] < now.nanos { storage.setHeard(s, now.nanos) }
+            return []
+        }
+        var n = storage.node(s)
         account(n.address, incarnation: n.incarnation, member: n.state.isMember, adding: false)
         n.lastHeard = max(n.lastHeard, now)
         let oldState = n.state
@@ -278,7 +307,7 @@ public struct NodeMap: Sendable {
         n.hops = claim.hops
         n.heartbeatPort = claim.heartbeatPort
         n.capabilities = claim.capabilities
-        storage[Int(slot)] = n
+        storage.set(s, n)
         account(n.address, incarnation: n.incarnation, member: n.state.isMember, adding: true)
         if oldState != n.state {
             setMemberBit(n.id, n.state.isMember)
@@ -288,11 +317,13 @@ public struct NodeMap: Sendable {
         if claimChanged {
             // Re-enter the ID assignment with the new claim.
             removeClaim(slot: slot, changes: &changes)
-            storage[Int(slot)].preferredID = claim.preferredID
-            storage[Int(slot)].explicitID = claim.explicitID
+            var c = storage.node(s)
+            c.preferredID = claim.preferredID
+            c.explicitID = claim.explicitID
+            storage.set(s, c)
             addClaim(slot: slot, changes: &changes, newcomer: nil)
         }
-        if contentChanged { changes.append(.updated(storage[Int(slot)])) }
+        if contentChanged { changes.append(.updated(storage.node(s))) }
         bump(changes)
         return changes
     }
@@ -304,8 +335,8 @@ public struct NodeMap: Sendable {
     /// passed, and be ignored.
     @discardableResult
     public mutating func heardAtIncarnation(_ address: IPAddress, _ incarnation: UInt64, now: Instant) -> [NodeMapChange] {
-        guard let slot = index[address] else { return [] }
-        let n = storage[Int(slot)]
+        guard let slot = slot(address) else { return [] }
+        let n = storage.node(Int(slot))
         guard n.state.isMember, incarnation > n.incarnation else { return [] }
         return observe(
             NodeClaim(
@@ -316,8 +347,8 @@ public struct NodeMap: Sendable {
 
     /// Records that a node was heard from (a heartbeat) without changing anything else.
     public mutating func touch(_ address: IPAddress, now: Instant) {
-        guard let slot = index[address] else { return }
-        if storage[Int(slot)].lastHeard < now { storage[Int(slot)].lastHeard = now }
+        guard let slot = slot(address) else { return }
+        if storage.heard[Int(slot)] < now.nanos { storage.setHeard(Int(slot), now.nanos) }
     }
 
     /// Moves a node to `state`. Allowed: alive → suspect → alive (refuted), alive/suspect → dead or left.
@@ -328,18 +359,19 @@ public struct NodeMap: Sendable {
     public mutating func setState(
         _ address: IPAddress, to state: NodeState, incarnation: UInt64? = nil
     ) -> [NodeMapChange] {
-        guard let slot = index[address] else { return [] }
-        var n = storage[Int(slot)]
-        if let inc = incarnation, inc < n.incarnation { return [] }
-        guard Self.allowed(from: n.state, to: state) else { return [] }
-        let old = n.state
-        n.state = state
-        storage[Int(slot)] = n
-        account(address, incarnation: n.incarnation, member: old.isMember, adding: false)
-        account(address, incarnation: n.incarnation, member: state.isMember, adding: true)
-        if owner[n.id.rawValue] == slot { setMemberBit(n.id, state.isMember) }
+        guard let slot = slot(address) else { return [] }
+        let s = Int(slot)
+        let m = storage.meta[s]
+        let known = storage.incarnation[s]
+        if let inc = incarnation, inc < known { return [] }
+        guard Self.allowed(from: m.state, to: state) else { return [] }
+        let old = m.state
+        storage.setState(s, state)
+        account(address, incarnation: known, member: old.isMember, adding: false)
+        account(address, incarnation: known, member: state.isMember, adding: true)
+        if owner[m.idRaw] == slot { setMemberBit(m.id, state.isMember) }
         let c: [NodeMapChange] = [
-            .stateChanged(address: address, id: n.id, from: old, to: state, incarnation: n.incarnation)
+            .stateChanged(address: address, id: m.id, from: old, to: state, incarnation: known)
         ]
         bump(c)
         return c
@@ -359,21 +391,20 @@ public struct NodeMap: Sendable {
     /// Removes a node (purged after it died or left, or on operator request).
     @discardableResult
     public mutating func remove(_ address: IPAddress) -> [NodeMapChange] {
-        guard let slot = index[address] else { return [] }
+        guard let slot = slot(address) else { return [] }
         var changes: [NodeMapChange] = []
-        let node = storage[Int(slot)]
+        let node = storage.node(Int(slot))
         account(node.address, incarnation: node.incarnation, member: node.state.isMember, adding: false)
         removeClaim(slot: slot, changes: &changes)
-        // swap-remove
+        // swap-remove: the last slot moves into this one
         let last = Int32(storage.count - 1)
+        index.remove(node.address, slot: slot, in: storage)
         if slot != last {
-            let moved = storage[Int(last)]
-            storage[Int(slot)] = moved
-            index[moved.address] = slot
-            if owner[moved.id.rawValue] == last { owner[moved.id.rawValue] = slot }
+            index.repoint(storage.address(Int(last)), from: last, to: slot)
+            let movedID = storage.meta[Int(last)].idRaw
+            if owner[movedID] == last { owner[movedID] = slot }
         }
-        storage.removeLast()
-        index[node.address] = nil
+        storage.moveLast(to: Int(slot))
         changes.insert(.removed(node), at: 0)
         bump(changes)
         return changes
@@ -410,18 +441,18 @@ public struct NodeMap: Sendable {
         let slot = Int32(storage.count)
         storage.append(node)
         account(node.address, incarnation: node.incarnation, member: true, adding: true)
-        index[node.address] = slot
+        index.insert(node.address, slot: slot, in: storage)
         var local: [NodeMapChange] = []
         addClaim(slot: slot, changes: &local, newcomer: node.address)
-        changes.append(.added(storage[Int(slot)]))
+        changes.append(.added(storage.node(Int(slot))))
         changes.append(contentsOf: local)
     }
 
     /// Rank for a contested ID: explicit claims first, then the lower address.
     private func ranksBefore(_ a: IPAddress, _ b: IPAddress) -> Bool {
-        let na = storage[Int(index[a]!)]
-        let nb = storage[Int(index[b]!)]
-        if na.explicitID != nb.explicitID { return na.explicitID }
+        let ea = storage.meta[Int(slot(a)!)].explicitID
+        let eb = storage.meta[Int(slot(b)!)].explicitID
+        if ea != eb { return ea }
         return a < b
     }
 
@@ -429,7 +460,7 @@ public struct NodeMap: Sendable {
     /// value until `take` so that an ID change can be reported.
     @discardableResult
     private mutating func release(_ slot: Int32) -> UInt16? {
-        let id = storage[Int(slot)].id
+        let id = storage.meta[Int(slot)].id
         guard owner[id.rawValue] == slot else { return nil }
         owner[id.rawValue] = nil
         setMemberBit(id, false)
@@ -439,17 +470,18 @@ public struct NodeMap: Sendable {
     private mutating func take(
         _ slot: Int32, _ id: NodeID, changes: inout [NodeMapChange], newcomer: IPAddress?
     ) {
-        let old = storage[Int(slot)].id
-        storage[Int(slot)].id = id
+        let s = Int(slot)
+        let old = storage.meta[s].id
+        storage.setID(s, id)
         owner[id.rawValue] = slot
-        if storage[Int(slot)].state.isMember { setMemberBit(id, true) }
-        let a = storage[Int(slot)].address
+        if storage.meta[s].state.isMember { setMemberBit(id, true) }
+        let a = storage.address(s)
         if old != id && a != newcomer { changes.append(.idChanged(address: a, from: old, to: id)) }
     }
 
     /// Enters the claim of the node in `slot` (which holds no ID) into the assignment.
     private mutating func addClaim(slot: Int32, changes: inout [NodeMapChange], newcomer: IPAddress?) {
-        let node = storage[Int(slot)]
+        let node = (address: storage.address(Int(slot)), preferredID: storage.meta[Int(slot)].preferredID)
         guard let p = node.preferredID else {
             insertLoser(node.address)
             reassignLosers(changed: [], changes: &changes, newcomer: newcomer)
@@ -460,7 +492,7 @@ public struct NodeMap: Sendable {
             take(slot, p, changes: &changes, newcomer: newcomer)
             return
         }
-        let holder = storage[Int(o)]
+        let holder = (address: storage.address(Int(o)), preferredID: storage.meta[Int(o)].preferredID)
         if holder.preferredID != p {
             // A substitute holder yields to a real claim: it probes again; p stays taken.
             release(o)
@@ -486,7 +518,7 @@ public struct NodeMap: Sendable {
 
     /// Takes the claim of the node in `slot` out of the assignment (before removal or a claim change).
     private mutating func removeClaim(slot: Int32, changes: inout [NodeMapChange]) {
-        let node = storage[Int(slot)]
+        let node = (address: storage.address(Int(slot)), preferredID: storage.meta[Int(slot)].preferredID)
         var changed: [UInt16] = []
         if let freed = release(slot) { changed.append(freed) }
         if let p = node.preferredID, var c = contested[p.rawValue] {
@@ -498,7 +530,7 @@ public struct NodeMap: Sendable {
                 // The winner leaves: the next claimant in rank takes the ID (p stays taken; the
                 // substitute it held is freed).
                 losers.removeAll { $0 == next }
-                let ns = index[next]!
+                let ns = self.slot(next)!
                 if let freed = release(ns) { changed.append(freed) }
                 take(ns, p, changes: &changes, newcomer: nil)
                 changed.removeAll { $0 == p.rawValue }
@@ -532,9 +564,9 @@ public struct NodeMap: Sendable {
         guard !losers.isEmpty else { return }
         var changed = changed
         for a in losers {
-            let s = index[a]!
+            let s = slot(a)!
             let start = Self.probeStart(a)
-            let held = storage[Int(s)].id.rawValue
+            let held = storage.meta[Int(s)].idRaw
             if owner[held] == s, !changed.contains(where: { Self.onPath($0, from: start, to: held) }) { continue }
             if let freed = release(s) { changed.append(freed) }
             loserProbes += 1

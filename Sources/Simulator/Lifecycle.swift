@@ -107,10 +107,11 @@ extension Simulator {
         let incarnation = Swift.max(Self.incarnationBase + now / 1_000_000, lastIncarnation[i] + 1)
         processes[i] += 1
         let me = SelfInfo(address: addresses[i], heartbeatPort: config.heartbeatPort)
-        let cfg = ClusterConfig(
+        var cfg = ClusterConfig(
             cluster: config.cluster, me: me, incarnation: incarnation, discovery: config.discovery,
             detector: config.detector, seed: Self.mix(config.seed, UInt64(i) << 20 | UInt64(processes[i])),
             logLevel: config.logLevel)
+        cfg.mapCapacityHint = count
         let slot = Slot(ClusterNode(config: cfg, now: Instant(nanos: now)))
         slots[i] = slot
         status[i] = .running

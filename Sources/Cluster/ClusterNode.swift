@@ -214,7 +214,12 @@ public struct ClusterNode: Sendable {
     /// `nextDeadline`, for a node held in a class property (the simulator's slots): a mutating call
     /// works on the node in place, where a getter of this large struct, called across modules
     /// through a class property, is handed a copy of the whole node (8 % of a 2,000-node run).
-    public mutating func nextDeadlineInPlace() -> Instant { nextDeadline }
+    public mutating func nextDeadlineInPlace() -> Instant {
+        var d = min(
+            discovery.nextDeadline, exitResends.first?.due ?? .distantFuture, exitForwards.first?.due ?? .distantFuture)
+        if detector != nil { d = min(d, detector!.nextDeadlineInPlace()) }
+        return d
+    }
 
     // MARK: Inputs
 
@@ -608,7 +613,7 @@ public struct ClusterNode: Sendable {
             }
         }
         if ringChanged, detector != nil {
-            applyDetector(detector!.mapChanged(map, now: now), now: now)
+            applyDetector(detector!.mapChanged(map, changes: changes, now: now), now: now)
         }
     }
 }

@@ -75,6 +75,7 @@ public struct DetectorCore: Sendable {
     var selfID: NodeID?
     var observedNode: Observed?
     var successorAddress: IPAddress?
+    var successorID: NodeID?
     var watchers: [Watcher] = []
     var relays: [Relay] = []
     var deadSeen = RecentSet<DeadKey>(capacity: DetectorCore.deadCacheSize)
@@ -82,6 +83,8 @@ public struct DetectorCore: Sendable {
     /// else would ever clear them in this map.
     var orphans: [IPAddress] = []
     var seenGeneration: UInt64?
+    /// `NodeMap.changeTotal` when the ring was last brought up to date.
+    var seenChangeTotal: UInt64 = 0
     var lastTick: Instant
     var nextHeartbeat: Instant
     var sequence: UInt32 = 0
@@ -116,6 +119,10 @@ public struct DetectorCore: Sendable {
     public var watcherAddresses: [IPAddress] { watchers.map(\.address) }
 
     /// The earliest time `tick` must be called next (at the latest one period after the last tick).
+    /// `nextDeadline` for a core held in an optional or a class property: a mutating call reads it in
+    /// place, where a getter may be handed a copy of the whole core.
+    public mutating func nextDeadlineInPlace() -> Instant { nextDeadline }
+
     public var nextDeadline: Instant {
         var d = nextHeartbeat
         if !orphans.isEmpty { d = min(d, lastTick) }
@@ -138,6 +145,47 @@ public struct DetectorCore: Sendable {
         var out: [DetectorOutput] = []
         refreshRing(map, now: now, out: &out)
         return out
+    }
+
+    /// The map changed by `changes`. When these are the only changes since the ring was last brought
+    /// up to date and none can move it (none concerns this node, its predecessor or successor, or
+    /// an ID between them; no suspicion is open), bringing it up to date would change nothing, and
+    /// is skipped: in a start storm every node hears of every other, and only a few of those
+    /// arrivals land next to it on the ring.
+    public mutating func mapChanged(_ map: NodeMap, changes: [NodeMapChange], now: Instant) -> [DetectorOutput] {
+        if seenGeneration != nil, seenChangeTotal &+ UInt64(changes.count) == map.changeTotal,
+            ringUnmoved(by: changes)
+        {
+            seenGeneration = map.generation
+            seenChangeTotal = map.changeTotal
+            return []
+        }
+        return mapChanged(map, now: now)
+    }
+
+    private func ringUnmoved(by changes: [NodeMapChange]) -> Bool {
+        guard let me = selfID, let o = observedNode, o.suspicion == nil, let q = successorID, let qa = successorAddress,
+            o.id != q
+        else { return false }
+        // The arc from the predecessor through us to the successor, ends included.
+        func onArc(_ id: NodeID) -> Bool {
+            let v = id.rawValue
+            return o.id.rawValue <= q.rawValue ? (v >= o.id.rawValue && v <= q.rawValue) : (v >= o.id.rawValue || v <= q.rawValue)
+        }
+        func near(_ a: IPAddress, _ id: NodeID) -> Bool {
+            a == selfAddress || a == o.address || a == qa || id == me || onArc(id)
+        }
+        for c in changes {
+            switch c {
+            case .added(let n), .removed(let n), .updated(let n):
+                if near(n.address, n.id) { return false }
+            case .stateChanged(let a, let id, _, _, _):
+                if near(a, id) { return false }
+            case .idChanged, .collision:
+                return false
+            }
+        }
+        return true
     }
 
     /// Timers: heartbeats due, the observed node's deadline, probe rounds, the confirm window.

@@ -23,6 +23,7 @@ extension DetectorCore {
 
     mutating func refreshRing(_ map: NodeMap, now: Instant, out: inout [DetectorOutput]) {
         seenGeneration = map.generation
+        seenChangeTotal = map.changeTotal
         guard let me = map.brief(selfAddress), me.state.isMember else {
             if let o = observedNode {
                 emit(&out, .stoppedObserving(address: o.address, notMember: true))
@@ -31,10 +32,12 @@ extension DetectorCore {
             selfID = nil
             observedNode = nil
             successorAddress = nil
+            successorID = nil
             return
         }
         selfID = me.id
-        successorAddress = map.successor(of: me.id).flatMap { map.brief(id: $0)?.address }
+        successorID = map.successor(of: me.id)
+        successorAddress = successorID.flatMap { map.brief(id: $0)?.address }
         let pred = map.predecessor(of: me.id).flatMap { map.brief(id: $0) }
 
         if var o = observedNode, let p = pred, p.address == o.address {

@@ -1,4 +1,4 @@
-/// The storage of a `NodeMap`: one array per field (struct of arrays), so that an entry costs
+/// The storage of a `NodeMap`: keys in one array, the other fields packed in another, so that an entry costs
 /// about 28 bytes instead of a 72-byte `Node` (docs/design/scale.md §3). The simulator holds one
 /// map per node, N² entries in all; at 10,000 nodes that is 10^8 entries.
 ///
@@ -13,10 +13,15 @@ struct NodeColumns: Sendable {
     private var full: [IPAddress] = []
     /// Whether some address is not IPv4 (then `full` holds every address and `v4` none).
     private(set) var wide = false
-    private(set) var incarnation: [UInt64] = []
-    private(set) var heard: [UInt64] = []
-    private(set) var meta: [Meta] = []
+    /// The fields a datagram's look-up reads and writes, side by side: one cache line, not three.
+    private var records: [Record] = []
     private var extras: [Int32: Extras] = [:]
+
+    struct Record: Sendable {
+        var incarnation: UInt64
+        var heard: UInt64
+        var meta: Meta
+    }
 
     struct Extras: Sendable {
         var aliases: [Alias]
@@ -53,13 +58,14 @@ struct NodeColumns: Sendable {
         }
     }
 
-    var count: Int { meta.count }
+    var count: Int { records.count }
+    @inline(__always) func meta(_ s: Int) -> Meta { records[s].meta }
+    @inline(__always) func incarnation(_ s: Int) -> UInt64 { records[s].incarnation }
+    @inline(__always) func heard(_ s: Int) -> UInt64 { records[s].heard }
 
     mutating func reserve(_ n: Int) {
         if wide { full.reserveCapacity(n) } else { v4.reserveCapacity(n) }
-        incarnation.reserveCapacity(n)
-        heard.reserveCapacity(n)
-        meta.reserveCapacity(n)
+        records.reserveCapacity(n)
     }
 
     @inline(__always)
@@ -73,23 +79,24 @@ struct NodeColumns: Sendable {
     }
 
     func node(_ s: Int) -> Node {
-        let m = meta[s]
+        let r = records[s]
+        let m = r.meta
         let x = m.hasExtras ? extras[Int32(s)] : nil
         return Node(
             address: address(s), id: m.id, preferredID: m.preferredID, explicitID: m.explicitID,
-            aliases: x?.aliases ?? [], state: m.state, incarnation: incarnation[s], lastHeard: Instant(nanos: heard[s]),
+            aliases: x?.aliases ?? [], state: m.state, incarnation: r.incarnation, lastHeard: Instant(nanos: r.heard),
             hops: m.hops, heartbeatPort: m.heartbeatPort, capabilities: x?.capabilities ?? [])
     }
 
     func brief(_ s: Int) -> NodeBrief {
-        let m = meta[s]
+        let r = records[s]
         return NodeBrief(
-            address: address(s), id: m.id, state: m.state, incarnation: incarnation[s],
-            lastHeard: Instant(nanos: heard[s]), hops: m.hops, heartbeatPort: m.heartbeatPort)
+            address: address(s), id: r.meta.id, state: r.meta.state, incarnation: r.incarnation,
+            lastHeard: Instant(nanos: r.heard), hops: r.meta.hops, heartbeatPort: r.meta.heartbeatPort)
     }
 
-    func aliases(_ s: Int) -> [Alias] { meta[s].hasExtras ? extras[Int32(s)]?.aliases ?? [] : [] }
-    func capabilities(_ s: Int) -> [Capability] { meta[s].hasExtras ? extras[Int32(s)]?.capabilities ?? [] : [] }
+    func aliases(_ s: Int) -> [Alias] { meta(s).hasExtras ? extras[Int32(s)]?.aliases ?? [] : [] }
+    func capabilities(_ s: Int) -> [Capability] { meta(s).hasExtras ? extras[Int32(s)]?.capabilities ?? [] : [] }
 
     /// Slots whose node has aliases (few: multi-homed and routed hosts).
     var slotsWithExtras: [Int] { extras.keys.map { Int($0) }.sorted() }
@@ -97,44 +104,36 @@ struct NodeColumns: Sendable {
     mutating func append(_ n: Node) {
         if !wide && !n.address.isIPv4 { widen() }
         if wide { full.append(n.address) } else { v4.append(n.address.v4Value) }
-        incarnation.append(n.incarnation)
-        heard.append(n.lastHeard.nanos)
-        meta.append(Meta(n))
-        if meta[meta.count - 1].hasExtras {
-            extras[Int32(meta.count - 1)] = Extras(aliases: n.aliases, capabilities: n.capabilities)
+        records.append(Record(incarnation: n.incarnation, heard: n.lastHeard.nanos, meta: Meta(n)))
+        if records[records.count - 1].meta.hasExtras {
+            extras[Int32(records.count - 1)] = Extras(aliases: n.aliases, capabilities: n.capabilities)
         }
     }
 
     /// Writes every field of slot `s` but its address (which never changes in place).
     mutating func set(_ s: Int, _ n: Node) {
-        incarnation[s] = n.incarnation
-        heard[s] = n.lastHeard.nanos
-        meta[s] = Meta(n)
-        if meta[s].hasExtras {
+        records[s] = Record(incarnation: n.incarnation, heard: n.lastHeard.nanos, meta: Meta(n))
+        if records[s].meta.hasExtras {
             extras[Int32(s)] = Extras(aliases: n.aliases, capabilities: n.capabilities)
         } else if !extras.isEmpty {
             extras[Int32(s)] = nil
         }
     }
 
-    @inline(__always) mutating func setHeard(_ s: Int, _ t: UInt64) { heard[s] = t }
-    @inline(__always) mutating func setID(_ s: Int, _ id: NodeID) { meta[s].setID(id) }
-    @inline(__always) mutating func setState(_ s: Int, _ st: NodeState) { meta[s].setState(st) }
+    @inline(__always) mutating func setHeard(_ s: Int, _ t: UInt64) { records[s].heard = t }
+    @inline(__always) mutating func setID(_ s: Int, _ id: NodeID) { records[s].meta.setID(id) }
+    @inline(__always) mutating func setState(_ s: Int, _ st: NodeState) { records[s].meta.setState(st) }
 
     /// Moves the last slot into `s` (whose node is being removed) and drops the last slot.
     mutating func moveLast(to s: Int) {
         let last = count - 1
         if s != last {
             if wide { full[s] = full[last] } else { v4[s] = v4[last] }
-            incarnation[s] = incarnation[last]
-            heard[s] = heard[last]
-            meta[s] = meta[last]
+            records[s] = records[last]
             if !extras.isEmpty { extras[Int32(s)] = extras[Int32(last)] }
         }
         if wide { full.removeLast() } else { v4.removeLast() }
-        incarnation.removeLast()
-        heard.removeLast()
-        meta.removeLast()
+        records.removeLast()
         if !extras.isEmpty { extras[Int32(last)] = nil }
     }
 

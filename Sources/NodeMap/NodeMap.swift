@@ -47,6 +47,10 @@ public struct NodeClaim: Hashable, Sendable {
 /// every node holding the same claims holds the same assignment, whatever order they arrived in.
 public struct NodeMap: Sendable {
     public private(set) var generation: UInt64 = 0
+    /// How many changes the map has reported in all (the sum of the lengths of every change list a
+    /// mutating call returned): a reader that saw `changeTotal` and is handed the next `k` changes
+    /// knows it missed none when the total is then its count + k.
+    public private(set) var changeTotal: UInt64 = 0
     public var timeBaseUnixNanos: Int64 = 0
 
     /// The nodes, one column per field (NodeColumns.swift); a node's slot is its index there.
@@ -279,8 +283,8 @@ public struct NodeMap: Sendable {
             return changes
         }
         let s = Int(slot)
-        let m = storage.meta[s]
-        let known = storage.incarnation[s]
+        let m = storage.meta(s)
+        let known = storage.incarnation(s)
         if claim.incarnation < known { return [] }
         if !m.state.isMember && claim.incarnation == known { return [] }
         if claim.incarnation == known && !m.hasExtras && claim.aliases.isEmpty && claim.capabilities.isEmpty
@@ -288,7 +292,7 @@ public struct NodeMap: Sendable {
             && m.explicitID == claim.explicitID
         {
             // The same claim again (a repeated announce): only the time heard changes.
-            if storage.heard[s] < now.nanos { storage.setHeard(s, now.nanos) }
+            if storage.heard(s) < now.nanos { storage.setHeard(s, now.nanos) }
             return []
         }
         var n = storage.node(s)
@@ -348,7 +352,7 @@ public struct NodeMap: Sendable {
     /// Records that a node was heard from (a heartbeat) without changing anything else.
     public mutating func touch(_ address: IPAddress, now: Instant) {
         guard let slot = slot(address) else { return }
-        if storage.heard[Int(slot)] < now.nanos { storage.setHeard(Int(slot), now.nanos) }
+        if storage.heard(Int(slot)) < now.nanos { storage.setHeard(Int(slot), now.nanos) }
     }
 
     /// Moves a node to `state`. Allowed: alive → suspect → alive (refuted), alive/suspect → dead or left.
@@ -361,8 +365,8 @@ public struct NodeMap: Sendable {
     ) -> [NodeMapChange] {
         guard let slot = slot(address) else { return [] }
         let s = Int(slot)
-        let m = storage.meta[s]
-        let known = storage.incarnation[s]
+        let m = storage.meta(s)
+        let known = storage.incarnation(s)
         if let inc = incarnation, inc < known { return [] }
         guard Self.allowed(from: m.state, to: state) else { return [] }
         let old = m.state
@@ -401,7 +405,7 @@ public struct NodeMap: Sendable {
         index.remove(node.address, slot: slot, in: storage)
         if slot != last {
             index.repoint(storage.address(Int(last)), from: last, to: slot)
-            let movedID = storage.meta[Int(last)].idRaw
+            let movedID = storage.meta(Int(last)).idRaw
             if owner[movedID] == last { owner[movedID] = slot }
         }
         storage.moveLast(to: Int(slot))
@@ -413,7 +417,10 @@ public struct NodeMap: Sendable {
     // MARK: ID assignment
 
     private mutating func bump(_ changes: [NodeMapChange]) {
-        if !changes.isEmpty { generation &+= 1 }
+        if !changes.isEmpty {
+            generation &+= 1
+            changeTotal &+= UInt64(changes.count)
+        }
     }
 
     private mutating func setMemberBit(_ id: NodeID, _ on: Bool) {
@@ -450,8 +457,8 @@ public struct NodeMap: Sendable {
 
     /// Rank for a contested ID: explicit claims first, then the lower address.
     private func ranksBefore(_ a: IPAddress, _ b: IPAddress) -> Bool {
-        let ea = storage.meta[Int(slot(a)!)].explicitID
-        let eb = storage.meta[Int(slot(b)!)].explicitID
+        let ea = storage.meta(Int(slot(a)!)).explicitID
+        let eb = storage.meta(Int(slot(b)!)).explicitID
         if ea != eb { return ea }
         return a < b
     }
@@ -460,7 +467,7 @@ public struct NodeMap: Sendable {
     /// value until `take` so that an ID change can be reported.
     @discardableResult
     private mutating func release(_ slot: Int32) -> UInt16? {
-        let id = storage.meta[Int(slot)].id
+        let id = storage.meta(Int(slot)).id
         guard owner[id.rawValue] == slot else { return nil }
         owner[id.rawValue] = nil
         setMemberBit(id, false)
@@ -471,17 +478,17 @@ public struct NodeMap: Sendable {
         _ slot: Int32, _ id: NodeID, changes: inout [NodeMapChange], newcomer: IPAddress?
     ) {
         let s = Int(slot)
-        let old = storage.meta[s].id
+        let old = storage.meta(s).id
         storage.setID(s, id)
         owner[id.rawValue] = slot
-        if storage.meta[s].state.isMember { setMemberBit(id, true) }
+        if storage.meta(s).state.isMember { setMemberBit(id, true) }
         let a = storage.address(s)
         if old != id && a != newcomer { changes.append(.idChanged(address: a, from: old, to: id)) }
     }
 
     /// Enters the claim of the node in `slot` (which holds no ID) into the assignment.
     private mutating func addClaim(slot: Int32, changes: inout [NodeMapChange], newcomer: IPAddress?) {
-        let node = (address: storage.address(Int(slot)), preferredID: storage.meta[Int(slot)].preferredID)
+        let node = (address: storage.address(Int(slot)), preferredID: storage.meta(Int(slot)).preferredID)
         guard let p = node.preferredID else {
             insertLoser(node.address)
             reassignLosers(changed: [], changes: &changes, newcomer: newcomer)
@@ -492,7 +499,7 @@ public struct NodeMap: Sendable {
             take(slot, p, changes: &changes, newcomer: newcomer)
             return
         }
-        let holder = (address: storage.address(Int(o)), preferredID: storage.meta[Int(o)].preferredID)
+        let holder = (address: storage.address(Int(o)), preferredID: storage.meta(Int(o)).preferredID)
         if holder.preferredID != p {
             // A substitute holder yields to a real claim: it probes again; p stays taken.
             release(o)
@@ -518,7 +525,7 @@ public struct NodeMap: Sendable {
 
     /// Takes the claim of the node in `slot` out of the assignment (before removal or a claim change).
     private mutating func removeClaim(slot: Int32, changes: inout [NodeMapChange]) {
-        let node = (address: storage.address(Int(slot)), preferredID: storage.meta[Int(slot)].preferredID)
+        let node = (address: storage.address(Int(slot)), preferredID: storage.meta(Int(slot)).preferredID)
         var changed: [UInt16] = []
         if let freed = release(slot) { changed.append(freed) }
         if let p = node.preferredID, var c = contested[p.rawValue] {
@@ -566,7 +573,7 @@ public struct NodeMap: Sendable {
         for a in losers {
             let s = slot(a)!
             let start = Self.probeStart(a)
-            let held = storage.meta[Int(s)].idRaw
+            let held = storage.meta(Int(s)).idRaw
             if owner[held] == s, !changed.contains(where: { Self.onPath($0, from: start, to: held) }) { continue }
             if let freed = release(s) { changed.append(freed) }
             loserProbes += 1

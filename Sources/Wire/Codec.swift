@@ -173,9 +173,10 @@ extension Message {
                 throw f.contains(.authenticated) && Wire.fixedHeader + nameLen + bodyLen == bytes.count
                     ? DecodeError.missingTag : DecodeError.lengthMismatch
             }
-            guard let cluster = String(validating: try r.raw(nameLen), as: UTF8.self) else {
-                throw DecodeError.badClusterName
-            }
+            let nameBytes = try r.raw(nameLen)
+            let cluster = nameBytes.withUnsafeBufferPointer { String(decoding: $0, as: UTF8.self) }
+            // Decoding replaces invalid UTF-8; the name must come out byte for byte.
+            guard cluster.utf8.elementsEqual(nameBytes) else { throw DecodeError.badClusterName }
             let header = Header(
                 type: type, flags: f, hops: hops, cluster: cluster, senderID: sender, incarnation: inc, messageID: mid,
                 keyID: key, replayCounter: replay, origin: origin)

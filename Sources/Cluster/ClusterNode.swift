@@ -216,7 +216,7 @@ public struct ClusterNode: Sendable {
     /// through a class property, is handed a copy of the whole node (8 % of a 2,000-node run).
     public mutating func nextDeadlineInPlace() -> Instant {
         var d = min(
-            discovery.nextDeadline, exitResends.first?.due ?? .distantFuture, exitForwards.first?.due ?? .distantFuture)
+            discovery.nextDeadlineInPlace(), exitResends.first?.due ?? .distantFuture, exitForwards.first?.due ?? .distantFuture)
         if detector != nil { d = min(d, detector!.nextDeadlineInPlace()) }
         return d
     }
@@ -381,6 +381,18 @@ public struct ClusterNode: Sendable {
             drop(.malformed, from: nil)
             return flush()
         }
+        return process(m, bytes, interface: interface, now: now)
+    }
+
+    /// `receive(bytes)` for a datagram already decoded from `bytes`: the simulator decodes a
+    /// multicast once for all its receivers (decoding is a pure function of the bytes).
+    public mutating func receive(_ m: Message, bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
+        guard discovery.started else { return [] }
+        counters.datagramsReceived += 1
+        return process(m, bytes, interface: interface, now: now)
+    }
+
+    private mutating func process(_ m: Message, _ bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
         let h = m.header
         guard h.cluster == config.cluster else {
             drop(.otherCluster, from: h.origin)

@@ -85,6 +85,8 @@ public struct DetectorCore: Sendable {
     var seenGeneration: UInt64?
     /// `NodeMap.changeTotal` when the ring was last brought up to date.
     var seenChangeTotal: UInt64 = 0
+    /// Ring refreshes `mapChanged(_:changes:now:)` skipped (tests).
+    var ringSkips = 0
     var lastTick: Instant
     var nextHeartbeat: Instant
     var sequence: UInt32 = 0
@@ -158,6 +160,7 @@ public struct DetectorCore: Sendable {
         {
             seenGeneration = map.generation
             seenChangeTotal = map.changeTotal
+            ringSkips += 1
             return []
         }
         return mapChanged(map, now: now)

@@ -248,6 +248,10 @@ public struct DiscoveryCore: Sendable {
     }
 
     /// The earliest time `tick` needs to be called.
+    /// `nextDeadline` read in place (a getter of this large struct, called across modules, may be
+    /// handed a copy of it).
+    public mutating func nextDeadlineInPlace() -> Instant { nextDeadline }
+
     public var nextDeadline: Instant {
         min(nextAnnounce, nextScan, waveDue.first ?? .distantFuture, influxPending ? lastJoinAt + settings.influxQuiet : .distantFuture)
     }

@@ -47,8 +47,11 @@ extension Simulator {
             let bytes = fanouts[r].bytes
             let from = Int(fanouts[r].from)
             let n = fanouts[r].receivers[s].count
+            // Decoded once for every receiver (a datagram that does not decode goes to each as bytes,
+            // and each counts its drop).
+            let decoded = try? Message.decode(bytes)
             for k in 0..<n {
-                deliver(bytes, to: Int(fanouts[r].receivers[s][k]), from: from, heartbeat: false, tag: UInt64(r))
+                deliver(bytes, decoded: decoded, to: Int(fanouts[r].receivers[s][k]), from: from, heartbeat: false, tag: UInt64(r))
             }
             fanouts[r].receivers[s].removeAll(keepingCapacity: true)
             fanouts[r].pending -= 1
@@ -93,7 +96,7 @@ extension Simulator {
         }
     }
 
-    func deliver(_ bytes: [UInt8], to j: Int, from i: Int, heartbeat: Bool, tag: UInt64) {
+    func deliver(_ bytes: [UInt8], decoded: Message? = nil, to j: Int, from i: Int, heartbeat: Bool, tag: UInt64) {
         guard status[j] == .running else {
             traffic.toDownNode += 1
             return
@@ -124,14 +127,19 @@ extension Simulator {
         if diagnose?.observer == j {
             lastInput = "type \(bytes.count > 3 ? bytes[3] : 0) from node \(i)"
         }
-        receive(bytes, at: j)
+        receive(bytes, decoded: decoded, at: j)
     }
 
     @inline(__always)
-    func receive(_ bytes: [UInt8], at j: Int) {
+    func receive(_ bytes: [UInt8], decoded: Message? = nil, at j: Int) {
         traffic.delivered += 1
         traffic.deliveredBytes += bytes.count
-        let effects = slots[j]!.node.receive(bytes, interface: 0, now: Instant(nanos: now))
+        let effects: [Effect]
+        if let m = decoded {
+            effects = slots[j]!.node.receive(m, bytes: bytes, interface: 0, now: Instant(nanos: now))
+        } else {
+            effects = slots[j]!.node.receive(bytes, interface: 0, now: Instant(nanos: now))
+        }
         afterInput(j, effects)
     }
 

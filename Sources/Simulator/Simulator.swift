@@ -185,7 +185,7 @@ public final class Simulator {
         for i in live {
             let m = slots[i]!.node.map
             guard m.memberCount == live.count else { return false }
-            for j in live where m[addresses[j]]?.state.isMember != true { return false }
+            for j in live where m.brief(addresses[j])?.state.isMember != true { return false }
         }
         return true
     }
@@ -222,7 +222,7 @@ public final class Simulator {
         for i in live {
             let m = slots[i]!.node.map
             guard m.memberCount == live.count else { return false }
-            for j in live where m[addresses[j]]?.state.isMember != true { return false }
+            for j in live where m.brief(addresses[j])?.state.isMember != true { return false }
         }
         return true
     }

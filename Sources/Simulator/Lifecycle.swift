@@ -15,6 +15,7 @@ extension Simulator {
     // MARK: Faults
 
     public func crash(_ i: Int) {
+        scenarioEvent()
         guard status[i] == .running, let slot = slots[i] else { return }
         trace(6, UInt64(i))
         depart(i, kind: .crash, incarnation: slot.node.incarnation)
@@ -23,6 +24,7 @@ extension Simulator {
     }
 
     public func stop(_ i: Int) {
+        scenarioEvent()
         guard status[i] == .running, let slot = slots[i] else { return }
         trace(7, UInt64(i))
         // A paused process cannot stop cleanly before it resumes; the leave goes out now regardless.
@@ -40,6 +42,7 @@ extension Simulator {
     }
 
     public func pause(_ i: Int, for duration: UInt64) {
+        scenarioEvent()
         guard status[i] == .running, pausedUntil[i] <= now, duration > 0 else { return }
         trace(9, UInt64(i) << 32 ^ duration)
         pausedUntil[i] = now + duration
@@ -48,6 +51,7 @@ extension Simulator {
     }
 
     public func partition(_ sideB: [Int]) {
+        scenarioEvent()
         trace(10, UInt64(sideB.count))
         for i in 0..<count { side[i] = 0 }
         for i in sideB { side[i] = 1 }

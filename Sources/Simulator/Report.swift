@@ -93,6 +93,15 @@ public struct SimReport: Sendable {
     public var window: (from: UInt64, to: UInt64)
     public var traffic: TrafficCounters
     public var totalTraffic: TrafficCounters
+    /// The settled cluster's load: from convergence to the first scenario action (nil if none came
+    /// after convergence).
+    public var steadyBeforeEvents: (from: UInt64, to: UInt64, traffic: TrafficCounters)?
+    /// Sent per node and second over `steadyBeforeEvents`.
+    public var steadySentPerNode: (messages: Double, bytes: Double)? {
+        guard let w = steadyBeforeEvents, w.to > w.from else { return nil }
+        let d = Double(w.to - w.from) / 1e9 * Double(Swift.max(running, 1))
+        return (Double(w.traffic.sent) / d, Double(w.traffic.sentBytes) / d)
+    }
     /// Traffic from time 0 to the first convergence (the start storm), if the window starts there.
     public var startupTraffic: TrafficCounters?
     public var peakRSSBytes: Int?
@@ -163,6 +172,7 @@ public struct SimReport: Sendable {
         detector = sim.detectorTotals()
         pauses = sim.pausesApplied
         window = (sim.windowStart.time, sim.now)
+        steadyBeforeEvents = sim.steadyBeforeEvents
         traffic = sim.traffic - sim.windowStart.traffic
         totalTraffic = sim.traffic
         startupTraffic = sim.startupConvergence == sim.windowStart.time ? sim.windowStart.traffic : nil
@@ -214,6 +224,11 @@ public struct SimReport: Sendable {
         l.append(
             "load over \(ms(window.from))..\(ms(window.to)) per node: sent \(fmt(s.messages, 1)) msg/s \(fmt(s.bytes, 0)) B/s, "
                 + "received \(fmt(r.messages, 1)) msg/s \(fmt(r.bytes, 0)) B/s; cluster announces \(fmt(announceRate, 1))/s")
+        if let w = steadyBeforeEvents, let st = steadySentPerNode {
+            l.append(
+                "settled load over \(ms(w.from))..\(ms(w.to)) (before the first event) per node: sent \(fmt(st.messages, 1)) msg/s "
+                    + "\(fmt(st.bytes, 0)) B/s")
+        }
         if let st = startupTraffic, let c = startupConvergence, c > 0 {
             let d = Double(c) / 1e9 * Double(nodes)
             l.append(
@@ -295,6 +310,14 @@ public struct SimReport: Sendable {
             ("pauses", .int(Int64(pauses))),
             ("window_ms", .array([msValue(window.from), msValue(window.to)])),
             ("sent_msgs_per_node_s", .double(s.messages)), ("sent_bytes_per_node_s", .double(s.bytes)),
+            ("steady_before_events", steadyBeforeEvents.flatMap { w in
+                steadySentPerNode.map { st in
+                    .object([
+                        ("window_ms", .array([msValue(w.from), msValue(w.to)])),
+                        ("sent_msgs_per_node_s", .double(st.messages)), ("sent_bytes_per_node_s", .double(st.bytes)),
+                    ])
+                }
+            } ?? .null),
             ("received_msgs_per_node_s", .double(r.messages)), ("received_bytes_per_node_s", .double(r.bytes)),
             ("cluster_announces_per_s", .double(announceRate)),
             ("startup_received_msgs_per_node_s", startup),

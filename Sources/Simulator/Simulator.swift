@@ -116,6 +116,9 @@ public final class Simulator {
     /// Traffic counters and time where the measuring window starts (see `resetTrafficWindow`).
     public internal(set) var windowStart: (time: UInt64, traffic: TrafficCounters) = (0, TrafficCounters())
     var windowSet = false
+    /// The traffic window from convergence to the first scenario action (crash, stop, partition,
+    /// pause): the settled cluster's load before anything happens to it.
+    public internal(set) var steadyBeforeEvents: (from: UInt64, to: UInt64, traffic: TrafficCounters)?
 
     struct FalseKey: Hashable {
         var observer: Int32
@@ -316,6 +319,13 @@ public final class Simulator {
         case .pause(let i, let d): pause(i, for: d)
         case .partition(let s): partition(s)
         case .heal: heal()
+        }
+    }
+
+    /// A scenario event (crash, stop, pause, partition) happens now: the settled window ends here.
+    func scenarioEvent() {
+        if steadyBeforeEvents == nil, windowSet, now > windowStart.time {
+            steadyBeforeEvents = (windowStart.time, now, traffic - windowStart.traffic)
         }
     }
 

@@ -106,7 +106,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]),
-        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Cluster", "NodeMap", "Events"]),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Cluster", "NodeMap", "Events", "Wire"]),
         // The committed fuzz corpora (Tests/Fuzz/corpus/<target>/), replayed: every seed and every
         // crash ever found must run through its target without trapping.
         .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),

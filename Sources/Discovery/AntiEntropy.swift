@@ -92,6 +92,9 @@ extension DiscoveryCore {
         let spread = max(.milliseconds(100), min(settings.waveSpread, .nanoseconds(50_000 * UInt64(map.memberCount))))
         let first = now + TimeSpan(nanos: UInt64.random(in: 0..<spread.nanos, using: &rng))
         waveDue = (0..<settings.waveCopies).map { first + spread * UInt64($0) }
+        // Every node that saw the influx drew its first copy in the same [0, spread): the last copy
+        // of any of them is out by now + copies × spread.
+        wavesEndAt = now + spread * UInt64(settings.waveCopies)
         return true
     }
 
@@ -165,7 +168,7 @@ extension DiscoveryCore {
         // And not while both maps are still moving (a wave of announces sweeping over them), nor
         // while joins pour in or their wave is under way: those fill most gaps by themselves.
         guard digest != mine, let previous, previous.digest != previous.mine,
-            previous.digest == digest || previous.mine == mine, !influxPending, waveDue.isEmpty
+            previous.digest == digest || previous.mine == mine, !influxPending, waveDue.isEmpty, now >= wavesEndAt
         else { return [] }
         var out: [DiscoveryOutput] = []
         startSession(with: origin, pull: false, now: now, map: map, out: &out)

@@ -197,6 +197,10 @@ public struct DiscoveryCore: Sendable {
     var waveBump = false
     var waveDue: [Instant] = []
     var lastWave: Instant?
+    /// No heartbeat sync starts before this: the end of the last wave this node joined, when every
+    /// node's copies are out (not only this node's own), so that syncs repair what the wave lost
+    /// instead of racing it.
+    var wavesEndAt: Instant = .zero
     /// The node a newcomer pulls its map from (set by the first offer taken).
     var pulledFrom: IPAddress?
 

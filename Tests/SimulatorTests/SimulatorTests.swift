@@ -3,6 +3,7 @@ import Detector
 import Discovery
 import NodeMap
 import Testing
+import Wire
 @testable import Simulator
 
 // Sizes are chosen for a debug build on 2 cores (the whole suite in well under 2 minutes):
@@ -225,5 +226,15 @@ struct EventQueueTests {
         #expect(sim.liveCount == 60)
         #expect(sim.membersEqualLiveSet())
         #expect(notes.count >= 3)
+        // The settled load: from convergence to the crash, not beyond it (the deaths' notices fall
+        // after), and heartbeats dominate it.
+        let r = SimReport(sim)
+        let w = try #require(r.steadyBeforeEvents)
+        #expect(w.from == sim.startupConvergence && w.to == outcome.crashedAt)
+        let st = try #require(r.steadySentPerNode)
+        let hb = w.traffic.sentByType[Int(MessageType.heartbeat.rawValue)]
+        #expect(st.messages > 0 && Double(hb) > 0.5 * Double(w.traffic.sent))
+        #expect(w.traffic.sentByType[Int(MessageType.dead.rawValue)] == 0)
+        #expect(r.traffic.sent > w.traffic.sent)
     }
 }

@@ -120,11 +120,11 @@ public struct DetectorCore: Sendable {
     /// Nodes that asked for heartbeats with `.watch` (besides the successor), most recent last.
     public var watcherAddresses: [IPAddress] { watchers.map(\.address) }
 
-    /// The earliest time `tick` must be called next (at the latest one period after the last tick).
     /// `nextDeadline` for a core held in an optional or a class property: a mutating call reads it in
     /// place, where a getter may be handed a copy of the whole core.
     public mutating func nextDeadlineInPlace() -> Instant { nextDeadline }
 
+    /// The earliest time `tick` must be called next (at the latest one period after the last tick).
     public var nextDeadline: Instant {
         var d = nextHeartbeat
         if !orphans.isEmpty { d = min(d, lastTick) }

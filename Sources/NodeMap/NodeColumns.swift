@@ -96,7 +96,6 @@ struct NodeColumns: Sendable {
     }
 
     func aliases(_ s: Int) -> [Alias] { meta(s).hasExtras ? extras[Int32(s)]?.aliases ?? [] : [] }
-    func capabilities(_ s: Int) -> [Capability] { meta(s).hasExtras ? extras[Int32(s)]?.capabilities ?? [] : [] }
 
     /// Slots whose node has aliases (few: multi-homed and routed hosts).
     var slotsWithExtras: [Int] { extras.keys.map { Int($0) }.sorted() }

@@ -62,6 +62,12 @@ public struct DetectorCore: Sendable {
         var expires: Instant
     }
 
+    /// The last suspicion of this node answered with a heartbeat (`answerSuspicion`).
+    struct Answered: Sendable {
+        var accuser: IPAddress
+        var at: Instant
+    }
+
     struct DeadKey: Hashable, Sendable {
         var target: IPAddress
         var incarnation: UInt64
@@ -78,6 +84,7 @@ public struct DetectorCore: Sendable {
     var successorID: NodeID?
     var watchers: [Watcher] = []
     var relays: [Relay] = []
+    var answered: Answered?
     var deadSeen = RecentSet<DeadKey>(capacity: DetectorCore.deadCacheSize)
     /// Suspects we stopped observing (the ring moved): put back to alive at the next tick, since nobody
     /// else would ever clear them in this map.
@@ -262,9 +269,10 @@ public struct DetectorCore: Sendable {
         case .probeRequest(let target, _, let nonce):
             helperProbe(target: target, nonce: nonce, requester: origin, now: now, map: map, out: &out)
 
-        case .probe(_, let nonce):
+        case .probe(let requester, let nonce):
             // Answer the sender: the requester itself (direct probe) or a helper, which forwards.
             answerProbe(nonce: nonce, to: origin, map: map, out: &out)
+            stillSuspected(by: requester, now: now, map: map, out: &out)
 
         case .probeAck(let target, let targetIncarnation, let nonce):
             probeAnswered(
@@ -272,8 +280,13 @@ public struct DetectorCore: Sendable {
                 map: &map, out: &out)
 
         case .suspect(let target, let incarnation):
-            if target == selfAddress, incarnation >= ownIncarnation(map) {
+            guard target == selfAddress else { break }
+            let own = ownIncarnation(map)
+            if incarnation > own {
+                // It knows a life of ours above this one (a restart whose clock went back): refute past it.
                 accused(.suspect, by: origin, incarnation: incarnation, now: now, out: &out)
+            } else if incarnation == own {
+                answerSuspicion(of: origin, now: now, map: map, out: &out)
             }
 
         case .dead(let target, let incarnation, let targetID):

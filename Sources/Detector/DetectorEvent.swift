@@ -53,6 +53,8 @@ public enum DetectorEvent: Event, Hashable {
     /// A heartbeat was sent `late` after its due time: our observer may suspect us.
     case lateHeartbeat(late: TimeSpan, sequence: UInt32, period: TimeSpan)
     case probeAnswerForwarded(target: IPAddress, nonce: UInt32, to: IPAddress)
+    /// `by` suspects this node at its own incarnation: answered with a heartbeat, not a refutation.
+    case suspicionAnswered(by: IPAddress)
 
     public var name: String {
         switch self {
@@ -68,13 +70,16 @@ public enum DetectorEvent: Event, Hashable {
         case .lateTick: "detector.late_tick"
         case .lateHeartbeat: "detector.late_heartbeat"
         case .probeAnswerForwarded: "detector.probe_answer_forwarded"
+        case .suspicionAnswered: "detector.suspicion_answered"
         }
     }
 
     public var level: LogLevel {
         switch self {
         case .watchedBy, .staleDeathNotice, .probeAnswerForwarded: .debug
-        case .observing, .stoppedObserving, .suspicionCleared, .deathRefused, .learnedDead, .suspected: .info
+        case .observing, .stoppedObserving, .suspicionCleared, .deathRefused, .learnedDead, .suspected,
+            .suspicionAnswered:
+            .info
         case .declaredDead, .lateTick, .lateHeartbeat: .warning
         }
     }
@@ -153,6 +158,8 @@ public enum DetectorEvent: Event, Hashable {
             f.add("target", t)
             f.add("nonce", UInt64(nonce))
             f.add("to", to)
+        case .suspicionAnswered(let by):
+            f.add("by", by)
         }
     }
 
@@ -208,6 +215,8 @@ public enum DetectorEvent: Event, Hashable {
                 + "suspect this node"
         case .probeAnswerForwarded(let t, let nonce, let to):
             return "forwarded probe answer of \(t) (nonce \(nonce)) to \(to)"
+        case .suspicionAnswered(let by):
+            return "\(by) suspects this node: answered with a heartbeat"
         }
     }
 }

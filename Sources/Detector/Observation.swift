@@ -129,6 +129,33 @@ extension DetectorCore {
         probeRound(node.address, s, map: map, out: &out)
     }
 
+    /// `accuser` suspects this node at its own incarnation. A suspicion lives in the accuser's map
+    /// alone (it is not spread, and the digest counts a suspect as a member), so a heartbeat to the
+    /// accuser disproves it: any datagram from the suspect clears it. A refutation would raise the
+    /// incarnation in every map, and each map that lost its announce would then have to repair the
+    /// digest by a sync (docs/PROTOCOL.md "Refutation"). A suspicion the heartbeat does not reach
+    /// becomes a death notice, and that is refuted.
+    mutating func answerSuspicion(of accuser: IPAddress, now: Instant, map: NodeMap, out: inout [DetectorOutput]) {
+        guard accuser != selfAddress else { return }
+        stats.suspicionsAnswered += 1
+        answered = Answered(accuser: accuser, at: now)
+        if send(heartbeatBody(map), to: accuser, map: map, out: &out) { stats.heartbeatsSent += 1 }
+        emit(&out, .suspicionAnswered(by: accuser))
+    }
+
+    /// `requester` probes this node (directly or through a helper). A period or more after we
+    /// answered its suspicion it is still probing: our datagrams do not reach it (the heartbeat, the
+    /// probe answers). Refute once, so the announce tries the multicast path before it declares us dead.
+    mutating func stillSuspected(by requester: IPAddress, now: Instant, map: NodeMap, out: inout [DetectorOutput]) {
+        guard let a = answered, a.accuser == requester else { return }
+        if now > a.at + settings.confirmWindow {
+            answered = nil
+        } else if now >= a.at + settings.period {
+            answered = nil
+            accused(.suspect, by: requester, incarnation: ownIncarnation(map), now: now, out: &out)
+        }
+    }
+
     /// This node was accused at `incarnation`: refute past it.
     mutating func accused(
         _ accusation: DetectorEvent.Accusation, by: IPAddress, incarnation: UInt64, now: Instant,

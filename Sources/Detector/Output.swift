@@ -45,8 +45,10 @@ public struct DetectorStats: Hashable, Sendable {
     public var deathsLearned = 0
     public var deadNoticesSent = 0
     public var duplicateDeadNotices = 0
-    /// `.refute` outputs (this node was suspected or declared dead).
+    /// `.refute` outputs (this node was declared dead, or suspected above its own incarnation).
     public var refutations = 0
+    /// Suspicions of this node at its own incarnation, answered with a heartbeat to the accuser.
+    public var suspicionsAnswered = 0
     /// Sends dropped because the map had no heartbeat port for the destination.
     public var unroutable = 0
 

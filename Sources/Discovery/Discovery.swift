@@ -167,7 +167,7 @@ public struct DiscoveryCore: Sendable {
     private var nextScan: Instant = .zero
     private var seen: RecentSet<SeenKey>
     private var relaysSeen = false
-    /// When each node was last answered with a revival `suspect` (see `mayAnswerRevival`).
+    /// When each node was last answered with a revival `dead` (see `mayAnswerRevival`).
     private var revivalAnswered: [IPAddress: Instant] = [:]
     public internal(set) var stats = DiscoveryStats()
 
@@ -413,7 +413,10 @@ public struct DiscoveryCore: Sendable {
                 // know a higher one (it restarted after its clock stepped back; ClusterNode passes that
                 // on only while we hold it dead or left). Tell it what we hold, so that it refutes
                 // past it and every map takes it back.
-                out.append(.unicast(.suspect(target: h.origin, targetIncarnation: known.incarnation), to: h.origin))
+                out.append(
+                    .unicast(
+                        .dead(target: h.origin, targetIncarnation: known.incarnation, targetID: known.id.rawValue),
+                        to: h.origin))
                 out.append(.event(.revivalRequested(address: h.origin, held: known.incarnation, theirs: h.incarnation)))
                 stats.revivalsRequested += 1
             }

@@ -217,7 +217,8 @@ public struct SimReport: Sendable {
                 + (falseDeaths > 0 ? " (first marked by: " + causeText + ")" : "")
                 + (falseDeathsAcrossPartition > 0 ? "; across the partition (expected): \(falseDeathsAcrossPartition)" : ""))
         l.append(
-            "detector: \(detector.suspicions) suspicions, \(detector.refutedSuspicions) cleared, \(detector.refutations) refutations, "
+            "detector: \(detector.suspicions) suspicions, \(detector.refutedSuspicions) cleared, "
+                + "\(detector.suspicionsAnswered) answered by the suspect, \(detector.refutations) refutations, "
                 + "\(detector.deathsDeclared) deaths declared, \(detector.lateTicks) late ticks; pauses \(pauses)")
         let s = sentPerNode
         let r = receivedPerNode
@@ -306,6 +307,7 @@ public struct SimReport: Sendable {
             ("false_deaths_learned", .int(Int64(falseDeathCauses[.learned] ?? 0))),
             ("deaths_across_partition", .int(Int64(falseDeathsAcrossPartition))),
             ("suspicions", .int(Int64(detector.suspicions))), ("suspicions_cleared", .int(Int64(detector.refutedSuspicions))),
+            ("suspicions_answered", .int(Int64(detector.suspicionsAnswered))),
             ("refutations", .int(Int64(detector.refutations))), ("late_ticks", .int(Int64(detector.lateTicks))),
             ("pauses", .int(Int64(pauses))),
             ("window_ms", .array([msValue(window.from), msValue(window.to)])),

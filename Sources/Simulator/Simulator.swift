@@ -251,6 +251,7 @@ public final class Simulator {
             t.suspicions += s.suspicions
             t.refutedSuspicions += s.refutedSuspicions
             t.refutations += s.refutations
+            t.suspicionsAnswered += s.suspicionsAnswered
             t.deathsDeclared += s.deathsDeclared
             t.deathsLearned += s.deathsLearned
             t.lateTicks += s.lateTicks

@@ -278,9 +278,11 @@ public enum Body: Hashable, Sendable {
     case probe(requester: IPAddress, nonce: UInt32)
     /// The answer to a probe; `target` is the probed node; forwarded by a helper to the requester.
     case probeAck(target: IPAddress, targetIncarnation: UInt64, nonce: UInt32)
-    /// "I suspect you": the receiver refutes with a higher incarnation if it is alive.
+    /// "I suspect you": the receiver answers with a heartbeat (at its own incarnation) or refutes
+    /// (above it).
     case suspect(target: IPAddress, targetIncarnation: UInt64)
-    /// A confirmed death, spread by multicast and the circulant-graph broadcast.
+    /// A confirmed death, spread by multicast and the circulant-graph broadcast; also the unicast
+    /// answer to a node speaking at an incarnation the sender holds dead or left (it refutes).
     case dead(target: IPAddress, targetIncarnation: UInt64, targetID: UInt16)
     case processExit(ProcessExit)
     /// "I observe you: send me heartbeats."

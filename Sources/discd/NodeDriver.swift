@@ -244,6 +244,7 @@ final class NodeDriver: @unchecked Sendable {
         f.add("announces_tx", d.announcesSent)
         f.add("refutations", d.refutations)
         f.add("suspicions", det?.suspicions ?? 0)
+        f.add("suspicions_answered", det?.suspicionsAnswered ?? 0)
         f.add("deaths_declared", det?.deathsDeclared ?? 0)
         f.add("deaths_learned", det?.deathsLearned ?? 0)
         f.add("late_ticks", det?.lateTicks ?? 0)

@@ -226,40 +226,62 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: Instant = at(3 * sec))
         #expect(net.core(5).stats.probeRequestsSent == 0)
     }
 
-    @Test func suspectedNodeRefutes() throws {
+    @Test func suspectedNodeAnswersOrRefutes() throws {
         var map = makeMap([1, 2, 3])
         var core = DetectorCore(settings: try defaults(), selfAddress: addr(2), now: 0)
         _ = core.mapChanged(map, now: 0)
+        // A suspicion at our own incarnation lives in the accuser's map only: a heartbeat to it
+        // answers it, and the incarnation (which every map holds) stays.
         var out = core.receive(
-            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(10 * ms),
+            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(5 * ms),
+            map: &map)
+        #expect(!out.contains(where: isRefute))
+        #expect(out.contains { if case .send(.heartbeat, addr(3), port(3)) = $0 { true } else { false } })
+        #expect(core.stats.suspicionsAnswered == 1)
+        #expect(core.stats.refutations == 0)
+        // Its probe within a period is in flight from before the answer; one a period later means
+        // the answers do not reach it: refuted once, so the announce tries the multicast path.
+        let probe = Body.probe(requester: addr(3), nonce: 5)
+        out = core.receive(probe, from: addr(3), originIncarnation: 0, now: at(50 * ms), map: &map)
+        #expect(!out.contains(where: isRefute))
+        out = core.receive(probe, from: addr(1), originIncarnation: 0, now: at(105 * ms), map: &map)
+        #expect(out.contains(where: isRefute))
+        out = core.receive(probe, from: addr(3), originIncarnation: 0, now: at(155 * ms), map: &map)
+        #expect(!out.contains(where: isRefute))
+        #expect(core.stats.refutations == 1)
+        // One above our incarnation (the accuser knows a later life of ours): refuted past it.
+        out = core.receive(
+            .suspect(target: addr(2), targetIncarnation: 3), from: addr(3), originIncarnation: 0, now: at(200 * ms),
             map: &map)
         #expect(out.contains(where: isRefute))
-        #expect(core.stats.refutations == 1)
+        #expect(core.stats.refutations == 2)
         // Suspicions of others are none of our business.
         out = core.receive(
-            .suspect(target: addr(1), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(20 * ms),
+            .suspect(target: addr(1), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(210 * ms),
             map: &map)
         #expect(!out.contains(where: isRefute))
         // After the refutation (incarnation 1), a suspicion of incarnation 0 is stale.
-        map.observe(claim(2, incarnation: 1), now: at(30 * ms))
+        map.observe(claim(2, incarnation: 1), now: at(230 * ms))
         out = core.receive(
-            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(40 * ms),
+            .suspect(target: addr(2), targetIncarnation: 0), from: addr(3), originIncarnation: 0, now: at(240 * ms),
             map: &map)
         #expect(!out.contains(where: isRefute))
         // A death notice about ourselves is refuted and never forwarded.
         out = core.receive(
             .dead(target: addr(2), targetIncarnation: 1, targetID: 2), from: addr(3), originIncarnation: 0,
-            now: at(50 * ms), map: &map)
+            now: at(250 * ms), map: &map)
         #expect(out.contains(where: isRefute))
+        #expect(core.stats.refutations == 3)
         #expect(!out.contains { if case .send(.dead, _, _) = $0 { true } else { false } })
         #expect(map[addr(2)]?.state == .alive)
         // A probe of ourselves is answered with our incarnation.
-        out = core.receive(.probe(requester: addr(1), nonce: 77), from: addr(3), originIncarnation: 0, now: at(60 * ms), map: &map)
+        out = core.receive(.probe(requester: addr(1), nonce: 77), from: addr(3), originIncarnation: 0, now: at(260 * ms), map: &map)
         #expect(out.contains(.send(.probeAck(target: addr(2), targetIncarnation: 1, nonce: 77), to: addr(3), port: port(3))))
     }
 
     @Test func refutationByAnnounceClearsSuspicion() throws {
-        // 4 → 5 is cut and no helpers: 5 suspects 4, 4 refutes with incarnation 1, and the announce
+        // 4 → 5 is cut and no helpers: 5 suspects 4; 4's heartbeat answer and probe answers are lost,
+        // so when 5's probes go on a period later 4 refutes with incarnation 1, and the announce
         // brings it back alive in 5's map before the confirm window runs out.
         var net = TestNet(nodes: Array(1...8), settings: try defaults(confirmations: 0))
         net.drop = { from, to, _ in from == addr(4) && to == addr(5) }

@@ -278,7 +278,7 @@ import Wire
             header: Header(type: .announce, cluster: "test", senderID: 0, incarnation: 7, messageID: 1, origin: victim),
             body: .announce(NodeInfo(heartbeatPort: 7778)))
         func answers(_ out: [DiscoveryOutput]) -> Int {
-            out.filter { if case .unicast(.suspect(victim, 50), victim) = $0 { true } else { false } }.count
+            out.filter { if case .unicast(.dead(victim, 50, _), victim) = $0 { true } else { false } }.count
         }
         var total = 0
         for k in 0..<100 { total += answers(d.receive(stale, now: Instant.zero + .milliseconds(UInt64(k)), map: &map)) }

@@ -35,6 +35,7 @@ STATUS_SCHEMA = {
     "announces_tx": int,
     "refutations": int,
     "suspicions": int,
+    "suspicions_answered": int,
     "deaths_declared": int,
     "deaths_learned": int,
     "late_ticks": int,

@@ -459,8 +459,8 @@ public struct ClusterNode: Sendable {
         switch m.body {
         case .announce, .join, .leave, .mapSync, .syncRequest, .syncEntries, .offer:
             apply(discovery.receive(m, now: now, map: &map), now: now)
-        case .heartbeat, .watch, .probe, .probeAck, .probeRequest, .suspect, .dead:
-            if h.type != .dead { map.touch(h.origin, now: now) }
+        case .heartbeat, .watch, .probe, .probeAck, .probeRequest, .suspect, .dead, .deaths:
+            if h.type != .dead && h.type != .deaths { map.touch(h.origin, now: now) }
             if detectorOn {
                 let o = detector!.receive(m.body, from: h.origin, originIncarnation: h.incarnation, now: now, map: &map)
                 applyDetector(o, now: now)
@@ -471,6 +471,10 @@ public struct ClusterNode: Sendable {
                     refute(.suspect, by: h.origin, past: inc, now: now)
                 case .dead(let target, let inc, _) where target == config.me.address && inc >= discovery.incarnation:
                     refute(.dead, by: h.origin, past: inc, now: now)
+                case .deaths(let ns):
+                    if let n = ns.first(where: { $0.target == config.me.address && $0.targetIncarnation >= discovery.incarnation }) {
+                        refute(.dead, by: h.origin, past: n.targetIncarnation, now: now)
+                    }
                 default:
                     break
                 }

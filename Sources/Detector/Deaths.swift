@@ -28,12 +28,9 @@ extension DetectorCore {
                 address: node.address, id: node.id, incarnation: s.incarnation,
                 lastHeardAgo: observedNode!.lastHeard.map { now - $0 }, suspectedFor: now - s.since, rounds: s.rounds,
                 helpers: s.helpers.count))
-        let notice = Body.dead(target: node.address, targetIncarnation: s.incarnation, targetID: node.id.rawValue)
-        out.append(.multicast(notice))
+        out.append(.multicast(.dead(target: node.address, targetIncarnation: s.incarnation, targetID: node.id.rawValue)))
         refreshRing(map, now: now, out: &out)
-        for n in bmgNeighbours(in: map) where send(notice, to: n, map: map, out: &out) {
-            stats.deadNoticesSent += 1
-        }
+        spread(DeathNotice(target: node.address, targetIncarnation: s.incarnation, targetID: node.id.rawValue), except: nil, now: now, map: map, out: &out)
     }
 
     mutating func receiveDead(
@@ -41,32 +38,83 @@ extension DetectorCore {
         map: inout NodeMap, out: inout [DetectorOutput]
     ) {
         let key = DeadKey(target: target, incarnation: incarnation)
-        guard !deadSeen.contains(key) else {
-            stats.duplicateDeadNotices += 1
-            return
-        }
-        remember(key)
         if target == selfAddress {
+            guard !deadSeen.contains(key) else {
+                stats.duplicateDeadNotices += 1
+                return
+            }
+            remember(key)
             // Never forward a notice of our own death: refute it.
             if incarnation >= ownIncarnation(map) {
                 accused(.dead, by: origin, incarnation: incarnation, now: now, out: &out)
             }
             return
         }
-        if let n = map.brief(target), n.incarnation > incarnation {
-            emit(&out, .staleDeathNotice(address: target, incarnation: incarnation, known: n.incarnation))
+        if let n = map.brief(target) {
+            if n.incarnation > incarnation {
+                emit(&out, .staleDeathNotice(address: target, incarnation: incarnation, known: n.incarnation))
+                return
+            }
+            // Already dead or left at this incarnation: this node spread it when it learned it (or
+            // learned it by a sync or an expiry, while others spread it). The map is the dedupe here,
+            // whatever the cache forgot: 5,000 deaths at once overflow a cache of 1,024.
+            if !n.state.isMember, n.incarnation >= incarnation {
+                stats.duplicateDeadNotices += 1
+                return
+            }
+            let c = map.setState(target, to: .dead, incarnation: incarnation)
+            if !c.isEmpty {
+                out.append(.changes(c))
+                stats.deathsLearned += 1
+                if observedNode?.address == target { observedNode!.suspicion = nil }
+                emit(&out, .learnedDead(address: target, id: targetID, incarnation: incarnation, from: origin))
+                refreshRing(map, now: now, out: &out)
+            }
+        } else {
+            // A node this map never saw (or purged): forwarded once, for those who know it.
+            guard !deadSeen.contains(key) else {
+                stats.duplicateDeadNotices += 1
+                return
+            }
+            remember(key)
+        }
+        spread(DeathNotice(target: target, targetIncarnation: incarnation, targetID: targetID), except: origin, now: now, map: map, out: &out)
+    }
+
+    /// Sends a death notice to this node's binomial-graph neighbours (but `except`, the node it came
+    /// from). A notice goes at once when none went within `deathBatchWindow`; otherwise it waits in
+    /// a batch, sent as one `deaths` datagram per neighbour when it is full or the window ends. One
+    /// death costs what it did; 5,000 at once (a partition) cost 5,000 / 40 datagrams per neighbour,
+    /// not 5,000, and the O(N) neighbour set is computed once per batch, not per death.
+    mutating func spread(_ n: DeathNotice, except: IPAddress?, now: Instant, map: NodeMap, out: inout [DetectorOutput]) {
+        if deathBatch.isEmpty, lastDeathSpread.map({ now >= $0 + Self.deathBatchWindow }) ?? true {
+            lastDeathSpread = now
+            let notice = Body.dead(target: n.target, targetIncarnation: n.targetIncarnation, targetID: n.targetID)
+            for x in bmgNeighbours(in: map) where x != except && send(notice, to: x, map: map, out: &out) {
+                stats.deadNoticesSent += 1
+            }
             return
         }
-        let c = map.setState(target, to: .dead, incarnation: incarnation)
-        if !c.isEmpty {
-            out.append(.changes(c))
-            stats.deathsLearned += 1
-            if observedNode?.address == target { observedNode!.suspicion = nil }
-            emit(&out, .learnedDead(address: target, id: targetID, incarnation: incarnation, from: origin))
-            refreshRing(map, now: now, out: &out)
+        deathBatch.append(n)
+        if deathBatch.count >= Wire.deathsPerDatagram {
+            flushDeaths(now: now, map: map, out: &out)
+        } else if deathBatchDue == nil {
+            deathBatchDue = max(now, (lastDeathSpread ?? now) + Self.deathBatchWindow)
         }
-        let notice = Body.dead(target: target, targetIncarnation: incarnation, targetID: targetID)
-        for n in bmgNeighbours(in: map) where n != origin && send(notice, to: n, map: map, out: &out) {
+    }
+
+    /// Sends the waiting batch of death notices to every binomial-graph neighbour (the node a
+    /// notice came from gets it back, and drops it as a duplicate).
+    mutating func flushDeaths(now: Instant, map: NodeMap, out: inout [DetectorOutput]) {
+        deathBatchDue = nil
+        guard !deathBatch.isEmpty else { return }
+        lastDeathSpread = now
+        let body: Body =
+            deathBatch.count == 1
+            ? .dead(target: deathBatch[0].target, targetIncarnation: deathBatch[0].targetIncarnation, targetID: deathBatch[0].targetID)
+            : .deaths(deathBatch)
+        deathBatch.removeAll(keepingCapacity: true)
+        for x in bmgNeighbours(in: map) where send(body, to: x, map: map, out: &out) {
             stats.deadNoticesSent += 1
         }
     }

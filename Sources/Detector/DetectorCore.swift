@@ -77,6 +77,9 @@ public struct DetectorCore: Sendable {
     public static let maxRelays = 256
     public static let maxWatchers = 16
     public static let deadCacheSize = 1024
+    /// Death notices learned within this time of the last one spread wait and go together (a
+    /// `deaths` datagram of up to `Wire.deathsPerDatagram`); a lone death goes at once.
+    public static let deathBatchWindow = TimeSpan.milliseconds(100)
 
     var selfID: NodeID?
     var observedNode: Observed?
@@ -85,6 +88,10 @@ public struct DetectorCore: Sendable {
     var watchers: [Watcher] = []
     var relays: [Relay] = []
     var answered: Answered?
+    /// Death notices waiting to be spread (`spread`), when they go, and when the last went.
+    var deathBatch: [DeathNotice] = []
+    var deathBatchDue: Instant?
+    var lastDeathSpread: Instant?
     var deadSeen = RecentSet<DeadKey>(capacity: DetectorCore.deadCacheSize)
     /// Suspects we stopped observing (the ring moved): put back to alive at the next tick, since nobody
     /// else would ever clear them in this map.
@@ -135,6 +142,7 @@ public struct DetectorCore: Sendable {
     public var nextDeadline: Instant {
         var d = nextHeartbeat
         if !orphans.isEmpty { d = min(d, lastTick) }
+        if let b = deathBatchDue { d = min(d, b) }
         if let o = observedNode {
             d = min(d, o.nextWatch)
             if let s = o.suspicion {
@@ -231,6 +239,7 @@ public struct DetectorCore: Sendable {
         }
 
         if now >= nextHeartbeat { sendHeartbeats(now: now, map: map, out: &out) }
+        if let b = deathBatchDue, now >= b { flushDeaths(now: now, map: map, out: &out) }
         if !late { checkObserved(now: now, map: &map, out: &out) }
         return out
     }
@@ -293,6 +302,13 @@ public struct DetectorCore: Sendable {
             receiveDead(
                 target: target, incarnation: incarnation, targetID: targetID, from: origin, now: now, map: &map,
                 out: &out)
+
+        case .deaths(let notices):
+            for n in notices {
+                receiveDead(
+                    target: n.target, incarnation: n.targetIncarnation, targetID: n.targetID, from: origin, now: now,
+                    map: &map, out: &out)
+            }
 
         case .announce, .join, .leave, .mapSync, .processExit, .syncRequest, .syncEntries, .offer:
             break

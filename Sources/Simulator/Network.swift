@@ -184,7 +184,7 @@ extension Simulator {
     func count(_ bytes: [UInt8]) {
         traffic.sent += 1
         traffic.sentBytes += bytes.count
-        let t = bytes.count > 3 ? Int(bytes[3] & 15) : 0
+        let t = bytes.count > 3 && Int(bytes[3]) < TrafficCounters.typeSlots ? Int(bytes[3]) : 0
         traffic.sentByType[t] += 1
         traffic.sentBytesByType[t] += bytes.count
         var h: UInt64 = 0xCBF2_9CE4_8422_2325

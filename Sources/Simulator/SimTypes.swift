@@ -119,8 +119,10 @@ public struct TrafficCounters: Sendable, Equatable {
     /// Unicasts to an address no node has, or to a wrong port.
     public var unroutable = 0
     /// Datagrams sent, by message type (index = wire type byte).
-    public var sentByType = [Int](repeating: 0, count: 16)
-    public var sentBytesByType = [Int](repeating: 0, count: 16)
+    public var sentByType = [Int](repeating: 0, count: TrafficCounters.typeSlots)
+    public var sentBytesByType = [Int](repeating: 0, count: TrafficCounters.typeSlots)
+    /// One slot per wire type byte up to the highest type; an unknown byte counts in slot 0.
+    public static let typeSlots = Int(MessageType.allCases.map(\.rawValue).max()!) + 1
 
     public init() {}
 

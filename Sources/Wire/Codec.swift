@@ -6,6 +6,9 @@ extension Message {
     public func encode() throws -> [UInt8] {
         let name = Array(header.cluster.utf8)
         guard !name.isEmpty, name.count <= Wire.maxClusterName else { throw EncodeError.clusterNameTooLong }
+        if case .deaths(let ns) = body, ns.isEmpty || ns.count > Wire.deathsPerDatagram {
+            throw EncodeError.deathNoticeCount(ns.count)
+        }
         var w = ByteWriter(capacity: 128)
         w.u16(Wire.magic)
         w.u8(Wire.version)
@@ -129,6 +132,13 @@ extension Message {
             w.address(t)
             w.u64(inc)
             w.u16(id)
+        case .deaths(let ns):
+            w.u8(UInt8(truncatingIfNeeded: ns.count))
+            for n in ns {
+                w.address(n.target)
+                w.u64(n.targetIncarnation)
+                w.u16(n.targetID)
+            }
         case .processExit(let p):
             w.address(p.node)
             w.u32(p.pid)
@@ -258,6 +268,15 @@ extension Message {
             return .suspect(target: try r.address(), targetIncarnation: try r.u64())
         case .dead:
             return .dead(target: try r.address(), targetIncarnation: try r.u64(), targetID: try r.u16())
+        case .deaths:
+            let n = Int(try r.u8())
+            guard n >= 1, n <= Wire.deathsPerDatagram else { throw DecodeError.malformedBody("\(n) death notices") }
+            var ns: [DeathNotice] = []
+            ns.reserveCapacity(n)
+            for _ in 0..<n {
+                ns.append(DeathNotice(target: try r.address(), targetIncarnation: try r.u64(), targetID: try r.u16()))
+            }
+            return .deaths(ns)
         case .processExit:
             let node = try r.address()
             let pid = try r.u32()

@@ -13,6 +13,8 @@ public enum Wire {
     public static let tagLength = 16
     /// Hop limit for relayed messages: a relay never forwards a message that has made this many hops.
     public static let maxHops: UInt8 = 8
+    /// Notices in one `deaths` datagram: 26 bytes each, with the largest header and a tag.
+    public static let deathsPerDatagram = 40
 }
 
 /// Message types. Values are stable on the wire; unknown values are counted and dropped.
@@ -35,6 +37,8 @@ public enum MessageType: UInt8, Sendable, CaseIterable {
     case syncEntries = 14
     /// A settled node tells a newcomer it may pull the map from it.
     case offer = 15
+    /// Several death notices in one datagram: the circulant-graph broadcast of many deaths at once.
+    case deaths = 16
 
     /// Messages that are multicast and that gateways relay between networks.
     public var isRelayed: Bool {
@@ -295,6 +299,9 @@ public enum Body: Hashable, Sendable {
     case syncEntries(SyncEntries)
     /// "You may pull my map": a settled node's answer to a join (the newcomer pulls from one).
     case offer(members: UInt16, digest: UInt64)
+    /// 1 to `Wire.deathsPerDatagram` death notices, each as `dead` would carry it: a node forwarding
+    /// many deaths at once (a partition, a rack lost) sends them together.
+    case deaths([DeathNotice])
 
     public var type: MessageType {
         switch self {
@@ -313,7 +320,21 @@ public enum Body: Hashable, Sendable {
         case .syncRequest: .syncRequest
         case .syncEntries: .syncEntries
         case .offer: .offer
+        case .deaths: .deaths
         }
+    }
+}
+
+/// One death notice: the fields of `Body.dead`.
+public struct DeathNotice: Hashable, Sendable {
+    public var target: IPAddress
+    public var targetIncarnation: UInt64
+    public var targetID: UInt16
+
+    public init(target: IPAddress, targetIncarnation: UInt64, targetID: UInt16) {
+        self.target = target
+        self.targetIncarnation = targetIncarnation
+        self.targetID = targetID
     }
 }
 
@@ -374,4 +395,6 @@ public enum DecodeError: Error, Hashable, Sendable, CustomStringConvertible {
 public enum EncodeError: Error, Hashable, Sendable {
     case tooLarge(Int)
     case clusterNameTooLong
+    /// A `deaths` body holds 1 to `Wire.deathsPerDatagram` notices.
+    case deathNoticeCount(Int)
 }

@@ -420,6 +420,68 @@ func warmNet(_ n: Int, settings: DetectorSettings, until: Instant = at(3 * sec))
         #expect(map[addr(5)]?.state == .dead)
     }
 
+    @Test func manyDeathsAtOnceGoTogetherALoneOneAtOnce() throws {
+        var map = makeMap(Array(1...300))
+        var core = DetectorCore(settings: try defaults(), selfAddress: addr(1), now: 0)
+        _ = core.mapChanged(map, now: 0)
+        let t0 = at(1 * sec)
+        func deaths(_ out: [DetectorOutput]) -> [IPAddress: [IPAddress]] {
+            var d: [IPAddress: [IPAddress]] = [:]
+            for o in out {
+                switch o {
+                case .send(.dead(let t, _, _), let to, _): d[to, default: []].append(t)
+                case .send(.deaths(let ns), let to, _): d[to, default: []] += ns.map(\.target)
+                default: break
+                }
+            }
+            return d
+        }
+        func datagrams(_ out: [DetectorOutput]) -> Int {
+            out.count { if case .send(.dead, _, _) = $0 { true } else if case .send(.deaths, _, _) = $0 { true } else { false } }
+        }
+        // 100 nodes die at once (a rack, a partition): the first notice goes on at once as `dead`,
+        // the next 80 in two full `deaths` datagrams per neighbour, the last 19 when the window ends.
+        var out: [DetectorOutput] = []
+        for j in 101...200 {
+            out += core.receive(
+                .dead(target: addr(j), targetIncarnation: 0, targetID: UInt16(j)), from: addr(2), originIncarnation: 0,
+                now: t0, map: &map)
+        }
+        #expect((101...200).allSatisfy { map[addr($0)]?.state == .dead })
+        #expect(core.stats.deathsLearned == 100)
+        #expect(out.contains { if case .send(.dead(addr(101), 0, 101), addr(3), _) = $0 { true } else { false } })
+        #expect(core.deathBatch.count == 19)
+        #expect(core.nextDeadline <= t0 + DetectorCore.deathBatchWindow)
+        let rest = core.tick(now: t0 + DetectorCore.deathBatchWindow, map: &map)
+        let all = deaths(out + rest)
+        let neighbours = Set(all.keys)
+        #expect(neighbours.count >= 2 * 7 && !neighbours.contains(addr(1)))
+        // The ring neighbours (±1, ±2 by rank) hear of all 100 deaths, the sender 2 of all but the
+        // first it sent; nobody hears one twice.
+        #expect(Set(all[addr(3)] ?? []) == Set((101...200).map(addr)))
+        #expect(Set(all[addr(300)] ?? []) == Set((101...200).map(addr)))
+        #expect(Set(all[addr(2)] ?? []) == Set((102...200).map(addr)))
+        for ts in all.values { #expect(ts.count == Set(ts).count && ts.allSatisfy { (101...200).map(addr).contains($0) }) }
+        // ...in 4 datagrams at most (1 lone + 2 full + 1 rest), not 100.
+        #expect(datagrams(out + rest) <= 4 * neighbours.count)
+        #expect(core.deathBatch.isEmpty && core.deathBatchDue == nil)
+
+        // The same batch again is no news: nothing forwarded, every one a duplicate.
+        let again = core.receive(
+            .deaths((101...140).map { DeathNotice(target: addr($0), targetIncarnation: 0, targetID: UInt16($0)) }),
+            from: addr(3), originIncarnation: 0, now: t0 + 20 * ms, map: &map)
+        #expect(datagrams(again) == 0)
+        #expect(core.stats.duplicateDeadNotices == 40)
+
+        // A lone death later goes at once, as `dead`, to every neighbour but its sender.
+        let lone = core.receive(
+            .dead(target: addr(250), targetIncarnation: 0, targetID: 250), from: addr(3), originIncarnation: 0,
+            now: t0 + 1 * sec, map: &map)
+        let l = deaths(lone)
+        #expect(!l.isEmpty && l.values.allSatisfy { $0 == [addr(250)] } && l[addr(3)] == nil)
+        #expect(lone.allSatisfy { if case .send(.deaths, _, _) = $0 { false } else { true } })
+    }
+
     @Test func binomialGraphNeighbourSets() throws {
         for n in 1...64 {
             let limit = 2 * ceilLog2(n)

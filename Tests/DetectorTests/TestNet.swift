@@ -112,7 +112,7 @@ struct TestNet {
         let inc = maps[a]?[a]?.incarnation ?? 0
         for o in out {
             switch o {
-            case .send(.dead, _, _) where dropUnicastDeadNotices:
+            case .send(.dead, _, _) where dropUnicastDeadNotices, .send(.deaths, _, _) where dropUnicastDeadNotices:
                 continue
             case .multicast(.dead) where dropMulticastDeadNotices:
                 continue

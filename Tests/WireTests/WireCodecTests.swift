@@ -63,6 +63,11 @@ let everyBody: [Body] = MessageType.allCases.map { t in
                         heartbeatPort: 7001, aliases: [])
                 ]))
     case .offer: return .offer(members: 10000, digest: 0x0123_4567_89AB_CDEF)
+    case .deaths:
+        return .deaths(
+            (0..<Wire.deathsPerDatagram).map {
+                DeathNotice(target: ip("10.0.\($0 / 200).\($0 % 200 + 1)"), targetIncarnation: UInt64($0) << 40, targetID: UInt16($0))
+            })
     }
 }
 
@@ -273,7 +278,7 @@ struct WireRejectionTests {
         try expectDecodeError(.unsupportedVersion(0)) { $0[2] = 0 }
         try expectDecodeError(.unknownType(200)) { $0[3] = 200 }
         try expectDecodeError(.unknownType(0)) { $0[3] = 0 }
-        try expectDecodeError(.unknownType(16)) { $0[3] = 16 }
+        try expectDecodeError(.unknownType(17)) { $0[3] = 17 }
         try expectDecodeError(.unknownFlags(0x80)) { $0[4] = 0x80 }
         try expectDecodeError(.unknownFlags(0x06)) { $0[4] = 0x06 }
         try expectDecodeError(.badClusterName) { $0[6] = 0 }
@@ -306,6 +311,22 @@ struct WireRejectionTests {
         var e = try message(.mapSync(part: 0, parts: 1, entries: [sampleEntries[0]])).encode()
         e[Wire.fixedHeader + 4 + 6 + 16 + 2 + 1] = 0
         #expect(throws: DecodeError.malformedBody("state")) { try Message.decode(e) }
+        // A deaths body counts 1 to Wire.deathsPerDatagram notices: 0 and 41 are refused both ways.
+        let one = DeathNotice(target: ip("10.0.0.9"), targetIncarnation: 3, targetID: 9)
+        var d = try message(.deaths([one])).encode()
+        #expect(try Message.decode(d).body == .deaths([one]))
+        for bad: UInt8 in [0, UInt8(Wire.deathsPerDatagram + 1)] {
+            d[Wire.fixedHeader + 4] = bad
+            #expect(throws: DecodeError.self) { try Message.decode(d) }
+        }
+        d[Wire.fixedHeader + 4] = 0
+        d.removeLast(26)
+        d[10] = 0
+        d[11] = 1
+        #expect(throws: DecodeError.malformedBody("0 death notices")) { try Message.decode(d) }
+        #expect(throws: EncodeError.deathNoticeCount(0)) { try message(.deaths([])).encode() }
+        let many = [DeathNotice](repeating: one, count: Wire.deathsPerDatagram + 1)
+        #expect(throws: EncodeError.deathNoticeCount(41)) { try message(.deaths(many)).encode() }
     }
 
     @Test func mapSyncFilledToCapacityFits() throws {

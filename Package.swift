@@ -109,6 +109,6 @@ let package = Package(
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Cluster", "NodeMap", "Events", "Wire"]),
         // The committed fuzz corpora (Tests/Fuzz/corpus/<target>/), replayed: every seed and every
         // crash ever found must run through its target without trapping.
-        .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"]),
+        .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets", "Wire"]),
     ]
 )

@@ -93,6 +93,16 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 .suspect(target: Self.me, targetIncarnation: 1), .dead(target: a, targetIncarnation: 1, targetID: 2),
                 .processExit(ProcessExit(node: a, pid: 42, startTime: 9, status: 9, tag: 5, source: .kernel, name: "rank0")),
                 .watch,
+                .syncRequest(SyncRequest(session: 4, salt: 9, flags: .pull, sums: (0..<NodeMap.digestBuckets).map { UInt8($0 & 255) })),
+                .syncEntries(
+                    SyncEntries(
+                        session: 4, flags: [.reply, .last], covered: [3],
+                        entries: [SyncEntry(Node(address: a, id: NodeID(2)!, preferredID: NodeID(2)), now: Instant(nanos: 0))])),
+                .offer(members: 3, digest: 0x0123_4567_89AB_CDEF),
+                .deaths([
+                    DeathNotice(target: a, targetIncarnation: 1, targetID: 2),
+                    DeathNotice(target: IPAddress("10.1.0.3")!, targetIncarnation: 4, targetID: 3),
+                ]),
             ]
             return bodies.compactMap { b in
                 let h = Header(

@@ -120,6 +120,11 @@ public struct NodeMap: Sendable {
         return storage.brief(Int(slot))
     }
     public func contains(_ address: IPAddress) -> Bool { slot(address) != nil }
+    /// Calls `body` with the scalar fields of every node, in no particular order, without building
+    /// `Node` values (`nodes` copies every node's aliases and capabilities).
+    public func forEachBrief(_ body: (NodeBrief) throws -> Void) rethrows {
+        for s in 0..<storage.count { try body(storage.brief(s)) }
+    }
     /// All nodes ordered by assigned ID.
     public func sortedByID() -> [Node] { nodes.sorted { $0.id < $1.id } }
     /// Addresses of nodes that currently hold a substitute ID.

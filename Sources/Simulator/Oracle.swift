@@ -133,12 +133,14 @@ extension Simulator {
     }
 
     func findFalseDeaths(observer i: Int, map: NodeMap, cause: FalseDeath.Cause) {
-        for n in map.nodes where n.state == .dead {
-            guard let t32 = indexOf[n.address] else { continue }
+        // A partition makes every death mark unexplained: this runs once per death learned, over
+        // the whole map, so it reads the scalar fields only.
+        map.forEachBrief { n in
+            guard n.state == .dead, let t32 = indexOf[n.address] else { return }
             let t = Int(t32)
-            guard status[t] == .running, n.incarnation >= startIncarnation[t] else { continue }
+            guard status[t] == .running, n.incarnation >= startIncarnation[t] else { return }
             let key = FalseKey(observer: Int32(i), target: t32, incarnation: n.incarnation)
-            guard falseKeys.insert(key).inserted else { continue }
+            guard falseKeys.insert(key).inserted else { return }
             falseDeathMarks += 1
             let target = FalseKey(observer: -1, target: t32, incarnation: n.incarnation)
             if falseTargets.insert(target).inserted {

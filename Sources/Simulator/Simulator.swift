@@ -124,6 +124,11 @@ public final class Simulator {
         var observer: Int32
         var target: Int32
         var incarnation: UInt64
+
+        func hash(into h: inout Hasher) {
+            h.combine(UInt64(UInt32(bitPattern: observer)) << 32 | UInt64(UInt32(bitPattern: target)))
+            h.combine(incarnation)
+        }
     }
 
     /// Incarnation base, like the daemon's wall-clock milliseconds: virtual ms since an epoch.

@@ -51,6 +51,9 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(name: .customLong("expiry-factor"), help: "Announce intervals of silence before discovery declares a node dead (default: the core's, 10 while the detector runs, 3.5 without).")
     var expiryFactor: Double?
 
+    @Option(name: .customLong("wave-copies"), help: "Announces per node in a re-announce wave (restart storm, partition heal); 0 turns waves off.")
+    var waveCopies = ProtocolOptions.discoveryDefaults.waveCopies
+
     @Option(name: .customLong("purge-after"), help: "Dead and left nodes are purged from maps this long after last heard.")
     var purgeAfter = DurationText.format(ProtocolOptions.discoveryDefaults.purgeAfter)
 
@@ -151,6 +154,8 @@ struct SimulateCommand: AsyncParsableCommand {
         let until = try DurationText.parse(duration)
         let detector = try proto.detector(eventLevel: logLevel == nil ? .warning : .debug)
         var discovery = try proto.discovery(aggregateRate: announceRate, purgeAfter: try DurationText.span(purgeAfter))
+        guard (0...8).contains(waveCopies) else { throw ValidationError("--wave-copies must be 0 to 8") }
+        discovery.waveCopies = waveCopies
         if let f = expiryFactor {
             guard f >= 2 else { throw ValidationError("--expiry-factor must be at least 2") }
             discovery.expiryFactor = f

@@ -34,7 +34,7 @@ struct ProtocolDocTests {
             "≤ \(d.waveCopies) wave announces per \(s(d.waveGap)) s",
         ]
         for e in expected { #expect(doc.contains(e), "docs/PROTOCOL.md does not say: \(e)") }
-        // "announces twice": the doc words the copy count.
-        #expect(d.waveCopies == 2 && doc.contains("influx announces twice"))
+        // "announces three times": the doc words the copy count.
+        #expect(d.waveCopies == 3 && doc.contains("influx announces three times"))
     }
 }

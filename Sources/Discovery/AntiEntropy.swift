@@ -69,7 +69,8 @@ extension DiscoveryCore {
     /// a revival round trip.
     mutating func noteNews(now: Instant, map: NodeMap) {
         // During a restart storm announces of unknown nodes are the storm itself: its wave serves.
-        guard !influxPending, !inInflux(now: now, map: map) else { return }
+        // A newcomer still pulling lacks most nodes: their announces are not a partition healing.
+        guard !influxPending, !pullActive, !inInflux(now: now, map: map) else { return }
         if now >= newsWindowStart + settings.influxWindow {
             newsCount = 0
             newsWindowStart = now
@@ -135,7 +136,7 @@ extension DiscoveryCore {
             stats.syncsSent += 1
             return
         }
-        guard !inInflux(now: now, map: map), waveDue.isEmpty,
+        guard !inInflux(now: now, map: map), waveDue.isEmpty, !pullActive,
             let n = map.brief(newcomer), let mine = map.brief(me.address),
             map.successor(of: n.id) == mine.id || map.predecessor(of: n.id) == mine.id,
             takeToken(now: now)
@@ -144,13 +145,44 @@ extension DiscoveryCore {
         stats.offersSent += 1
     }
 
-    /// A newcomer pulls from the first offerer only (offers are sent only outside an influx).
-    mutating func offered(by peer: IPAddress, digest: UInt64, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
-        guard pulledFrom == nil, digest != map.digest else { return }
+    /// A newcomer pulls from the first offerer (offers are sent only outside an influx), unless a
+    /// later offer holds more than twice the members the first did: the first came from a node that
+    /// had itself just (re)started and had not yet learned the map (several nodes restarting
+    /// together). Each switch at least doubles the count, so a newcomer pulls at most
+    /// log2(65,535) + 1 = 17 times however many offers come.
+    mutating func offered(by peer: IPAddress, members: Int, digest: UInt64, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+        guard digest != map.digest, peer != pulledFrom else { return }
+        if pulledFrom != nil {
+            guard members > 2 * pulledMembers else { return }
+            // Give up the session with the smaller source: its later datagrams are still merged.
+            if let s = session {
+                if recentSessions.count >= 4 { recentSessions.removeFirst() }
+                recentSessions.append(s)
+                session = nil
+            }
+        }
+        if !pullActive { pullEndsBy = now + settings.pullLimit }
         pulledFrom = peer
+        pulledMembers = members
+        pullActive = true
         stats.pulls += 1
         startSession(with: peer, pull: true, now: now, map: map, out: &out)
     }
+
+    /// A pull page whose request or last datagram was lost is asked again; the pull ends at its
+    /// last page or at `pullLimit`.
+    mutating func pullTick(now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+        guard pullActive, let peer = pulledFrom else { return }
+        guard now < pullEndsBy else {
+            pullActive = false
+            return
+        }
+        if let s = session, now < s.started + timeout(of: s) { return }
+        startSession(with: peer, pull: true, now: now, map: map, out: &out)
+    }
+
+    /// How long a session waits for its last datagram.
+    func timeout(of s: SyncSession) -> TimeSpan { s.pull ? settings.pullRetry : settings.syncTimeout }
 
     // MARK: Digests on heartbeats
 
@@ -168,7 +200,7 @@ extension DiscoveryCore {
         // And not while both maps are still moving (a wave of announces sweeping over them), nor
         // while joins pour in or their wave is under way: those fill most gaps by themselves.
         guard digest != mine, let previous, previous.digest != previous.mine,
-            previous.digest == digest || previous.mine == mine, !influxPending, waveDue.isEmpty, now >= wavesEndAt
+            previous.digest == digest || previous.mine == mine, !influxPending, waveDue.isEmpty, now >= wavesEndAt, !pullActive
         else { return [] }
         var out: [DiscoveryOutput] = []
         startSession(with: origin, pull: false, now: now, map: map, out: &out)
@@ -176,7 +208,7 @@ extension DiscoveryCore {
     }
 
     mutating func startSession(with peer: IPAddress, pull: Bool, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
-        if let s = session, now < s.started + settings.syncTimeout { return }
+        if let s = session, now < s.started + timeout(of: s) { return }
         if let s = session {
             if recentSessions.count >= 4 { recentSessions.removeFirst() }
             recentSessions.append(s)
@@ -304,6 +336,8 @@ extension DiscoveryCore {
                 session = nil
                 if e.flags.contains(.more) {
                     startSession(with: peer, pull: s.pull, now: now, map: map, out: &out)
+                } else if s.pull {
+                    pullActive = false
                 }
             }
         } else {

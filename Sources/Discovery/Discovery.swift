@@ -31,6 +31,11 @@ public struct DiscoverySettings: Sendable, Equatable {
     public var syncAnswerRate: Double = 20
     /// A sync that got no last answer datagram by then is given up (a later heartbeat retries).
     public var syncTimeout: TimeSpan = .milliseconds(500)
+    /// A newcomer's pull page that got no last datagram by then is asked again (the answer of a
+    /// LAN peer takes a millisecond; a refused request waits one token, 50 ms at 20/s).
+    public var pullRetry: TimeSpan = .milliseconds(125)
+    /// A newcomer stops pulling after this; heartbeat syncs repair what is left.
+    public var pullLimit: TimeSpan = .seconds(10)
     /// Joins (and revivals) within `influxWindow` that make an influx: max(influxMinJoins, members / influxDivisor).
     public var influxMinJoins = 8
     public var influxDivisor = 16
@@ -203,8 +208,15 @@ public struct DiscoveryCore: Sendable {
     /// node's copies are out (not only this node's own), so that syncs repair what the wave lost
     /// instead of racing it.
     var wavesEndAt: Instant = .zero
-    /// The node a newcomer pulls its map from (set by the first offer taken).
+    /// The node a newcomer pulls its map from (set by the first offer taken), and the member
+    /// count its offer announced: a later offer of more than twice as many members replaces it.
     var pulledFrom: IPAddress?
+    var pulledMembers = 0
+    /// The pull is under way: from the first offer until its last page came (or `pullLimit`
+    /// passed). Meanwhile a lost request or last page is asked again after `pullRetry`, and the
+    /// node neither offers nor takes announces of nodes it lacks for a partition healing.
+    var pullActive = false
+    var pullEndsBy: Instant = .zero
 
     struct SeenKey: Hashable, Sendable {
         var origin: IPAddress
@@ -259,7 +271,9 @@ public struct DiscoveryCore: Sendable {
     public mutating func nextDeadlineInPlace() -> Instant { nextDeadline }
 
     public var nextDeadline: Instant {
-        min(nextAnnounce, nextScan, waveDue.first ?? .distantFuture, influxPending ? lastJoinAt + settings.influxQuiet : .distantFuture)
+        min(
+            nextAnnounce, nextScan, waveDue.first ?? .distantFuture, influxPending ? lastJoinAt + settings.influxQuiet : .distantFuture,
+            pullActive ? min(pullEndsBy, (session?.started ?? .zero) + settings.pullRetry) : .distantFuture)
     }
 
     /// Starts discovery: this node enters its own map and says `join`.
@@ -300,6 +314,7 @@ public struct DiscoveryCore: Sendable {
             nextAnnounce = now + jittered(interval(members: map.memberCount))
         }
         waveTick(now: now, map: &map, out: &out)
+        pullTick(now: now, map: map, out: &out)
         if now >= nextScan {
             let iv = interval(members: map.memberCount)
             let expiry = TimeSpan(nanos: UInt64(Double(iv.nanos) * (detectorRunning ? settings.detectorExpiryFactor : settings.expiryFactor)))
@@ -452,8 +467,8 @@ public struct DiscoveryCore: Sendable {
             answerSync(r, from: h.origin, now: now, map: map, out: &out)
         case .syncEntries(let e):
             receiveEntries(e, from: h.origin, now: now, map: &map, out: &out)
-        case .offer(_, let digest):
-            offered(by: h.origin, digest: digest, now: now, map: map, out: &out)
+        case .offer(let members, let digest):
+            offered(by: h.origin, members: Int(members), digest: digest, now: now, map: map, out: &out)
         default:
             break
         }

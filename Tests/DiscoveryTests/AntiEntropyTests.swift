@@ -207,4 +207,94 @@ import Wire
         }
         #expect(seen.count > 400)
     }
+
+    func offer(members: UInt16, from: String) -> Message { message(.offer(members: members, digest: 0xBAD), from: from) }
+
+    /// A newcomer pulls from the first offerer, and switches only to an offer of more than twice
+    /// as many members (the first came from a node that had just restarted too): each switch
+    /// doubles, so the pulls per newcomer are bounded however many offers come.
+    @Test func newcomerSwitchesOnlyToAMuchLargerOffer() {
+        var (d, map) = core()
+        let t = Instant(nanos: 2_000_000_000)
+        #expect(request(d.receive(offer(members: 6, from: "10.0.0.2"), now: t, map: &map))?.1 == IPAddress("10.0.0.2"))
+        // Another offer of about the same map, or the same offerer again: nothing.
+        #expect(request(d.receive(offer(members: 12, from: "10.0.0.3"), now: t + .milliseconds(1), map: &map)) == nil)
+        #expect(request(d.receive(offer(members: 900, from: "10.0.0.2"), now: t + .milliseconds(1), map: &map)) == nil)
+        // A real map: switch at once, without waiting for the first session to time out.
+        let r = request(d.receive(offer(members: 900, from: "10.0.0.4"), now: t + .milliseconds(2), map: &map))
+        #expect(r?.1 == IPAddress("10.0.0.4"))
+        #expect(r?.0.flags.contains(.pull) == true)
+        #expect(request(d.receive(offer(members: 1500, from: "10.0.0.5"), now: t + .milliseconds(3), map: &map)) == nil)
+        #expect(d.stats.pulls == 2)
+        // However many offers, each doubling: at most 17 pulls (16-bit member counts).
+        var m = 1800
+        var k = 10
+        while m <= Int(UInt16.max) {
+            _ = d.receive(offer(members: UInt16(m), from: "10.0.1.\(k)"), now: t + .milliseconds(4), map: &map)
+            m = m * 2 + 1
+            k += 1
+        }
+        #expect(d.stats.pulls <= 17)
+    }
+
+    /// A page of a pull whose request or last datagram was lost is asked again after `pullRetry`,
+    /// not after the heartbeat sync's timeout; the last page ends the pull; so does `pullLimit`.
+    @Test func pullPagesAreAskedAgainUntilTheLastOne() {
+        let s = DiscoverySettings.default
+        var (d, map) = core()
+        let t = Instant(nanos: 2_000_000_000)
+        let peer = IPAddress("10.0.0.2")!
+        let first = request(d.receive(offer(members: 40, from: "10.0.0.2"), now: t, map: &map))!
+        #expect(d.nextDeadline <= t + s.pullRetry)
+        #expect(request(d.tick(now: t + s.pullRetry - .milliseconds(1), map: &map)) == nil)
+        let again = request(d.tick(now: t + s.pullRetry, map: &map))
+        #expect(again?.1 == peer)
+        #expect(again?.0.session != first.0.session)
+        #expect(again?.0.flags.contains(.pull) == true)
+        // The answer's last page, without `more`: the pull is over, no more requests.
+        let last = message(.syncEntries(SyncEntries(session: again!.0.session, flags: [.reply, .last], covered: [], entries: [])), from: "10.0.0.2")
+        _ = d.receive(last, now: t + s.pullRetry + .milliseconds(1), map: &map)
+        for k in 2...10 { #expect(request(d.tick(now: t + s.pullRetry * UInt64(k), map: &map)) == nil) }
+        #expect(d.nextDeadline > t + s.pullRetry * 10)
+
+        // An offerer that never answers: asked every `pullRetry`, until `pullLimit`.
+        var (e, m2) = core()
+        _ = e.receive(offer(members: 40, from: "10.0.0.2"), now: t, map: &m2)
+        var asked = 1
+        var now = t
+        while now < t + s.pullLimit + .seconds(2) {
+            now = max(now + .milliseconds(1), e.nextDeadline)
+            if request(e.tick(now: now, map: &m2)) != nil { asked += 1 }
+        }
+        let most = Int(s.pullLimit.nanos / s.pullRetry.nanos) + 1
+        #expect(asked >= most - 1 && asked <= most, "asked \(asked) times")
+        #expect(e.nextDeadline > now)
+    }
+
+    /// A node whose own pull is under way offers nobody (it has little to give), and announces of
+    /// nodes it lacks make no heal wave there (its map is incomplete, not healed).
+    @Test func aPullingNodeNeitherOffersNorWaves() {
+        var (d, map) = core()
+        let t = Instant(nanos: 2_000_000_000)
+        _ = d.receive(offer(members: 40, from: "10.0.0.2"), now: t, map: &map)
+        // 10.0.0.7 joins next to us on the ring (IDs 1..7): a settled node would offer.
+        let join = Message(
+            header: Header(type: .join, cluster: "test", senderID: 0, incarnation: 1, messageID: 1, origin: IPAddress("10.0.0.7")!),
+            body: .join(NodeInfo(aliases: [], heartbeatPort: 0, announceIntervalMillis: 3000, capabilities: [])))
+        let out = d.receive(join, now: t + .milliseconds(1), map: &map)
+        #expect(!out.contains { if case .unicast(.offer, _) = $0 { true } else { false } })
+        #expect(d.stats.offersSent == 0)
+        for i in 0..<40 {
+            let a = Message(
+                header: Header(type: .announce, cluster: "test", senderID: 0, incarnation: 1, messageID: 1, origin: IPAddress("10.0.2.\(i + 1)")!),
+                body: .announce(NodeInfo(aliases: [], heartbeatPort: 0, announceIntervalMillis: 3000, capabilities: [])))
+            _ = d.receive(a, now: t + .milliseconds(2 + UInt64(i)), map: &map)
+        }
+        #expect(d.stats.healWaves == 0)
+
+        // The same join at a settled node (no pull) is offered.
+        var (e, m2) = core()
+        let o = e.receive(join, now: t, map: &m2)
+        #expect(o.contains { if case .unicast(.offer, _) = $0 { true } else { false } })
+    }
 }

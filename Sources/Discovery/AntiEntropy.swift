@@ -162,6 +162,7 @@ extension DiscoveryCore {
             }
         }
         if !pullActive { pullEndsBy = now + settings.pullLimit }
+        pullMisses = 0
         pulledFrom = peer
         pulledMembers = members
         pullActive = true
@@ -178,6 +179,11 @@ extension DiscoveryCore {
             return
         }
         if let s = session, now < s.started + timeout(of: s) { return }
+        guard pullMisses < settings.pullMisses else {
+            pullActive = false
+            return
+        }
+        pullMisses += 1
         startSession(with: peer, pull: true, now: now, map: map, out: &out)
     }
 
@@ -328,6 +334,7 @@ extension DiscoveryCore {
                 stats.syncUnsolicited += 1
                 return
             }
+            if current, session?.pull == true { pullMisses = 0 }
             merge(e.entries, from: peer, now: now, map: &map, out: &out)
             pushBack(e, to: peer, now: now, map: map, out: &out)
             if current, let s = session, e.flags.contains(.last) {

@@ -34,8 +34,10 @@ public struct DiscoverySettings: Sendable, Equatable {
     /// A newcomer's pull page that got no last datagram by then is asked again (the answer of a
     /// LAN peer takes a millisecond; a refused request waits one token, 50 ms at 20/s).
     public var pullRetry: TimeSpan = .milliseconds(125)
-    /// A newcomer stops pulling after this; heartbeat syncs repair what is left.
+    /// A newcomer stops pulling after this, or after `pullMisses` pages in a row asked again
+    /// without an answer; heartbeat syncs repair what is left.
     public var pullLimit: TimeSpan = .seconds(10)
+    public var pullMisses = 4
     /// Joins (and revivals) within `influxWindow` that make an influx: max(influxMinJoins, members / influxDivisor).
     public var influxMinJoins = 8
     public var influxDivisor = 16
@@ -217,6 +219,9 @@ public struct DiscoveryCore: Sendable {
     /// node neither offers nor takes announces of nodes it lacks for a partition healing.
     var pullActive = false
     var pullEndsBy: Instant = .zero
+    /// Pages asked again in a row without a datagram of the answer: at `pullMisses` the offerer is
+    /// taken to be gone (crashed, or refusing), and heartbeat syncs take over.
+    var pullMisses = 0
 
     struct SeenKey: Hashable, Sendable {
         var origin: IPAddress

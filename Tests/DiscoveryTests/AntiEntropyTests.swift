@@ -257,18 +257,38 @@ import Wire
         for k in 2...10 { #expect(request(d.tick(now: t + s.pullRetry * UInt64(k), map: &map)) == nil) }
         #expect(d.nextDeadline > t + s.pullRetry * 10)
 
-        // An offerer that never answers: asked every `pullRetry`, until `pullLimit`.
+        // An offerer that never answers (it crashed): asked `pullMisses` times more, every
+        // `pullRetry`; then the pull is over and heartbeat syncs may start again.
         var (e, m2) = core()
         _ = e.receive(offer(members: 40, from: "10.0.0.2"), now: t, map: &m2)
         var asked = 1
         var now = t
-        while now < t + s.pullLimit + .seconds(2) {
+        while now < t + .seconds(3) {
             now = max(now + .milliseconds(1), e.nextDeadline)
             if request(e.tick(now: now, map: &m2)) != nil { asked += 1 }
         }
-        let most = Int(s.pullLimit.nanos / s.pullRetry.nanos) + 1
-        #expect(asked >= most - 1 && asked <= most, "asked \(asked) times")
+        #expect(asked == 1 + s.pullMisses, "asked \(asked) times")
         #expect(e.nextDeadline > now)
+        _ = e.heardDigest(from: peer, members: 40, digest: 42, now: now, map: m2)
+        #expect(request(e.heardDigest(from: peer, members: 40, digest: 42, now: now + .milliseconds(150), map: m2)) != nil)
+
+        // One that answers every page but slowly, never the last: asked until `pullLimit`.
+        var (f, m3) = core()
+        let firstF = request(f.receive(offer(members: 40, from: "10.0.0.2"), now: t, map: &m3))!
+        var session = firstF.0.session
+        var askedF = 1
+        now = t
+        while now < t + s.pullLimit + .seconds(2) {
+            let part = message(.syncEntries(SyncEntries(session: session, flags: [.reply], covered: [], entries: [])), from: "10.0.0.2")
+            _ = f.receive(part, now: now + .milliseconds(1), map: &m3)
+            now = max(now + .milliseconds(2), f.nextDeadline)
+            if let r = request(f.tick(now: now, map: &m3)) {
+                askedF += 1
+                session = r.0.session
+            }
+        }
+        let most = Int(s.pullLimit.nanos / s.pullRetry.nanos) + 1
+        #expect(askedF >= most - 1 && askedF <= most, "asked \(askedF) times")
     }
 
     /// A node whose own pull is under way offers nobody (it has little to give), and announces of

@@ -225,6 +225,19 @@ public struct ClusterNode: Sendable {
         return d
     }
 
+    /// The map's member count, read in place (as `nextDeadlineInPlace`): the simulator reads it
+    /// after every datagram, and `node.map.memberCount` through its slot copied the whole node.
+    public mutating func memberCountInPlace() -> Int { map.memberCount }
+
+    /// `map.brief(address)`, read in place.
+    public mutating func briefInPlace(_ address: IPAddress) -> NodeBrief? { map.brief(address) }
+
+    /// The death counters (detector declared and learned, discovery expired), read in place.
+    public mutating func deathMarksInPlace() -> (declared: Int, learned: Int, expired: Int) {
+        let d = detectorOn ? detector!.stats : nil
+        return (d?.deathsDeclared ?? 0, d?.deathsLearned ?? 0, discovery.stats.expired)
+    }
+
     // MARK: Inputs
 
     public mutating func start(now: Instant) -> [Effect] {
@@ -538,8 +551,12 @@ public struct ClusterNode: Sendable {
     }
 
     private mutating func flush() -> [Effect] {
-        defer { out.removeAll(keepingCapacity: true) }
-        return out
+        // Most inputs have no effect. Handing `out` over and then emptying it "keeping capacity"
+        // allocated a fresh buffer for every input, since the returned array shares the old one.
+        if out.isEmpty { return [] }
+        let effects = out
+        out = []
+        return effects
     }
 
     private mutating func header(_ type: MessageType) -> Header {

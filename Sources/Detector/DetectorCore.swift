@@ -135,11 +135,9 @@ public struct DetectorCore: Sendable {
     public var watcherAddresses: [IPAddress] { watchers.map(\.address) }
 
     /// `nextDeadline` for a core held in an optional or a class property: a mutating call reads it in
-    /// place, where a getter may be handed a copy of the whole core.
-    public mutating func nextDeadlineInPlace() -> Instant { nextDeadline }
-
-    /// The earliest time `tick` must be called next (at the latest one period after the last tick).
-    public var nextDeadline: Instant {
+    /// place. The computation lives here, not in the getter: a non-mutating call on a struct this large
+    /// is handed a copy of it (a `memcpy` of the whole core for every call, seen in the simulator).
+    public mutating func nextDeadlineInPlace() -> Instant {
         var d = nextHeartbeat
         if !orphans.isEmpty { d = min(d, lastTick) }
         if let b = deathBatchDue { d = min(d, b) }
@@ -152,6 +150,12 @@ public struct DetectorCore: Sendable {
             }
         }
         return d
+    }
+
+    /// The earliest time `tick` must be called next (at the latest one period after the last tick).
+    public var nextDeadline: Instant {
+        var copy = self
+        return copy.nextDeadlineInPlace()
     }
 
     // MARK: Entry points

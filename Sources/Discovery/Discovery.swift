@@ -273,12 +273,17 @@ public struct DiscoveryCore: Sendable {
     /// The earliest time `tick` needs to be called.
     /// `nextDeadline` read in place (a getter of this large struct, called across modules, may be
     /// handed a copy of it).
-    public mutating func nextDeadlineInPlace() -> Instant { nextDeadline }
-
-    public var nextDeadline: Instant {
+    /// The computation lives here, not in the getter: a non-mutating call on a struct this large is
+    /// handed a copy of it (a `memcpy` of the whole core for every call, seen in the simulator).
+    public mutating func nextDeadlineInPlace() -> Instant {
         min(
             nextAnnounce, nextScan, waveDue.first ?? .distantFuture, influxPending ? lastJoinAt + settings.influxQuiet : .distantFuture,
             pullActive ? min(pullEndsBy, (session?.started ?? .zero) + settings.pullRetry) : .distantFuture)
+    }
+
+    public var nextDeadline: Instant {
+        var copy = self
+        return copy.nextDeadlineInPlace()
     }
 
     /// Starts discovery: this node enters its own map and says `join`.

@@ -174,7 +174,7 @@ extension Simulator {
     /// Whether node `j`'s map shows the departed process gone (dead, left, absent, or superseded).
     @inline(__always)
     func knows(_ j: Int, departed a: IPAddress, incarnation: UInt64) -> Bool {
-        guard let n = slots[j]!.node.map.brief(a) else { return true }
+        guard let n = slots[j]!.node.briefInPlace(a) else { return true }
         return !n.state.isMember || n.incarnation > incarnation
     }
 

@@ -29,15 +29,17 @@ extension Simulator {
         liveOnSide = [0, 0]
         for j in 0..<count where status[j] == .running { liveOnSide[Int(side[j])] += 1 }
         convergedCount = 0
+        // `lastMembers` holds each running map's member count as of its last input (`watch` runs
+        // after every input): reading the maps here cost a look at every node for every start.
         for j in 0..<count {
-            let ok = status[j] == .running && slots[j]!.node.map.memberCount == liveOnSide[Int(side[j])]
+            let ok = status[j] == .running && lastMembers[j] == liveOnSide[Int(side[j])]
             converged[j] = ok
             if ok { convergedCount += 1 }
         }
     }
 
     func watch(_ i: Int, _ slot: Slot) {
-        let members = slot.node.map.memberCount
+        let members = slot.node.memberCountInPlace()
         let ok = members == liveOnSide[Int(side[i])]
         if ok != converged[i] {
             converged[i] = ok
@@ -51,7 +53,7 @@ extension Simulator {
             for d in activeDepartures where departures[d].knownAt[i] == Departure.pendingMark {
                 let a = departures[d].address
                 let known: Bool
-                if let n = slot.node.map.brief(a) {
+                if let n = slot.node.briefInPlace(a) {
                     known = !n.state.isMember || n.incarnation > departures[d].incarnation
                     if n.state == .dead { learnedDeaths += 1 }
                 } else {
@@ -69,7 +71,7 @@ extension Simulator {
         if !activeArrivals.isEmpty {
             var finished = false
             for a in activeArrivals where arrivals[a].knownAt[i] == Departure.pendingMark {
-                if let n = slot.node.map.brief(arrivals[a].address), n.state.isMember, n.incarnation >= arrivals[a].incarnation {
+                if let n = slot.node.briefInPlace(arrivals[a].address), n.state.isMember, n.incarnation >= arrivals[a].incarnation {
                     arrivals[a].knownAt[i] = now
                     arrivals[a].pending -= 1
                     if arrivals[a].pending == 0 { finished = true }
@@ -116,11 +118,7 @@ extension Simulator {
     }
 
     func checkDeathMarks(_ i: Int, _ slot: Slot, learnedDeaths: Int) {
-        let det = slot.node.detector?.stats
-        let marks = (
-            declared: det?.deathsDeclared ?? 0, learned: det?.deathsLearned ?? 0,
-            expired: slot.node.discovery.stats.expired
-        )
+        let marks = slot.node.deathMarksInPlace()
         let old = deathMarks[i]
         guard marks != old else { return }
         let fresh = marks.declared + marks.learned + marks.expired - old.declared - old.learned - old.expired

@@ -1,26 +1,32 @@
-/// The storage of a `NodeMap`: keys in one array, the other fields packed in another, so that an entry costs
-/// about 28 bytes instead of a 72-byte `Node` (docs/design/scale.md §3). The simulator holds one
+/// The storage of a `NodeMap`: one 24-byte record per node, so that an entry costs about 29 bytes
+/// with its index instead of a 72-byte `Node` (docs/design/scale.md §3). The simulator holds one
 /// map per node, N² entries in all; at 10,000 nodes that is 10^8 entries.
 ///
-/// - Addresses are 4-byte keys while every address is IPv4, and 16-byte ones from the first IPv6
-///   address on (converted once, in O(n)).
+/// - While every address is IPv4, the 4-byte address is the record's `key`: a look-up reads the
+///   record it checks (one cache line, where a separate key column cost a second). From the first
+///   IPv6 address on, the 16-byte addresses live in their own column (converted once, in O(n)).
 /// - `meta` packs the small fields into one word (`Meta`).
+/// - The time heard is 32 bits of whole milliseconds after a base (`HeardClock`), rounded up.
 /// - Aliases and capabilities, rare and variable in size, live in a side table keyed by slot.
 ///
 /// Slots are dense (0..<count) and move only by `moveLast(to:)`, as `[Node]` did with a swap-remove.
 struct NodeColumns: Sendable {
-    private var v4: [UInt32] = []
     private var full: [IPAddress] = []
-    /// Whether some address is not IPv4 (then `full` holds every address and `v4` none).
+    /// Whether some address is not IPv4 (then `full` holds every address and the records' keys
+    /// are not read).
     private(set) var wide = false
     /// The fields a datagram's look-up reads and writes, side by side: one cache line, not three.
     private var records: [Record] = []
     private var extras: [Int32: Extras] = [:]
+    private var clock = HeardClock()
 
     struct Record: Sendable {
         var incarnation: UInt64
-        var heard: UInt64
         var meta: Meta
+        /// `HeardClock` ticks.
+        var heard: UInt32
+        /// The IPv4 address (while the map is not wide).
+        var key: UInt32
     }
 
     struct Extras: Sendable {
@@ -61,21 +67,21 @@ struct NodeColumns: Sendable {
     var count: Int { records.count }
     @inline(__always) func meta(_ s: Int) -> Meta { records[s].meta }
     @inline(__always) func incarnation(_ s: Int) -> UInt64 { records[s].incarnation }
-    @inline(__always) func heard(_ s: Int) -> UInt64 { records[s].heard }
+    @inline(__always) func heard(_ s: Int) -> UInt64 { clock.nanos(records[s].heard) }
 
     mutating func reserve(_ n: Int) {
-        if wide { full.reserveCapacity(n) } else { v4.reserveCapacity(n) }
+        if wide { full.reserveCapacity(n) }
         records.reserveCapacity(n)
     }
 
     @inline(__always)
-    func address(_ s: Int) -> IPAddress { wide ? full[s] : IPAddress(v4: v4[s]) }
+    func address(_ s: Int) -> IPAddress { wide ? full[s] : IPAddress(v4: records[s].key) }
 
     /// Whether slot `s` holds `a`: for IPv4 keys a 4-byte compare.
     @inline(__always)
     func holds(_ s: Int, _ a: IPAddress) -> Bool {
         if wide { return full[s] == a }
-        return a.isIPv4 && v4[s] == a.v4Value
+        return a.isIPv4 && records[s].key == a.v4Value
     }
 
     func node(_ s: Int) -> Node {
@@ -84,15 +90,15 @@ struct NodeColumns: Sendable {
         let x = m.hasExtras ? extras[Int32(s)] : nil
         return Node(
             address: address(s), id: m.id, preferredID: m.preferredID, explicitID: m.explicitID,
-            aliases: x?.aliases ?? [], state: m.state, incarnation: r.incarnation, lastHeard: Instant(nanos: r.heard),
+            aliases: x?.aliases ?? [], state: m.state, incarnation: r.incarnation, lastHeard: Instant(nanos: clock.nanos(r.heard)),
             hops: m.hops, heartbeatPort: m.heartbeatPort, capabilities: x?.capabilities ?? [])
     }
 
     func brief(_ s: Int) -> NodeBrief {
         let r = records[s]
         return NodeBrief(
-            address: address(s), id: r.meta.id, state: r.meta.state, incarnation: r.incarnation,
-            lastHeard: Instant(nanos: r.heard), hops: r.meta.hops, heartbeatPort: r.meta.heartbeatPort)
+            address: wide ? full[s] : IPAddress(v4: r.key), id: r.meta.id, state: r.meta.state, incarnation: r.incarnation,
+            lastHeard: Instant(nanos: clock.nanos(r.heard)), hops: r.meta.hops, heartbeatPort: r.meta.heartbeatPort)
     }
 
     func aliases(_ s: Int) -> [Alias] { meta(s).hasExtras ? extras[Int32(s)]?.aliases ?? [] : [] }
@@ -102,8 +108,10 @@ struct NodeColumns: Sendable {
 
     mutating func append(_ n: Node) {
         if !wide && !n.address.isIPv4 { widen() }
-        if wide { full.append(n.address) } else { v4.append(n.address.v4Value) }
-        records.append(Record(incarnation: n.incarnation, heard: n.lastHeard.nanos, meta: Meta(n)))
+        if wide { full.append(n.address) }
+        let heard = ticks(n.lastHeard.nanos)
+        records.append(
+            Record(incarnation: n.incarnation, meta: Meta(n), heard: heard, key: wide ? 0 : n.address.v4Value))
         if records[records.count - 1].meta.hasExtras {
             extras[Int32(records.count - 1)] = Extras(aliases: n.aliases, capabilities: n.capabilities)
         }
@@ -111,7 +119,8 @@ struct NodeColumns: Sendable {
 
     /// Writes every field of slot `s` but its address (which never changes in place).
     mutating func set(_ s: Int, _ n: Node) {
-        records[s] = Record(incarnation: n.incarnation, heard: n.lastHeard.nanos, meta: Meta(n))
+        let heard = ticks(n.lastHeard.nanos)
+        records[s] = Record(incarnation: n.incarnation, meta: Meta(n), heard: heard, key: records[s].key)
         if records[s].meta.hasExtras {
             extras[Int32(s)] = Extras(aliases: n.aliases, capabilities: n.capabilities)
         } else if !extras.isEmpty {
@@ -119,7 +128,25 @@ struct NodeColumns: Sendable {
         }
     }
 
-    @inline(__always) mutating func setHeard(_ s: Int, _ t: UInt64) { records[s].heard = t }
+    @inline(__always) mutating func setHeard(_ s: Int, _ t: UInt64) {
+        let heard = ticks(t)
+        records[s].heard = heard
+    }
+
+    /// Whether `t` is later than slot `s`'s time heard, as the map keeps it (whole milliseconds).
+    @inline(__always) func heardBefore(_ s: Int, _ t: UInt64) -> Bool { records[s].heard < clock.ticksIfNoRebase(t) }
+
+    /// `t` as ticks, moving the clock's base on (and every record with it) when `t` is too far past it.
+    @inline(__always)
+    private mutating func ticks(_ t: UInt64) -> UInt32 {
+        if let k = clock.ticks(t) { return k }
+        let shift = clock.rebase(to: t)
+        for s in records.indices {
+            let h = UInt64(records[s].heard)
+            records[s].heard = h > shift ? UInt32(h - shift) : 0
+        }
+        return clock.ticks(t)!
+    }
     @inline(__always) mutating func setID(_ s: Int, _ id: NodeID) { records[s].meta.setID(id) }
     @inline(__always) mutating func setState(_ s: Int, _ st: NodeState) { records[s].meta.setState(st) }
 
@@ -127,19 +154,18 @@ struct NodeColumns: Sendable {
     mutating func moveLast(to s: Int) {
         let last = count - 1
         if s != last {
-            if wide { full[s] = full[last] } else { v4[s] = v4[last] }
+            if wide { full[s] = full[last] }
             records[s] = records[last]
             if !extras.isEmpty { extras[Int32(s)] = extras[Int32(last)] }
         }
-        if wide { full.removeLast() } else { v4.removeLast() }
+        if wide { full.removeLast() }
         records.removeLast()
         if !extras.isEmpty { extras[Int32(last)] = nil }
     }
 
     private mutating func widen() {
-        full = v4.map { IPAddress(v4: $0) }
-        full.reserveCapacity(v4.capacity)
-        v4 = []
+        full = records.map { IPAddress(v4: $0.key) }
+        full.reserveCapacity(records.capacity)
         wide = true
     }
 }
@@ -147,7 +173,7 @@ struct NodeColumns: Sendable {
 /// Address → slot, by open addressing with linear probing over `[UInt16]` (0xFFFF = empty; a map
 /// holds at most 65,535 nodes, slots 0...65534). The key is checked against the columns, so a table
 /// entry costs 2 bytes (about 3.3 bytes per node at a load of at most 3/4); deletion shifts back
-/// (no tombstones). The hash is fixed (`NodeMap.addressHash`): the same on every run.
+/// (no tombstones). The hash is fixed (`home`): the same on every run.
 struct SlotIndex: Sendable {
     private var table: [UInt16] = []
     private var mask = 0
@@ -165,7 +191,19 @@ struct SlotIndex: Sendable {
     }
 
     @inline(__always)
-    private func home(_ a: IPAddress) -> Int { Int(truncatingIfNeeded: NodeMap.addressHash(a)) & mask }
+    private func home(_ a: IPAddress) -> Int { Int(truncatingIfNeeded: Self.hash(a)) & mask }
+
+    /// The nodes of a cluster mostly share their upper address bits and differ in the low 16 (the
+    /// octets their IDs derive from, unique by design): the low 16 bits XORed with a mix of the rest
+    /// give every node of one /16 its own home in a table of 65,536 or more, and sequentially
+    /// numbered nodes their own in any table that holds them (the simulator's 10.0.B.C: one probe
+    /// per look-up, where a full mix averaged 1.8 at a load of 0.61). Nodes of other prefixes are
+    /// spread by the mix. Like the mix before it, the hash is fixed, not keyed: the map holds at
+    /// most 65,535 nodes, so a probe run is bounded by that.
+    @inline(__always)
+    static func hash(_ a: IPAddress) -> UInt64 {
+        (a.lo & 0xFFFF) ^ NodeMap.mix64(a.hi &* 0x9E37_79B9_7F4A_7C15 ^ a.lo >> 16)
+    }
 
     /// The slot holding `a`.
     @inline(__always)
@@ -269,5 +307,41 @@ struct OwnerTable: Sendable {
                 table[i] = SlotIndex.empty
             }
         }
+    }
+}
+
+/// The time heard of a map entry in 32 bits: whole milliseconds after `base` (a multiple of a
+/// millisecond), rounded up, so that a datagram heard after an instant never reads as heard before
+/// it (the detector clears a suspicion when the node was heard after it began; the time heard
+/// reads at most 1 ms late, which delays an expiry by as much). A time before the base is the base.
+/// 2^32 ms is 49.7 days: when an
+/// instant lies more than 2^31 ms past the base, the base moves on by whole milliseconds so that it
+/// lies 2^30 ms (12.4 days) behind, and entries heard before the new base read as heard at it (the
+/// map expires a silent node within minutes, so nothing reads such an age). A daemon on a
+/// CLOCK_MONOTONIC that has run for months rebases once every 37 days, in O(n).
+struct HeardClock: Sendable {
+    private(set) var base: UInt64 = 0
+    static let unit: UInt64 = 1_000_000
+    static let limit: UInt64 = 1 << 31
+    static let lag: UInt64 = 1 << 30
+
+    @inline(__always) func nanos(_ k: UInt32) -> UInt64 { base &+ UInt64(k) &* Self.unit }
+
+    /// `t` in ticks, or nil when it lies too far past the base.
+    @inline(__always) func ticks(_ t: UInt64) -> UInt32? {
+        guard t > base else { return 0 }
+        let k = (t - base + Self.unit - 1) / Self.unit
+        return k < Self.limit ? UInt32(k) : nil
+    }
+
+    /// `t` in ticks for a comparison: past the limit, above every stored value.
+    @inline(__always) func ticksIfNoRebase(_ t: UInt64) -> UInt32 { ticks(t) ?? UInt32.max }
+
+    /// Moves the base so that `t` lies `lag` ticks past it; returns how many ticks it moved.
+    mutating func rebase(to t: UInt64) -> UInt64 {
+        let newBase = (t / Self.unit - Self.lag) * Self.unit
+        let shift = (newBase - base) / Self.unit
+        base = newBase
+        return shift
     }
 }

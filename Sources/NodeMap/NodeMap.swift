@@ -297,7 +297,7 @@ public struct NodeMap: Sendable {
             && m.explicitID == claim.explicitID
         {
             // The same claim again (a repeated announce): only the time heard changes.
-            if storage.heard(s) < now.nanos { storage.setHeard(s, now.nanos) }
+            if storage.heardBefore(s, now.nanos) { storage.setHeard(s, now.nanos) }
             return []
         }
         var n = storage.node(s)
@@ -357,7 +357,7 @@ public struct NodeMap: Sendable {
     /// Records that a node was heard from (a heartbeat) without changing anything else.
     public mutating func touch(_ address: IPAddress, now: Instant) {
         guard let slot = slot(address) else { return }
-        if storage.heard(Int(slot)) < now.nanos { storage.setHeard(Int(slot), now.nanos) }
+        if storage.heardBefore(Int(slot), now.nanos) { storage.setHeard(Int(slot), now.nanos) }
     }
 
     /// Moves a node to `state`. Allowed: alive → suspect → alive (refuted), alive/suspect → dead or left.

@@ -275,12 +275,13 @@ struct MapFileTests {
 
     @Test func snapshotFromMap() {
         var m = NodeMap(timeBaseUnixNanos: 1000)
-        m.observe(NodeClaim(address: ip("10.0.0.2")), now: 50)
-        m.observe(NodeClaim(address: ip("10.0.0.1")), now: 60)
+        // Whole milliseconds: the map keeps the time heard in them.
+        m.observe(NodeClaim(address: ip("10.0.0.2")), now: 50_000_000)
+        m.observe(NodeClaim(address: ip("10.0.0.1")), now: 60_000_000)
         let s = MapSnapshot(map: m, writtenAt: 70, selfAddress: ip("10.0.0.1"))
         #expect(s.nodes.map(\.id) == [nid(1), nid(2)])
         #expect(s.generation == m.generation)
-        #expect(s.lastHeardUnixNanos(s.nodes[0]) == 1060)
+        #expect(s.lastHeardUnixNanos(s.nodes[0]) == 60_001_000)
         #expect(MapSnapshot(map: m, writtenAt: 0, selfAddress: nil).selfAddress == .zero)
     }
 }

@@ -68,7 +68,8 @@ struct NodeMapDifferentialTests {
             // IPv6 addresses join after the first thousand steps: the keys widen mid-run.
             let pool = step > 1000 ? all + v6 : all
             let a = pool.randomElement(using: &rng)!
-            let now = Instant(nanos: UInt64(step) * 1000)
+            // Whole milliseconds: the map keeps the time heard in them (HeardClockTests).
+            let now = Instant(nanos: UInt64(step) * 1_000_000)
             switch Int.random(in: 0..<16, using: &rng) {
             case 0...6:
                 let c = claim(a, pool, &rng)
@@ -103,7 +104,8 @@ struct NodeMapDifferentialTests {
         let addrs = (1...5000).map { IPAddress(v4: 0x0A00_0000 + UInt32($0)) }
         for (k, a) in addrs.enumerated() {
             let c = NodeClaim(address: a, incarnation: 1)
-            #expect(m.observe(c, now: Instant(nanos: UInt64(k))) == r.observe(c, now: Instant(nanos: UInt64(k))))
+            let now = Instant(nanos: UInt64(k) * 1_000_000)
+            #expect(m.observe(c, now: now) == r.observe(c, now: now))
         }
         var rng = SeededRNG(seed: 77)
         for a in addrs.shuffled(using: &rng).prefix(3000) { #expect(m.remove(a) == r.remove(a)) }

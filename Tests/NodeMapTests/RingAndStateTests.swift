@@ -133,60 +133,60 @@ struct StateTests {
 
     @Test func deadComesBackOnlyWithAHigherIncarnation() {
         var m = NodeMap()
-        m.observe(NodeClaim(address: a, incarnation: 3), now: 1)
+        m.observe(NodeClaim(address: a, incarnation: 3), now: ms(1))
         m.setState(a, to: .dead)
-        #expect(m.observe(NodeClaim(address: a, incarnation: 3), now: 2).isEmpty)
-        #expect(m.observe(NodeClaim(address: a, incarnation: 2), now: 2).isEmpty)
+        #expect(m.observe(NodeClaim(address: a, incarnation: 3), now: ms(2)).isEmpty)
+        #expect(m.observe(NodeClaim(address: a, incarnation: 2), now: ms(2)).isEmpty)
         #expect(m[a]?.state == .dead)
-        #expect(m[a]?.lastHeard == 1)
-        let changes = m.observe(NodeClaim(address: a, incarnation: 4), now: 5)
+        #expect(m[a]?.lastHeard == ms(1))
+        let changes = m.observe(NodeClaim(address: a, incarnation: 4), now: ms(5))
         #expect(changes.contains(.stateChanged(address: a, id: nid(1), from: .dead, to: .alive, incarnation: 4)))
         #expect(m[a]?.state == .alive)
-        #expect(m[a]?.lastHeard == 5)
+        #expect(m[a]?.lastHeard == ms(5))
         #expect(m.isMember(nid(1)))
     }
 
     @Test func leftComesBackOnlyWithAHigherIncarnation() {
         var m = NodeMap()
-        m.observe(NodeClaim(address: a), now: 1)
+        m.observe(NodeClaim(address: a), now: ms(1))
         m.setState(a, to: .left)
-        #expect(m.observe(NodeClaim(address: a), now: 2).isEmpty)
+        #expect(m.observe(NodeClaim(address: a), now: ms(2)).isEmpty)
         #expect(m[a]?.state == .left)
-        m.observe(NodeClaim(address: a, incarnation: 1), now: 3)
+        m.observe(NodeClaim(address: a, incarnation: 1), now: ms(3))
         #expect(m[a]?.state == .alive)
     }
 
     @Test func staleClaimsAndDecisionsAreIgnored() {
         var m = NodeMap()
-        m.observe(NodeClaim(address: a, aliases: [Alias(ip("10.1.0.1"), source: .interface)], incarnation: 5), now: 1)
+        m.observe(NodeClaim(address: a, aliases: [Alias(ip("10.1.0.1"), source: .interface)], incarnation: 5), now: ms(1))
         let g = m.generation
-        #expect(m.observe(NodeClaim(address: a, incarnation: 4), now: 9).isEmpty)
+        #expect(m.observe(NodeClaim(address: a, incarnation: 4), now: ms(9)).isEmpty)
         #expect(m[a]?.aliases.count == 1)
-        #expect(m[a]?.lastHeard == 1)
+        #expect(m[a]?.lastHeard == ms(1))
         // A suspicion about incarnation 4 is about an older life: ignored.
         #expect(m.setState(a, to: .suspect, incarnation: 4).isEmpty)
         #expect(m.generation == g)
         #expect(m.setState(a, to: .suspect, incarnation: 5).count == 1)
         // Refutation: a higher incarnation brings the suspect back alive.
-        let c = m.observe(NodeClaim(address: a, incarnation: 6), now: 2)
+        let c = m.observe(NodeClaim(address: a, incarnation: 6), now: ms(2))
         #expect(c.contains(.stateChanged(address: a, id: nid(1), from: .suspect, to: .alive, incarnation: 6)))
     }
 
     @Test func updatesAreReportedAndGenerationBumps() {
         var m = NodeMap()
-        m.observe(NodeClaim(address: a), now: 1)
+        m.observe(NodeClaim(address: a), now: ms(1))
         let g = m.generation
-        #expect(m.observe(NodeClaim(address: a), now: 2).isEmpty)
+        #expect(m.observe(NodeClaim(address: a), now: ms(2)).isEmpty)
         #expect(m.generation == g)
-        #expect(m[a]?.lastHeard == 2)
-        let c = m.observe(NodeClaim(address: a, heartbeatPort: 7000), now: 3)
+        #expect(m[a]?.lastHeard == ms(2))
+        let c = m.observe(NodeClaim(address: a, heartbeatPort: 7000), now: ms(3))
         #expect(c.count == 1)
         #expect(m[a]?.heartbeatPort == 7000)
         #expect(m.generation == g + 1)
-        m.touch(a, now: 10)
-        #expect(m[a]?.lastHeard == 10)
-        m.touch(a, now: 4)
-        #expect(m[a]?.lastHeard == 10)
+        m.touch(a, now: ms(10))
+        #expect(m[a]?.lastHeard == ms(10))
+        m.touch(a, now: ms(4))
+        #expect(m[a]?.lastHeard == ms(10))
     }
 
     @Test func aliasesAreFound() {
@@ -198,3 +198,6 @@ struct StateTests {
         #expect(m.observe(NodeClaim(address: .zero), now: 1).isEmpty)
     }
 }
+
+/// The map keeps the time heard in whole milliseconds (HeardClockTests): times given in them read back exactly.
+private func ms(_ v: UInt64) -> Instant { Instant(nanos: v * 1_000_000) }

@@ -140,6 +140,12 @@ struct NodeColumns: Sendable {
     @inline(__always)
     private mutating func ticks(_ t: UInt64) -> UInt32 {
         if let k = clock.ticks(t) { return k }
+        return rebase(to: t)
+    }
+
+    /// Once every 2^30 ms of a clock that runs on: out of the inlined path.
+    @inline(never)
+    private mutating func rebase(to t: UInt64) -> UInt32 {
         let shift = clock.rebase(to: t)
         for s in records.indices {
             let h = UInt64(records[s].heard)
@@ -197,7 +203,7 @@ struct SlotIndex: Sendable {
     /// octets their IDs derive from, unique by design): the low 16 bits XORed with a mix of the rest
     /// give every node of one /16 its own home in a table of 65,536 or more, and sequentially
     /// numbered nodes their own in any table that holds them (the simulator's 10.0.B.C: one probe
-    /// per look-up, where a full mix averaged 1.8 at a load of 0.61). Nodes of other prefixes are
+    /// per look-up, where linear probing over a full mix expects 1.8 at a load of 0.61). Nodes of other prefixes are
     /// spread by the mix. Like the mix before it, the hash is fixed, not keyed: the map holds at
     /// most 65,535 nodes, so a probe run is bounded by that.
     @inline(__always)

@@ -210,9 +210,8 @@ public struct ClusterNode: Sendable {
 
     /// The earliest time `tick` must be called.
     public var nextDeadline: Instant {
-        min(
-            discovery.nextDeadline, detector?.nextDeadline ?? .distantFuture, exitResends.first?.due ?? .distantFuture,
-            exitForwards.first?.due ?? .distantFuture)
+        var copy = self
+        return copy.nextDeadlineInPlace()
     }
 
     /// `nextDeadline`, for a node held in a class property (the simulator's slots): a mutating call

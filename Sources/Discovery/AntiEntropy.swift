@@ -155,11 +155,7 @@ extension DiscoveryCore {
         if pulledFrom != nil {
             guard members > 2 * pulledMembers else { return }
             // Give up the session with the smaller source: its later datagrams are still merged.
-            if let s = session {
-                if recentSessions.count >= 4 { recentSessions.removeFirst() }
-                recentSessions.append(s)
-                session = nil
-            }
+            retireSession()
         }
         if !pullActive { pullEndsBy = now + settings.pullLimit }
         pullMisses = 0
@@ -215,10 +211,7 @@ extension DiscoveryCore {
 
     mutating func startSession(with peer: IPAddress, pull: Bool, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
         if let s = session, now < s.started + timeout(of: s) { return }
-        if let s = session {
-            if recentSessions.count >= 4 { recentSessions.removeFirst() }
-            recentSessions.append(s)
-        }
+        retireSession()
         sessionCounter &+= 1
         let salt = UInt32.random(in: 0...UInt32.max, using: &rng)
         session = SyncSession(peer: peer, id: sessionCounter, started: now, pull: pull)
@@ -227,6 +220,15 @@ extension DiscoveryCore {
             .unicast(
                 .syncRequest(SyncRequest(session: sessionCounter, salt: salt, flags: pull ? .pull : [], sums: map.saltedBucketSums(salt: salt))),
                 to: peer))
+    }
+
+    /// Ends the current session, if any; its late datagrams are still taken for a while (the last
+    /// four sessions are remembered).
+    mutating func retireSession() {
+        guard let s = session else { return }
+        if recentSessions.count >= 4 { recentSessions.removeFirst() }
+        recentSessions.append(s)
+        session = nil
     }
 
     mutating func takeToken(now: Instant) -> Bool {
@@ -338,9 +340,7 @@ extension DiscoveryCore {
             merge(e.entries, from: peer, now: now, map: &map, out: &out)
             pushBack(e, to: peer, now: now, map: map, out: &out)
             if current, let s = session, e.flags.contains(.last) {
-                if recentSessions.count >= 4 { recentSessions.removeFirst() }
-                recentSessions.append(s)
-                session = nil
+                retireSession()
                 if e.flags.contains(.more) {
                     startSession(with: peer, pull: s.pull, now: now, map: map, out: &out)
                 } else if s.pull {

@@ -11,8 +11,9 @@ struct ProtocolDocTests {
         var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
         parts.removeLast(3)
         let path = parts.joined(separator: "/") + "/docs/PROTOCOL.md"
-        // Prose wraps anywhere: compare with line breaks as spaces.
-        return (try? String(contentsOfFile: path, encoding: .utf8))?.replacingOccurrences(of: "\n", with: " ")
+        // Prose wraps anywhere, and list items indent their next lines: compare with every run of
+        // white space as one space.
+        return (try? String(contentsOfFile: path, encoding: .utf8))?.split(whereSeparator: \.isWhitespace).joined(separator: " ")
     }
 
     @Test func antiEntropyProseMatchesTheDefaults() throws {
@@ -32,6 +33,11 @@ struct ProtocolDocTests {
             "hears \(d.influxMinJoins) within \(s(d.influxWindow)) s outside a join influx",
             "≤ \(Int(d.syncAnswerRate)) answers/offers per second; an answer ≤ \(d.syncReplyDatagrams) datagrams, a push ≤ \(d.syncPushDatagrams) per answer datagram",
             "≤ \(d.waveCopies) wave announces per \(s(d.waveGap)) s",
+            // A newcomer's pull (the join, and the bounds line).
+            "asked again after \(ms(d.pullRetry)) ms, not after the \(ms(d.syncTimeout)) ms of a heartbeat sync",
+            "after \(d.pullMisses) pages in a row asked again without a datagram of the answer",
+            "or after \(s(d.pullLimit)) s; then heartbeat syncs take over",
+            "a page asked at most every \(ms(d.pullRetry)) ms, ≤ \(d.pullMisses) times in a row unanswered, for ≤ \(s(d.pullLimit)) s",
         ]
         for e in expected { #expect(doc.contains(e), "docs/PROTOCOL.md does not say: \(e)") }
         // "announces three times": the doc words the copy count.

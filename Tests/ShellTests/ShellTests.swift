@@ -7,6 +7,7 @@ import NIOEmbedded
 import NodeMap
 import Testing
 import Wire
+import Foundation
 import Glibc
 
 @testable import discd
@@ -162,10 +163,23 @@ enum TestDriver {
 }
 
 enum FileManagerless {
-    static func temporaryDirectory() -> String {
-        var t = Array("/tmp/discd-shell-XXXXXX".utf8CString)
+    /// One directory for the test process, removed (with what the tests wrote in it) when the
+    /// process exits: the drivers these tests make keep their map paths until then.
+    static let root: String = {
+        let r = makeDirectory("/tmp/discd-shell-XXXXXX")
+        atexit { removeTree(FileManagerless.root) }
+        return r
+    }()
+
+    /// A fresh directory of its own under `root`.
+    static func temporaryDirectory() -> String { makeDirectory(root + "/d-XXXXXX") }
+
+    static func makeDirectory(_ template: String) -> String {
+        var t = Array(template.utf8CString)
         return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
     }
+
+    static func removeTree(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
 }
 
 /// Defect 6: the interface watcher ran on a Dispatch timer that was never cancelled and could

@@ -35,12 +35,14 @@ let package = Package(
             providers: [.apt(["libsystemd-dev"])]),
         // Linux system calls without a Swift-callable wrapper (pidfd_open, waitid without reaping).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
+        // A cache hint (__builtin_prefetch) for the simulator's walk over many nodes' maps.
+        .systemLibrary(name: "CPrefetch", path: "Sources/CPrefetch"),
         .systemLibrary(
             name: "CVerbs", path: "Sources/CVerbs", pkgConfig: "libibverbs",
             providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]),
 
         // Pure protocol cores: no sockets, no sleeps, no wall clock.
-        .target(name: "NodeMap", swiftSettings: optimizedCores),
+        .target(name: "NodeMap", dependencies: ["CPrefetch"], swiftSettings: optimizedCores),
         // Map-file I/O (the one atomic file writer): NodeMap stays pure, the daemon and showmap use this.
         .target(name: "MapStore", dependencies: ["NodeMap", "Events"]),
         // Typed events (levels, fields, the one JSON writer) and the one duration formatter.
@@ -68,7 +70,7 @@ let package = Package(
             name: "FuzzTargets", dependencies: ["Cluster", "Discovery", "Detector", "Auth", "ControlProtocol", "NodeMap", "Wire"]),
         .executableTarget(name: "discd-fuzz", dependencies: ["FuzzTargets"]),
         // Deterministic cluster simulator driving the very same cores in virtual time.
-        .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire", "Events"], swiftSettings: simulatorSettings),
+        .target(name: "Simulator", dependencies: ["Cluster", "NodeMap", "Wire", "Events", "CPrefetch"], swiftSettings: simulatorSettings),
 
         .executableTarget(
             name: "discd",

@@ -22,6 +22,9 @@ public struct ClusterConfig: Sendable {
     /// Cluster keys: every datagram is signed with the primary key and every received one must
     /// carry a tag of a key of the ring and a fresh replay counter. nil: no authentication.
     public var auth: AuthConfig?
+    /// Keep a list of the nodes the map marks dead, for `takeRecordedDeaths()` (the simulator's
+    /// oracle checks each against the live set). Off in the daemon, which never takes it.
+    public var recordDeaths = false
 
     public init(
         cluster: String, me: SelfInfo, incarnation: UInt64, discovery: DiscoverySettings = .default,
@@ -155,6 +158,8 @@ public struct ClusterNode: Sendable {
     private var replayCounter: UInt64 = 0
     private var replay = ReplayGuard()
     private var out: [Effect] = []
+    /// With `config.recordDeaths`: the nodes the map marked dead since the last `takeRecordedDeaths()`.
+    private var recordedDeaths: [(address: IPAddress, incarnation: UInt64)] = []
     /// Process exits already reported, by (node, pid, start time): each is reported once however
     /// many copies arrive (retransmissions, relays, both transports).
     private var exitsSeen = RecentSet<ProcessKey>(capacity: 8192)
@@ -227,6 +232,18 @@ public struct ClusterNode: Sendable {
     /// The map's member count, read in place (as `nextDeadlineInPlace`): the simulator reads it
     /// after every datagram, and `node.map.memberCount` through its slot copied the whole node.
     public mutating func memberCountInPlace() -> Int { map.memberCount }
+
+    /// The nodes the map marked dead (a member or a left node turned dead, or a node added as
+    /// dead) since the last call, with the incarnation marked; always empty unless `config.recordDeaths`. In place, as the readers above.
+    public mutating func takeRecordedDeaths() -> [(address: IPAddress, incarnation: UInt64)] {
+        if recordedDeaths.isEmpty { return [] }
+        let d = recordedDeaths
+        recordedDeaths = []
+        return d
+    }
+
+    /// `map.prefetch(address, step:)`, in place.
+    public mutating func prefetch(_ address: IPAddress, step: Int) { map.prefetch(address, step: step) }
 
     /// `map.brief(address)`, read in place.
     public mutating func briefInPlace(_ address: IPAddress) -> NodeBrief? { map.brief(address) }
@@ -641,7 +658,15 @@ public struct ClusterNode: Sendable {
     private mutating func mapChanged(_ changes: [NodeMapChange], now: Instant, fromDetector: Bool = false) {
         guard !changes.isEmpty else { return }
         counters.mapChanges += changes.count
-        for c in changes { emit(.member(c)) }
+        for c in changes {
+            emit(.member(c))
+            guard config.recordDeaths else { continue }
+            switch c {
+            case .stateChanged(let a, _, _, .dead, let inc): recordedDeaths.append((a, inc))
+            case .added(let n) where n.state == .dead: recordedDeaths.append((n.address, n.incarnation))
+            default: break
+            }
+        }
         let ringChanged = changes.contains { c in
             switch c {
             case .updated: return false

@@ -1,3 +1,5 @@
+import CPrefetch
+
 /// The storage of a `NodeMap`: one 24-byte record per node, so that an entry costs about 29 bytes
 /// with its index instead of a 72-byte `Node` (docs/design/scale.md §3). The simulator holds one
 /// map per node, N² entries in all; at 10,000 nodes that is 10^8 entries.
@@ -65,6 +67,17 @@ struct NodeColumns: Sendable {
     }
 
     var count: Int { records.count }
+
+    /// Cache hint: the records' first line (which a bounds check reads).
+    func prefetchRecords() {
+        records.withUnsafeBufferPointer { b in discd_prefetch(b.baseAddress!) }
+    }
+
+    /// Cache hint: slot `s`'s record. Not bounds-checked (that would read the line this is
+    /// meant not to wait for); a prefetch of any address is harmless.
+    func prefetchRecord(_ s: Int) {
+        records.withUnsafeBufferPointer { b in discd_prefetch(b.baseAddress! + s) }
+    }
     @inline(__always) func meta(_ s: Int) -> Meta { records[s].meta }
     @inline(__always) func incarnation(_ s: Int) -> UInt64 { records[s].incarnation }
     @inline(__always) func heard(_ s: Int) -> UInt64 { clock.nanos(records[s].heard) }
@@ -209,6 +222,22 @@ struct SlotIndex: Sendable {
     @inline(__always)
     static func hash(_ a: IPAddress) -> UInt64 {
         (a.lo & 0xFFFF) ^ NodeMap.mix64(a.hi &* 0x9E37_79B9_7F4A_7C15 ^ a.lo >> 16)
+    }
+
+    /// Cache hint: the line of `a`'s home entry (and the table's first line, which a bounds check reads).
+    func prefetchHome(_ a: IPAddress) {
+        guard count > 0 else { return }
+        table.withUnsafeBufferPointer { b in
+            discd_prefetch(b.baseAddress!)
+            discd_prefetch(b.baseAddress! + home(a))
+        }
+    }
+
+    /// The slot `a`'s home entry points to (the slot of `a` when there was no collision), for a hint.
+    func homeSlot(_ a: IPAddress) -> Int? {
+        guard count > 0 else { return nil }
+        let e = table[home(a)]
+        return e == Self.empty ? nil : Int(e)
     }
 
     /// The slot holding `a`.

@@ -99,6 +99,19 @@ public struct NodeMap: Sendable {
     @inline(__always)
     private func slot(_ a: IPAddress) -> Int32? { index.find(a, in: storage) }
 
+    /// Cache hints for a caller about to look `a` up in many maps in turn (the simulator hands each
+    /// multicast to thousands of nodes' maps, none of which the cache holds): step 0 asks for the
+    /// index entry of `a`, step 1 (once that has arrived) for the record it points to. The map does
+    /// not change; a hint that points wrong costs a wasted line, nothing else.
+    public func prefetch(_ a: IPAddress, step: Int) {
+        if step == 0 {
+            index.prefetchHome(a)
+            storage.prefetchRecords()
+        } else if let s = index.homeSlot(a) {
+            storage.prefetchRecord(s)
+        }
+    }
+
     // MARK: Reading
 
     public var count: Int { storage.count }

@@ -116,6 +116,7 @@ extension Simulator {
             detector: config.detector, seed: Self.mix(config.seed, UInt64(i) << 20 | UInt64(processes[i])),
             logLevel: config.logLevel)
         cfg.mapCapacityHint = count
+        cfg.recordDeaths = true
         let slot = Slot(ClusterNode(config: cfg, now: Instant(nanos: now)))
         slots[i] = slot
         status[i] = .running

@@ -47,7 +47,6 @@ extension Simulator {
         }
 
         // Departures this node learned of with this input.
-        var learnedDeaths = 0
         if !activeDepartures.isEmpty {
             var finished = false
             for d in activeDepartures where departures[d].knownAt[i] == Departure.pendingMark {
@@ -55,7 +54,6 @@ extension Simulator {
                 let known: Bool
                 if let n = slot.node.briefInPlace(a) {
                     known = !n.state.isMember || n.incarnation > departures[d].incarnation
-                    if n.state == .dead { learnedDeaths += 1 }
                 } else {
                     known = true
                 }
@@ -80,13 +78,13 @@ extension Simulator {
             if finished { closeFinishedArrivals() }
         }
 
-        // Deaths this node marked (declared, learned from a notice, expired): any not explained by a
-        // departure it just learned of is checked against the live set. A death turns a member into
-        // a non-member, and no single input both adds a member and marks one dead, so the counters
-        // need reading only when the member count fell.
-        let fell = members < lastMembers[i]
+        // Deaths this node marked (declared, learned from a notice, expired): each is checked
+        // against the live set. The node lists them itself (`recordDeaths`): finding them by a
+        // scan of the map after every death learned cost O(N) per death, N³ in all when a
+        // partition makes every node learn the deaths of the other side.
         lastMembers[i] = members
-        if fell { checkDeathMarks(i, slot, learnedDeaths: learnedDeaths) }
+        let deaths = slot.node.takeRecordedDeaths()
+        if !deaths.isEmpty { checkDeaths(i, slot, deaths) }
 
         if convergedCount == liveCount, liveCount > 0, allStarted, now >= nextVerify, epochs.last?.convergedAt == nil {
             verifications += 1
@@ -117,34 +115,25 @@ extension Simulator {
         }
     }
 
-    func checkDeathMarks(_ i: Int, _ slot: Slot, learnedDeaths: Int) {
+    func checkDeaths(_ i: Int, _ slot: Slot, _ deaths: [(address: IPAddress, incarnation: UInt64)]) {
         let marks = slot.node.deathMarksInPlace()
         let old = deathMarks[i]
-        guard marks != old else { return }
-        let fresh = marks.declared + marks.learned + marks.expired - old.declared - old.learned - old.expired
         deathMarks[i] = marks
-        if fresh > learnedDeaths {
-            let cause: FalseDeath.Cause =
-                marks.declared > old.declared ? .declared : marks.expired > old.expired ? .expired : .learned
-            findFalseDeaths(observer: i, map: slot.node.map, cause: cause)
-        }
-    }
-
-    func findFalseDeaths(observer i: Int, map: NodeMap, cause: FalseDeath.Cause) {
-        // A partition makes every death mark unexplained: this runs once per death learned, over
-        // the whole map, so it reads the scalar fields only.
-        map.forEachBrief { n in
-            guard n.state == .dead, let t32 = indexOf[n.address] else { return }
+        let cause: FalseDeath.Cause =
+            marks.declared > old.declared ? .declared : marks.expired > old.expired ? .expired : .learned
+        for d in deaths {
+            guard let t32 = indexOf[d.address] else { continue }
             let t = Int(t32)
-            guard status[t] == .running, n.incarnation >= startIncarnation[t] else { return }
-            let key = FalseKey(observer: Int32(i), target: t32, incarnation: n.incarnation)
-            guard falseKeys.insert(key).inserted else { return }
+            guard status[t] == .running, d.incarnation >= startIncarnation[t] else { continue }
+            // Marked dead at an incarnation of its current life while it runs. A map takes a node
+            // dead once per incarnation, unless it purged the tombstone and heard of the node alive
+            // at that incarnation again: then that is a second mark.
             falseDeathMarks += 1
-            let target = FalseKey(observer: -1, target: t32, incarnation: n.incarnation)
+            let target = FalseKey(target: t32, incarnation: d.incarnation)
             if falseTargets.insert(target).inserted {
                 falseDeaths.append(
                     FalseDeath(
-                        time: now, target: t, incarnation: n.incarnation, firstMarkedBy: i,
+                        time: now, target: t, incarnation: d.incarnation, firstMarkedBy: i,
                         acrossPartition: side[i] != side[t], cause: cause))
             }
         }

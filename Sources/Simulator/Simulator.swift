@@ -101,9 +101,9 @@ public final class Simulator {
     /// within the start spread, 1 s by default).
     public internal(set) var trafficFirst10s: TrafficCounters?
     public internal(set) var falseDeaths: [FalseDeath] = []
-    /// (observer, target, incarnation) marks counted as false deaths.
+    /// Times a map marked a running node dead at an incarnation of its current life.
     public internal(set) var falseDeathMarks = 0
-    var falseKeys: Set<FalseKey> = []
+    /// The lives in `falseDeaths`.
     var falseTargets: Set<FalseKey> = []
     public internal(set) var epochs: [ConvergenceEpoch] = []
     public internal(set) var pausesApplied = 0
@@ -120,15 +120,10 @@ public final class Simulator {
     /// pause): the settled cluster's load before anything happens to it.
     public internal(set) var steadyBeforeEvents: (from: UInt64, to: UInt64, traffic: TrafficCounters)?
 
+    /// A node's life (its incarnation) some map marked dead while it ran.
     struct FalseKey: Hashable {
-        var observer: Int32
         var target: Int32
         var incarnation: UInt64
-
-        func hash(into h: inout Hasher) {
-            h.combine(UInt64(UInt32(bitPattern: observer)) << 32 | UInt64(UInt32(bitPattern: target)))
-            h.combine(incarnation)
-        }
     }
 
     /// Incarnation base, like the daemon's wall-clock milliseconds: virtual ms since an epoch.

@@ -106,6 +106,21 @@ struct FalseDeathTests {
     }
 }
 
+extension FalseDeathTests {
+    /// The oracle's other half: a live node that does get marked dead is found and counted. A pause
+    /// of 3 s is far beyond δ = 500 ms: the paused node's observer declares it dead while it runs.
+    @Test func pausesBeyondTheTimeoutAreFoundAsFalseDeaths() throws {
+        let pauses = PauseModel(length: 3 * SimSetup.s, meanInterval: 4 * SimSetup.s)
+        let sim = try Simulator(config: SimSetup.config(nodes: 100, pauses: pauses))
+        sim.run(until: 12 * SimSetup.s)
+        #expect(sim.pausesApplied > 0)
+        #expect(!sim.falseDeaths.isEmpty)
+        #expect(sim.falseDeaths.allSatisfy { !$0.acrossPartition })
+        #expect(sim.falseDeaths.contains { $0.cause == .declared })
+        #expect(sim.falseDeathMarks >= sim.falseDeaths.count)
+    }
+}
+
 struct PartitionTests {
     @Test func partitionThenHealBothSidesReconverge() throws {
         // Dead entries ignore announces of the same incarnation until they are purged; a short purge
@@ -123,6 +138,9 @@ struct PartitionTests {
         #expect(split > sim.epochs.last!.since)
         #expect(sim.falseDeaths.allSatisfy { $0.acrossPartition })
         #expect(sim.falseDeaths.count == 200)
+        // Every map of each side marked every node of the other dead (at least once: a purged
+        // tombstone heard of again can be marked twice).
+        #expect(sim.falseDeathMarks >= 2 * 70 * 130)
         sim.run(until: sim.now + SimSetup.s)
         sim.heal()
         let healStart = sim.now

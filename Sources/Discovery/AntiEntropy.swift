@@ -86,13 +86,15 @@ extension DiscoveryCore {
 
     @discardableResult
     mutating func scheduleWave(now: Instant, map: NodeMap) -> Bool {
-        guard settings.waveCopies > 0, waveDue.isEmpty, lastWave.map({ now >= $0 + settings.waveGap }) ?? true else { return false }
+        guard settings.waveCopies > 0, waveNext == nil, lastWave.map({ now >= $0 + settings.waveGap }) ?? true else { return false }
         lastWave = now
         // Spread over about 50 us per member (10,000 nodes: 0.5 s, so that a receiver gets 20,000
         // announces a second, not all at once), at least 100 ms between copies.
         let spread = max(.milliseconds(100), min(settings.waveSpread, .nanoseconds(50_000 * UInt64(map.memberCount))))
         let first = now + TimeSpan(nanos: UInt64.random(in: 0..<spread.nanos, using: &rng))
-        waveDue = (0..<settings.waveCopies).map { first + spread * UInt64($0) }
+        waveNext = first
+        waveLeft = settings.waveCopies - 1
+        waveStep = spread
         // Every node that saw the influx drew its first copy in the same [0, spread): the last copy
         // of any of them is out by now + copies × spread.
         wavesEndAt = now + spread * UInt64(settings.waveCopies)
@@ -104,8 +106,13 @@ extension DiscoveryCore {
             influxPending = false
             scheduleWave(now: now, map: map)
         }
-        while let due = waveDue.first, due <= now {
-            waveDue.removeFirst()
+        while let due = waveNext, due <= now {
+            if waveLeft > 0 {
+                waveNext = due + waveStep
+                waveLeft -= 1
+            } else {
+                waveNext = nil
+            }
             if waveBump {
                 waveBump = false
                 if incarnation < .max { incarnation += 1 }
@@ -136,7 +143,7 @@ extension DiscoveryCore {
             stats.syncsSent += 1
             return
         }
-        guard !inInflux(now: now, map: map), waveDue.isEmpty, !pullActive,
+        guard !inInflux(now: now, map: map), waveNext == nil, !pullActive,
             let n = map.brief(newcomer), let mine = map.brief(me.address),
             map.successor(of: n.id) == mine.id || map.predecessor(of: n.id) == mine.id,
             takeToken(now: now)
@@ -202,7 +209,7 @@ extension DiscoveryCore {
         // And not while both maps are still moving (a wave of announces sweeping over them), nor
         // while joins pour in or their wave is under way: those fill most gaps by themselves.
         guard digest != mine, let previous, previous.digest != previous.mine,
-            previous.digest == digest || previous.mine == mine, !influxPending, waveDue.isEmpty, now >= wavesEndAt, !pullActive
+            previous.digest == digest || previous.mine == mine, !influxPending, waveNext == nil, now >= wavesEndAt, !pullActive
         else { return [] }
         var out: [DiscoveryOutput] = []
         startSession(with: origin, pull: false, now: now, map: map, out: &out)

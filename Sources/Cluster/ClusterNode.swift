@@ -234,7 +234,8 @@ public struct ClusterNode: Sendable {
     public mutating func memberCountInPlace() -> Int { map.memberCount }
 
     /// The nodes the map marked dead (a member or a left node turned dead, or a node added as
-    /// dead) since the last call, with the incarnation marked; always empty unless `config.recordDeaths`. In place, as the readers above.
+    /// dead) since the last call, with the incarnation marked; always empty unless
+    /// `config.recordDeaths`. In place, as the readers above.
     public mutating func takeRecordedDeaths() -> [(address: IPAddress, incarnation: UInt64)] {
         if recordedDeaths.isEmpty { return [] }
         let d = recordedDeaths

@@ -70,13 +70,17 @@ struct NodeColumns: Sendable {
 
     /// Cache hint: the records' first line (which a bounds check reads).
     func prefetchRecords() {
-        records.withUnsafeBufferPointer { b in discd_prefetch(b.baseAddress!) }
+        records.withUnsafeBufferPointer { b in
+            if let p = b.baseAddress { discd_prefetch(p) }
+        }
     }
 
     /// Cache hint: slot `s`'s record. Not bounds-checked (that would read the line this is
     /// meant not to wait for); a prefetch of any address is harmless.
     func prefetchRecord(_ s: Int) {
-        records.withUnsafeBufferPointer { b in discd_prefetch(b.baseAddress! + s) }
+        records.withUnsafeBufferPointer { b in
+            if let p = b.baseAddress { discd_prefetch(p + s) }
+        }
     }
     @inline(__always) func meta(_ s: Int) -> Meta { records[s].meta }
     @inline(__always) func incarnation(_ s: Int) -> UInt64 { records[s].incarnation }
@@ -228,8 +232,9 @@ struct SlotIndex: Sendable {
     func prefetchHome(_ a: IPAddress) {
         guard count > 0 else { return }
         table.withUnsafeBufferPointer { b in
-            discd_prefetch(b.baseAddress!)
-            discd_prefetch(b.baseAddress! + home(a))
+            guard let p = b.baseAddress else { return }
+            discd_prefetch(p)
+            discd_prefetch(p + home(a))
         }
     }
 

@@ -168,7 +168,7 @@ final class NodeDriver: @unchecked Sendable {
     /// Reschedules the timer; hands the map to the publisher when it changed (and only then).
     private func afterInput() {
         let now = Self.now()
-        let next = min(node.nextDeadline, now + .seconds(1))
+        let next = min(node.nextDeadlineInPlace(), now + .seconds(1))
         if next < timerDeadline {
             timer?.cancel()
             timerDeadline = next

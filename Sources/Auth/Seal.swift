@@ -89,6 +89,16 @@ public struct ReplayGuard: Sendable {
         return .fresh
     }
 
+    /// What `check` would answer, without recording anything: a datagram whose counter was already
+    /// seen (or fell out of the window) is refused before its tag is computed, so a flood of replays
+    /// costs no HMAC. Only `check`, after the tag verified, records a counter.
+    public func peek(origin: IPAddress, keyID: UInt32, counter: UInt64) -> Verdict {
+        guard let s = states[Key(origin: origin, keyID: keyID)], counter <= s.highest else { return .fresh }
+        let back = s.highest - counter
+        guard back < Self.window else { return .tooOld }
+        return s.seen & (1 << back) != 0 ? .replayed : .fresh
+    }
+
     private mutating func forgetOldest() {
         let drop = order.prefix(order.count / 2)
         for k in drop { states[k] = nil }

@@ -45,4 +45,11 @@ struct discd_ucred {
     uid_t uid;
     gid_t gid;
 };
+/* getsockopt(SOL_SOCKET, SO_MEMINFO) fills an array of SK_MEMINFO_VARS u32s; the last,
+ * SK_MEMINFO_DROPS, counts the datagrams the socket dropped (receive buffer full). */
+#include <sys/socket.h>
+#include <linux/sock_diag.h>
+_Static_assert(SK_MEMINFO_DROPS == 8 && SK_MEMINFO_VARS == 9, "SO_MEMINFO layout");
+static inline int discd_so_meminfo(void) { return SO_MEMINFO; }
+
 #endif

@@ -275,6 +275,12 @@ public struct ClusterNode: Sendable {
         return flush()
     }
 
+    /// This node's own receive sockets dropped `dropped` datagrams by `now` (the shell reads the
+    /// kernel's count): the detector gives a suspect's answers one more chance (`lossGrace`).
+    public mutating func localLoss(dropped: Int, now: Instant) {
+        if detectorOn { detector!.localLoss(dropped: dropped, now: now) }
+    }
+
     public mutating func stop(now: Instant) -> [Effect] {
         apply(discovery.stop(now: now, map: &map), now: now)
         return flush()
@@ -440,6 +446,11 @@ public struct ClusterNode: Sendable {
             }
             guard let key = a.keyring.key(id: h.keyID) else {
                 drop(.unknownKey, from: h.origin)
+                return flush()
+            }
+            // A counter already seen cannot be fresh whatever the tag: refused before the HMAC.
+            guard replay.peek(origin: h.origin, keyID: h.keyID, counter: h.replayCounter) == .fresh else {
+                drop(.replayed, from: h.origin)
                 return flush()
             }
             guard Seal.verify(bytes, key: key) else {

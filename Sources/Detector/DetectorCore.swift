@@ -38,6 +38,8 @@ public struct DetectorCore: Sendable {
         var nextProbe: Instant
         var helpers: [IPAddress]
         var rounds: Int
+        /// Whether `lossGrace` was granted (once per suspicion).
+        var graced = false
     }
 
     struct Observed: Sendable {
@@ -102,6 +104,8 @@ public struct DetectorCore: Sendable {
     /// Ring refreshes `mapChanged(_:changes:now:)` skipped (tests).
     var ringSkips = 0
     var lastTick: Instant
+    /// When the shell last reported drops at this node's own receive sockets (`localLoss`).
+    var lastLocalLoss: Instant?
     var nextHeartbeat: Instant
     var sequence: UInt32 = 0
     var nonceCounter: UInt32
@@ -246,6 +250,15 @@ public struct DetectorCore: Sendable {
         if let b = deathBatchDue, now >= b { flushDeaths(now: now, map: map, out: &out) }
         if !late { checkObserved(now: now, map: &map, out: &out) }
         return out
+    }
+
+    /// This node's own receive sockets dropped `dropped` datagrams (the kernel's count rose) by `now`:
+    /// heartbeats and probe answers missed since then may be our loss, not the sender's silence.
+    /// A suspect whose confirm window ends after such a loss gets `lossGrace` more (once).
+    public mutating func localLoss(dropped: Int, now: Instant) {
+        guard dropped > 0 else { return }
+        stats.localDrops += dropped
+        lastLocalLoss = now
     }
 
     /// A detector message from `origin` (its primary address and incarnation from the header).

@@ -55,6 +55,10 @@ public enum DetectorEvent: Event, Hashable {
     case probeAnswerForwarded(target: IPAddress, nonce: UInt32, to: IPAddress)
     /// `by` suspects this node at its own incarnation: answered with a heartbeat, not a refutation.
     case suspicionAnswered(by: IPAddress)
+    /// The confirm window of `address` ended unanswered, but this node's own receive sockets dropped
+    /// datagrams `lossAgo` ago (`drops` in all): its answers may have been among them, so it is
+    /// probed for `grace` more before it is declared dead.
+    case lossGrace(address: IPAddress, grace: TimeSpan, lossAgo: TimeSpan, drops: Int)
 
     public var name: String {
         switch self {
@@ -71,6 +75,7 @@ public enum DetectorEvent: Event, Hashable {
         case .lateHeartbeat: "detector.late_heartbeat"
         case .probeAnswerForwarded: "detector.probe_answer_forwarded"
         case .suspicionAnswered: "detector.suspicion_answered"
+        case .lossGrace: "detector.loss_grace"
         }
     }
 
@@ -80,7 +85,7 @@ public enum DetectorEvent: Event, Hashable {
         case .observing, .stoppedObserving, .suspicionCleared, .deathRefused, .learnedDead, .suspected,
             .suspicionAnswered:
             .info
-        case .declaredDead, .lateTick, .lateHeartbeat: .warning
+        case .declaredDead, .lateTick, .lateHeartbeat, .lossGrace: .warning
         }
     }
 
@@ -160,6 +165,11 @@ public enum DetectorEvent: Event, Hashable {
             f.add("to", to)
         case .suspicionAnswered(let by):
             f.add("by", by)
+        case .lossGrace(let a, let grace, let ago, let drops):
+            f.add("address", a)
+            f.add("grace", duration: grace.nanos)
+            f.add("loss_ago", duration: ago.nanos)
+            f.add("local_drops", drops)
         }
     }
 
@@ -217,6 +227,9 @@ public enum DetectorEvent: Event, Hashable {
             return "forwarded probe answer of \(t) (nonce \(nonce)) to \(to)"
         case .suspicionAnswered(let by):
             return "\(by) suspects this node: answered with a heartbeat"
+        case .lossGrace(let a, let grace, let ago, let drops):
+            return "not declaring \(a) dead yet: this node's own sockets dropped datagrams \(d(ago)) ago (\(drops) "
+                + "in all), its answers may have been among them; probing it \(d(grace)) more"
         }
     }
 }

@@ -96,8 +96,18 @@ extension DetectorCore {
             return
         }
         if now >= s.confirmBy {
-            declareDead(node, suspicion: s, now: now, map: &map, out: &out)
-            return
+            // Our own sockets dropped datagrams since the silence began (δ before the suspicion):
+            // the answers may have been among them. One more window, then the verdict.
+            if !s.graced, settings.lossGrace > .zero, let loss = lastLocalLoss, loss + settings.timeout >= s.since {
+                s.graced = true
+                s.confirmBy = now + settings.lossGrace
+                observedNode!.suspicion = s
+                stats.lossGraces += 1
+                emit(&out, .lossGrace(address: node.address, grace: settings.lossGrace, lossAgo: now - loss, drops: stats.localDrops))
+            } else {
+                declareDead(node, suspicion: s, now: now, map: &map, out: &out)
+                return
+            }
         }
         if now >= s.nextProbe {
             s.rounds += 1

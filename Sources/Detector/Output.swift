@@ -49,6 +49,10 @@ public struct DetectorStats: Hashable, Sendable {
     public var refutations = 0
     /// Suspicions of this node at its own incarnation, answered with a heartbeat to the accuser.
     public var suspicionsAnswered = 0
+    /// Datagrams this node's own receive sockets dropped (reported by the shell: the kernel's count).
+    public var localDrops = 0
+    /// Suspects given `lossGrace` because of them.
+    public var lossGraces = 0
     /// Sends dropped because the map had no heartbeat port for the destination.
     public var unroutable = 0
 

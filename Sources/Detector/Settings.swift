@@ -31,6 +31,12 @@ public struct DetectorSettings: Sendable, Equatable {
     /// every third of it while they observe). Default max(3δ, 6 s): the successor gets heartbeats
     /// anyway, watches only cover views that briefly differ, so they need not cost many packets.
     public var watchLifetime: TimeSpan
+    /// Extra probing time a suspect gets when this node's own receive sockets dropped datagrams
+    /// (the kernel's buffer overflowed: a flood, or this process too slow to read) since the
+    /// suspect was last heard: the silence may be ours, so the suspect's answers get one more
+    /// chance to get through. Granted once per suspicion (Lifeguard's local health, bounded).
+    /// Default: the confirm window. 0 turns it off.
+    public var lossGrace: TimeSpan
 
     /// How often an observer re-sends `.watch`.
     public var watchRefresh: TimeSpan { max(watchLifetime / 3, period) }
@@ -67,11 +73,11 @@ public struct DetectorSettings: Sendable, Equatable {
 
     /// Checked settings. The defaults are the `lan` preset's, the daemon's: η = 150 ms, δ = 450 ms,
     /// k = 3, confirm window = 600 ms, startup slack = 1 s, drift tolerance = η/2,
-    /// watch lifetime = max(3δ, 6 s).
+    /// watch lifetime = max(3δ, 6 s), loss grace = the confirm window.
     public init(
         period: TimeSpan = .milliseconds(150), timeout: TimeSpan = .milliseconds(450), confirmations: Int = 3,
         confirmWindow: TimeSpan = .milliseconds(600), startupSlack: TimeSpan = .seconds(1), driftTolerance: TimeSpan? = nil,
-        watchLifetime: TimeSpan? = nil, eventLevel: LogLevel = .info
+        watchLifetime: TimeSpan? = nil, lossGrace: TimeSpan? = nil, eventLevel: LogLevel = .info
     ) throws {
         self.period = period
         self.timeout = timeout
@@ -80,6 +86,7 @@ public struct DetectorSettings: Sendable, Equatable {
         self.startupSlack = startupSlack
         self.driftTolerance = driftTolerance ?? period / 2
         self.watchLifetime = watchLifetime ?? max(timeout * 3, Self.second * 6)
+        self.lossGrace = lossGrace ?? confirmWindow
         self.eventLevel = eventLevel
         try validate()
     }
@@ -101,7 +108,7 @@ public struct DetectorSettings: Sendable, Equatable {
         }
         for (name, value) in [
             ("timeout δ", timeout), ("confirm window", confirmWindow), ("startup slack", startupSlack),
-            ("drift tolerance", driftTolerance), ("watch lifetime", watchLifetime),
+            ("drift tolerance", driftTolerance), ("watch lifetime", watchLifetime), ("loss grace", lossGrace),
         ] where value > Self.maxDuration {
             throw Error.durationTooLong(name: name, value: value)
         }

@@ -65,7 +65,10 @@ final class NodeDriver: @unchecked Sendable {
 
     func start() async throws {
         for t in transports {
-            try await t.start { d in self.loop.execute { self.received(d) } }
+            // The UDP transport reads on this loop: no hop (a closure per datagram counts in a flood).
+            try await t.start { d in
+                if self.loop.inEventLoop { self.received(d) } else { self.loop.execute { self.received(d) } }
+            }
         }
         try await loop.submit {
             self.perform(self.node.start(now: Self.now()))
@@ -161,8 +164,22 @@ final class NodeDriver: @unchecked Sendable {
     private func fire() {
         guard !stopped else { return }
         timerDeadline = .distantFuture
-        perform(node.tick(now: Self.now()))
+        let now = Self.now()
+        noteSocketDrops(now: now)
+        perform(node.tick(now: now))
         afterInput()
+    }
+
+    /// The kernel's count of datagrams our receive sockets dropped, at the last look.
+    private var socketDrops: UInt64 = 0
+
+    /// Before each tick: did our own sockets drop datagrams (their buffers overflowed)? Then the
+    /// detector knows that a silence since may be ours.
+    private func noteSocketDrops(now: Instant) {
+        var total: UInt64 = 0
+        for t in transports { total &+= t.receiveDrops() }
+        if total > socketDrops { node.localLoss(dropped: Int(clamping: total - socketDrops), now: now) }
+        socketDrops = total
     }
 
     /// Reschedules the timer; hands the map to the publisher when it changed (and only then).
@@ -249,6 +266,8 @@ final class NodeDriver: @unchecked Sendable {
         f.add("deaths_learned", det?.deathsLearned ?? 0)
         f.add("late_ticks", det?.lateTicks ?? 0)
         f.add("late_heartbeats", det?.lateHeartbeats ?? 0)
+        f.add("socket_drops", socketDrops)
+        f.add("loss_graces", det?.lossGraces ?? 0)
         f.add("map_refused_full", node.map.refusedFull)
         var rdma = EventFields()
         if let rdmaStatus {

@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 import NIOCore
 import NIOPosix
@@ -29,10 +30,14 @@ protocol Transport: AnyObject, Sendable {
     var counters: TransportCounters { get }
     /// Unicasts go over the transport of lowest rank that reaches the node (RDMA 0, IP 1).
     var unicastRank: Int { get }
+    /// Datagrams its receive sockets dropped so far (the kernel's count: the buffer was full), read
+    /// on the driver's loop; 0 where the transport cannot tell.
+    func receiveDrops() -> UInt64
 }
 
 extension Transport {
     var unicastRank: Int { 1 }
+    func receiveDrops() -> UInt64 { 0 }
 }
 
 struct TransportCounters: Sendable {
@@ -96,12 +101,18 @@ final class UDPTransport: Transport, @unchecked Sendable {
         }
     }
 
+    static let readBatch = 16
+
     /// A receiving socket on `port` (any address of the family) with packet info, so each datagram
     /// says which interface it came in on.
     private func bind(port: Int, what: String, handler: InboundHandler) async throws -> Channel {
         do {
             return try await DatagramBootstrap(group: loop)
                 .channelOption(.receivePacketInfo, value: true)
+                // recvmmsg: up to 16 datagrams per system call, each in a 2 kB slice (a datagram is at
+                // most Wire.maxDatagram = 1,200 bytes; a longer one is cut and refused as too long).
+                .channelOption(.datagramVectorReadMessageCount, value: Self.readBatch)
+                .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.readBatch * 2048))
                 .channelInitializer { ch in
                     ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(handler) }
                 }
@@ -141,6 +152,20 @@ final class UDPTransport: Transport, @unchecked Sendable {
     func link(ofInterfaceIndex ix: Int?) -> Int {
         guard let ix, let pos = interfaces.firstIndex(where: { $0.index == ix }) else { return 0 }
         return pos
+    }
+
+    /// SO_MEMINFO's drop count (`sk_drops`: receive buffer full, or refused by the socket) of the
+    /// discovery and heartbeat sockets.
+    func receiveDrops() -> UInt64 {
+        var total: UInt64 = 0
+        for ch in [main, heartbeat].compactMap({ $0 }) {
+            guard let opts = ch as? SocketOptionProvider else { continue }
+            // On the channel's loop the future is already complete, and the callback runs at once.
+            let f: EventLoopFuture<SocketMemInfo> = opts.unsafeGetSocketOption(
+                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(discd_so_meminfo()))
+            f.whenSuccess { total &+= UInt64($0.drops) }
+        }
+        return total
     }
 
     fileprivate func received(heartbeat: Bool) {
@@ -201,6 +226,14 @@ final class UDPTransport: Transport, @unchecked Sendable {
         }
         return SocketAddress(sin6, host: "")
     }
+}
+
+/// `getsockopt(SO_MEMINFO)`'s answer: the kernel's `SK_MEMINFO_*` counters, of which the last
+/// (`SK_MEMINFO_DROPS`) is the number of datagrams the socket dropped.
+struct SocketMemInfo: Sendable {
+    var rmemAlloc: UInt32 = 0, rcvbuf: UInt32 = 0, wmemAlloc: UInt32 = 0, sndbuf: UInt32 = 0
+    var fwdAlloc: UInt32 = 0, wmemQueued: UInt32 = 0, optmem: UInt32 = 0, backlog: UInt32 = 0
+    var drops: UInt32 = 0
 }
 
 /// Hands received datagrams to the driver, on the transport's loop.

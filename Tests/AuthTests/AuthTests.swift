@@ -81,6 +81,22 @@ func signed(_ body: Body = .leave, key: ClusterKey = keyA, counter: UInt64 = 1, 
         #expect(g.check(origin: o, keyID: 1, counter: 105) == .tooOld)
     }
 
+    @Test func peekAnswersLikeCheckAndRecordsNothing() {
+        var g = ReplayGuard()
+        #expect(g.peek(origin: o, keyID: 1, counter: 100) == .fresh)
+        #expect(g.peek(origin: o, keyID: 1, counter: 100) == .fresh, "peek recorded the counter")
+        #expect(g.count == 0)
+        _ = g.check(origin: o, keyID: 1, counter: 100)
+        _ = g.check(origin: o, keyID: 1, counter: 105)
+        for c: UInt64 in [100, 101, 103, 105, 106, 105 - 64, 1 << 40] {
+            let peeked = g.peek(origin: o, keyID: 1, counter: c)
+            var copy = g
+            #expect(peeked == copy.check(origin: o, keyID: 1, counter: c), "counter \(c)")
+        }
+        #expect(g.peek(origin: o, keyID: 2, counter: 100) == .fresh)
+        #expect(g.check(origin: o, keyID: 1, counter: 103) == .fresh, "a peek made 103 look seen")
+    }
+
     @Test func boundedByCapacity() {
         var g = ReplayGuard(capacity: 100)
         for i in 0..<1000 { _ = g.check(origin: IPAddress("10.1.\(i / 256).\(i % 256)")!, keyID: 1, counter: 1) }

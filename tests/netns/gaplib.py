@@ -40,6 +40,8 @@ STATUS_SCHEMA = {
     "deaths_learned": int,
     "late_ticks": int,
     "late_heartbeats": int,
+    "socket_drops": int,    # datagrams the receive sockets dropped (the kernel's SO_MEMINFO count)
+    "loss_graces": int,     # suspects given one more confirm window because of them
     "map_refused_full": int,
     "drops": dict,          # {reason: int}, every reason of DROP_REASONS
     "rdma": "rdma",         # the RDMA transport's object, RDMA_SCHEMA (docs/RDMA.md, "Status")

@@ -68,15 +68,9 @@ struct NodeColumns: Sendable {
 
     var count: Int { records.count }
 
-    /// Cache hint: the records' first line (which a bounds check reads).
-    func prefetchRecords() {
-        records.withUnsafeBufferPointer { b in
-            if let p = b.baseAddress { discd_prefetch(p) }
-        }
-    }
-
-    /// Cache hint: slot `s`'s record. Not bounds-checked (that would read the line this is
-    /// meant not to wait for); a prefetch of any address is harmless.
+    /// Cache hint: slot `s`'s record (slot 0: the first line, which a bounds check reads). Not
+    /// bounds-checked (that would read the line this is meant not to wait for); a prefetch of any
+    /// address is harmless.
     func prefetchRecord(_ s: Int) {
         records.withUnsafeBufferPointer { b in
             if let p = b.baseAddress { discd_prefetch(p + s) }

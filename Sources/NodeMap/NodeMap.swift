@@ -106,7 +106,7 @@ public struct NodeMap: Sendable {
     public func prefetch(_ a: IPAddress, step: Int) {
         if step == 0 {
             index.prefetchHome(a)
-            storage.prefetchRecords()
+            storage.prefetchRecord(0)
         } else if let s = index.homeSlot(a) {
             storage.prefetchRecord(s)
         }

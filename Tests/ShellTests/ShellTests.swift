@@ -104,7 +104,7 @@ final class RecordingTransport: Transport, @unchecked Sendable {
         var node = ClusterNode(
             config: ClusterConfig(cluster: "test", me: me, incarnation: 1, detector: nil, seed: 1), now: 0)
         _ = node.start(now: 0)
-        let dir = FileManagerless.temporaryDirectory()
+        let dir = TestDirectories.temporaryDirectory()
         let publisher = MapPublisher(mapPath: dir + "/m.map", statusPath: nil, sink: sink)
         let udp = RecordingTransport("udp")
         let rdma = RecordingTransport("rdma")
@@ -157,17 +157,17 @@ enum TestDriver {
         let node = ClusterNode(
             config: ClusterConfig(cluster: "test", me: SelfInfo(address: IPAddress("10.0.0.1")!), incarnation: 1, detector: nil, seed: 1),
             now: 0)
-        let publisher = MapPublisher(mapPath: FileManagerless.temporaryDirectory() + "/m.map", statusPath: nil, sink: sink)
+        let publisher = MapPublisher(mapPath: TestDirectories.temporaryDirectory() + "/m.map", statusPath: nil, sink: sink)
         return NodeDriver(loop: loop, node: node, transports: transports, publisher: publisher, sink: sink)
     }
 }
 
-enum FileManagerless {
+enum TestDirectories {
     /// One directory for the test process, removed (with what the tests wrote in it) when the
     /// process exits: the drivers these tests make keep their map paths until then.
     static let root: String = {
         let r = makeDirectory("/tmp/discd-shell-XXXXXX")
-        atexit { removeTree(FileManagerless.root) }
+        atexit { removeTree(TestDirectories.root) }
         return r
     }()
 

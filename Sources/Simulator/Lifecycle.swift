@@ -55,12 +55,15 @@ extension Simulator {
         trace(10, UInt64(sideB.count))
         for i in 0..<count { side[i] = 0 }
         for i in sideB { side[i] = 1 }
+        healedAt = nil
         partitioned = !sideB.isEmpty
         beginEpoch()
     }
 
     public func heal() {
         trace(11, 0)
+        lastSide = side
+        healedAt = now
         for i in 0..<count { side[i] = 0 }
         partitioned = false
         beginEpoch()

@@ -97,6 +97,15 @@ extension Simulator {
         }
     }
 
+    /// Whether `i` and `t` were on different sides of a partition that healed less than
+    /// δ + confirm window + loss grace ago: a suspicion begun on the cut's silence still runs its
+    /// window out after the heal (node 362 of 1,000 declared 357 dead 67 ms after one), and that
+    /// death is the partition's, not a false one on its own side.
+    func cutBeforeHeal(_ i: Int, _ t: Int) -> Bool {
+        guard let h = healedAt, let d = config.detector, lastSide[i] != lastSide[t] else { return false }
+        return now < h + (d.timeout + d.confirmWindow + d.lossGrace).nanos
+    }
+
     func diagnoseInput(_ i: Int, _ effects: [Effect], _ d: (observer: Int, target: Int)) {
         if i == d.target {
             for e in effects {
@@ -134,7 +143,7 @@ extension Simulator {
                 falseDeaths.append(
                     FalseDeath(
                         time: now, target: t, incarnation: d.incarnation, firstMarkedBy: i,
-                        acrossPartition: side[i] != side[t], cause: cause))
+                        acrossPartition: side[i] != side[t] || cutBeforeHeal(i, t), cause: cause))
             }
         }
     }

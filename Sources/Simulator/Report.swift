@@ -87,6 +87,8 @@ public struct SimReport: Sendable {
     public var falseDeathMarks: Int
     /// False deaths (not across a partition) by how the first marker came to it.
     public var falseDeathCauses: [FalseDeath.Cause: Int]
+    /// The first few false deaths not across a partition (what to `--diagnose`).
+    public var firstFalseDeaths: [FalseDeath]
     public var detector: DetectorStats
     public var pauses: Int
     /// Measuring window of the traffic figures.
@@ -169,6 +171,7 @@ public struct SimReport: Sendable {
         var causes: [FalseDeath.Cause: Int] = [:]
         for f in sim.falseDeaths where !f.acrossPartition { causes[f.cause, default: 0] += 1 }
         falseDeathCauses = causes
+        firstFalseDeaths = Array(sim.falseDeaths.lazy.filter { !$0.acrossPartition }.prefix(5))
         detector = sim.detectorTotals()
         pauses = sim.pausesApplied
         window = (sim.windowStart.time, sim.now)
@@ -216,6 +219,11 @@ public struct SimReport: Sendable {
             "false deaths (live node marked dead): \(falseDeaths) nodes, \(falseDeathMarks) marks"
                 + (falseDeaths > 0 ? " (first marked by: " + causeText + ")" : "")
                 + (falseDeathsAcrossPartition > 0 ? "; across the partition (expected): \(falseDeathsAcrossPartition)" : ""))
+        for f in firstFalseDeaths {
+            l.append(
+                "  node \(f.target) (incarnation \(f.incarnation)) first marked dead by node \(f.firstMarkedBy) at "
+                    + "\(ms(f.time)) (\(f.cause.rawValue)); --diagnose \(f.firstMarkedBy):\(f.target)")
+        }
         l.append(
             "detector: \(detector.suspicions) suspicions, \(detector.refutedSuspicions) cleared, "
                 + "\(detector.suspicionsAnswered) answered by the suspect, \(detector.refutations) refutations, "

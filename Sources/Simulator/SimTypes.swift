@@ -83,7 +83,8 @@ public struct FalseDeath: Sendable, Equatable {
     public let target: Int
     public let incarnation: UInt64
     public let firstMarkedBy: Int
-    /// The two were on different sides of a partition (the death is expected there).
+    /// The two were on different sides of a partition (the death is expected there), or were until
+    /// a heal less than δ + confirm window + loss grace before the mark.
     public let acrossPartition: Bool
     /// How the first marker came to it.
     public let cause: Cause

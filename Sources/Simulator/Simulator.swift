@@ -65,6 +65,10 @@ public final class Simulator {
     var heldBytes: [(discovery: Int, heartbeat: Int)]
     var armed: [UInt64]
     var side: [UInt8]
+    /// The sides of the last partition, and when it healed: a death declared soon after the heal on
+    /// silence from before it is the partition's (`cutBeforeHeal`).
+    var lastSide: [UInt8]
+    var healedAt: UInt64?
     /// Incarnation each node's current process started with, and the last one it had.
     var startIncarnation: [UInt64]
     var lastIncarnation: [UInt64]
@@ -145,6 +149,7 @@ public final class Simulator {
         self.heldBytes = Array(repeating: (0, 0), count: n)
         self.armed = Array(repeating: .max, count: n)
         self.side = Array(repeating: 0, count: n)
+        self.lastSide = Array(repeating: 0, count: n)
         self.startIncarnation = Array(repeating: 0, count: n)
         self.lastIncarnation = Array(repeating: 0, count: n)
         self.processes = Array(repeating: 0, count: n)

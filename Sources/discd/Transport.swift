@@ -155,18 +155,24 @@ final class UDPTransport: Transport, @unchecked Sendable {
     }
 
     /// SO_MEMINFO's drop count (`sk_drops`: receive buffer full, or refused by the socket) of the
-    /// discovery and heartbeat sockets.
+    /// discovery and heartbeat sockets, summed since they opened (the kernel's count is 32 bits and
+    /// wraps: each look adds the wrapping difference from the last).
     func receiveDrops() -> UInt64 {
-        var total: UInt64 = 0
-        for ch in [main, heartbeat].compactMap({ $0 }) {
+        for (i, ch) in [main, heartbeat].enumerated() {
             guard let opts = ch as? SocketOptionProvider else { continue }
             // On the channel's loop the future is already complete, and the callback runs at once.
             let f: EventLoopFuture<SocketMemInfo> = opts.unsafeGetSocketOption(
                 level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(discd_so_meminfo()))
-            f.whenSuccess { total &+= UInt64($0.drops) }
+            f.whenSuccess { m in
+                self.dropsTotal &+= UInt64(m.drops &- self.dropsSeen[i])
+                self.dropsSeen[i] = m.drops
+            }
         }
-        return total
+        return dropsTotal
     }
+    /// The kernel's last drop count of each receiving socket, and the sum of their rises.
+    private var dropsSeen: [UInt32] = [0, 0]
+    private var dropsTotal: UInt64 = 0
 
     fileprivate func received(heartbeat: Bool) {
         counters.datagramsRx += 1

@@ -144,10 +144,18 @@ struct PartitionTests {
         sim.run(until: sim.now + SimSetup.s)
         sim.heal()
         let healStart = sim.now
+        // Just after the heal, a death of a node of the other side is still the partition's (a
+        // suspicion begun on the cut's silence runs its window out); a pair of one side is not,
+        // and after δ + window + grace neither is.
+        let d = config.detector!
+        #expect(sim.cutBeforeHeal(sideA[0], sideB[0]) && sim.cutBeforeHeal(sideB[0], sideA[0]))
+        #expect(!sim.cutBeforeHeal(sideA[0], sideA[1]) && !sim.cutBeforeHeal(sideB[0], sideB[1]))
         let healed = try #require(sim.runUntilConverged(limit: sim.now + 20 * SimSetup.s))
         #expect(healed > healStart)
         #expect(sim.membersEqualLiveSet())
         #expect(sim.idAssignmentsAgree())
+        sim.run(until: Swift.max(sim.now, healStart + (d.timeout + d.confirmWindow + d.lossGrace).nanos))
+        #expect(!sim.cutBeforeHeal(sideA[0], sideB[0]))
     }
 }
 

@@ -82,6 +82,7 @@ extension Simulator {
         pausedUntil[i] = 0
         held[i] = []
         heldBytes[i] = (0, 0)
+        overflowed[i] = 0
         armed[i] = .max
         liveCount -= 1
         // It no longer counts as a survivor of earlier departures.

@@ -30,6 +30,10 @@ extension Simulator {
             if now >= slot.node.nextDeadlineInPlace().nanos {
                 trace(1, UInt64(i))
                 if diagnose?.observer == i { lastInput = "tick" }
+                if overflowed[i] > 0 {
+                    slot.node.localLoss(dropped: overflowed[i], now: Instant(nanos: now))
+                    overflowed[i] = 0
+                }
                 let effects = slot.node.tick(now: Instant(nanos: now))
                 afterInput(i, effects)
             } else {
@@ -152,12 +156,14 @@ extension Simulator {
             if heartbeat {
                 guard heldBytes[j].heartbeat + cost <= config.socketBuffer else {
                     traffic.bufferOverflows += 1
+                    overflowed[j] += 1
                     return
                 }
                 heldBytes[j].heartbeat += cost
             } else {
                 guard heldBytes[j].discovery + cost <= config.socketBuffer else {
                     traffic.bufferOverflows += 1
+                    overflowed[j] += 1
                     return
                 }
                 heldBytes[j].discovery += cost

@@ -63,6 +63,9 @@ public final class Simulator {
     var pausedUntil: [UInt64]
     var held: [[Queued]]
     var heldBytes: [(discovery: Int, heartbeat: Int)]
+    /// Datagrams each node's full socket buffers dropped since its last tick: the daemon reads the
+    /// kernel's count before every tick and tells its node (`ClusterNode.localLoss`); so does this.
+    var overflowed: [Int]
     var armed: [UInt64]
     var side: [UInt8]
     /// The sides of the last partition, and when it healed: a death declared soon after the heal on
@@ -147,6 +150,7 @@ public final class Simulator {
         self.pausedUntil = Array(repeating: 0, count: n)
         self.held = Array(repeating: [], count: n)
         self.heldBytes = Array(repeating: (0, 0), count: n)
+        self.overflowed = Array(repeating: 0, count: n)
         self.armed = Array(repeating: .max, count: n)
         self.side = Array(repeating: 0, count: n)
         self.lastSide = Array(repeating: 0, count: n)
@@ -261,6 +265,8 @@ public final class Simulator {
             t.deathsLearned += s.deathsLearned
             t.lateTicks += s.lateTicks
             t.lateHeartbeats += s.lateHeartbeats
+            t.localDrops += s.localDrops
+            t.lossGraces += s.lossGraces
             t.heartbeatsSent += s.heartbeatsSent
             t.probesSent += s.probesSent
             t.probeRequestsSent += s.probeRequestsSent

@@ -119,6 +119,22 @@ extension FalseDeathTests {
         #expect(sim.falseDeaths.contains { $0.cause == .declared })
         #expect(sim.falseDeathMarks >= sim.falseDeaths.count)
     }
+
+    /// A paused node's full socket buffer drops datagrams; at its next tick the simulator tells the
+    /// node, as the daemon does with the kernel's count (`ClusterNode.localLoss`).
+    @Test func socketBufferOverflowsReachTheNodesAsLocalLoss() throws {
+        let pauses = PauseModel(length: 300 * SimSetup.ms, meanInterval: 2 * SimSetup.s)
+        var config = SimSetup.config(nodes: 100, pauses: pauses)
+        config.socketBuffer = 2 * (768 + 100)
+        let sim = try Simulator(config: config)
+        sim.run(until: 10 * SimSetup.s)
+        let overflows = sim.traffic.bufferOverflows
+        let told = sim.detectorTotals().localDrops
+        #expect(overflows > 0)
+        // Every overflow is told at the node's next tick (the last pauses' perhaps not yet).
+        #expect(told > 0 && told <= overflows, "\(told) of \(overflows)")
+        #expect(told + sim.overflowed.reduce(0, +) == overflows)
+    }
 }
 
 struct PartitionTests {

@@ -31,6 +31,8 @@ extension DetectorCore {
         out.append(.multicast(.dead(target: node.address, targetIncarnation: s.incarnation, targetID: node.id.rawValue)))
         refreshRing(map, now: now, out: &out)
         spread(DeathNotice(target: node.address, targetIncarnation: s.incarnation, targetID: node.id.rawValue), except: nil, now: now, map: map, out: &out)
+        // The ring moved to the predecessor of the dead node: it may have failed with it.
+        startRun(now: now, map: map, out: &out)
     }
 
     mutating func receiveDead(

@@ -106,6 +106,15 @@ public struct DetectorCore: Sendable {
     var lastTick: Instant
     /// When the shell last reported drops at this node's own receive sockets (`localLoss`).
     var lastLocalLoss: Instant?
+    /// The silent run being probed (`Run.swift`): its members in ring order (nearest first), when
+    /// probing began, when the verdict is due (nil: no run), the next round, the helpers.
+    var run: [RunMember] = []
+    var runSince: Instant = .zero
+    var runDue: Instant?
+    var runNextProbe: Instant = .zero
+    var runGraced = false
+    var runRounds = 0
+    var runHelpers: [IPAddress] = []
     var nextHeartbeat: Instant
     var sequence: UInt32 = 0
     var nonceCounter: UInt32
@@ -145,6 +154,7 @@ public struct DetectorCore: Sendable {
         var d = nextHeartbeat
         if !orphans.isEmpty { d = min(d, lastTick) }
         if let b = deathBatchDue { d = min(d, b) }
+        if let r = runDue { d = min(d, min(r, runNextProbe)) }
         if let o = observedNode {
             d = min(d, o.nextWatch)
             if let s = o.suspicion {
@@ -235,6 +245,7 @@ public struct DetectorCore: Sendable {
                         s.confirmBy = max(s.confirmBy + pause, floor)
                         o.suspicion = s
                     }
+                    if let r = runDue { runDue = max(r + pause, floor) }
                     observedNode = o
                     emit(&out, .lateTick(
                         pause: pause, gap: gap, period: settings.period, observing: o.address,
@@ -248,7 +259,10 @@ public struct DetectorCore: Sendable {
 
         if now >= nextHeartbeat { sendHeartbeats(now: now, map: map, out: &out) }
         if let b = deathBatchDue, now >= b { flushDeaths(now: now, map: map, out: &out) }
-        if !late { checkObserved(now: now, map: &map, out: &out) }
+        if !late {
+            checkObserved(now: now, map: &map, out: &out)
+            checkRun(now: now, map: &map, out: &out)
+        }
         return out
     }
 
@@ -274,6 +288,7 @@ public struct DetectorCore: Sendable {
         if !stale, origin == observedNode?.address {
             signOfLife(now: now, map: &map, out: &out, reason: .message(body.type))
         }
+        if !stale, runDue != nil { runHeard(origin) }
 
         switch body {
         case .heartbeat:

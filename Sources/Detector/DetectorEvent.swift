@@ -59,6 +59,10 @@ public enum DetectorEvent: Event, Hashable {
     /// datagrams `lossAgo` ago (`drops` in all): its answers may have been among them, so it is
     /// probed for `grace` more before it is declared dead.
     case lossGrace(address: IPAddress, grace: TimeSpan, lossAgo: TimeSpan, drops: Int)
+    /// A death was declared: the ring moved to `first`, and it and the `members - 1` members before
+    /// it are probed together (directly and through `helpers`) for a confirm window: a run of
+    /// adjacent failures is declared at once, not one node at a time.
+    case runProbing(first: IPAddress, members: Int, helpers: Int)
 
     public var name: String {
         switch self {
@@ -76,6 +80,7 @@ public enum DetectorEvent: Event, Hashable {
         case .probeAnswerForwarded: "detector.probe_answer_forwarded"
         case .suspicionAnswered: "detector.suspicion_answered"
         case .lossGrace: "detector.loss_grace"
+        case .runProbing: "detector.run_probing"
         }
     }
 
@@ -83,7 +88,7 @@ public enum DetectorEvent: Event, Hashable {
         switch self {
         case .watchedBy, .staleDeathNotice, .probeAnswerForwarded: .debug
         case .observing, .stoppedObserving, .suspicionCleared, .deathRefused, .learnedDead, .suspected,
-            .suspicionAnswered:
+            .suspicionAnswered, .runProbing:
             .info
         case .declaredDead, .lateTick, .lateHeartbeat, .lossGrace: .warning
         }
@@ -170,6 +175,10 @@ public enum DetectorEvent: Event, Hashable {
             f.add("grace", duration: grace.nanos)
             f.add("loss_ago", duration: ago.nanos)
             f.add("local_drops", drops)
+        case .runProbing(let first, let members, let helpers):
+            f.add("first", first)
+            f.add("members", members)
+            f.add("helpers", helpers)
         }
     }
 
@@ -230,6 +239,9 @@ public enum DetectorEvent: Event, Hashable {
         case .lossGrace(let a, let grace, let ago, let drops):
             return "not declaring \(a) dead yet: this node's own sockets dropped datagrams \(d(ago)) ago (\(drops) "
                 + "in all), its answers may have been among them; probing it \(d(grace)) more"
+        case .runProbing(let first, let members, let helpers):
+            return "probing \(first) and the \(members - 1) member(s) before it together, directly and through "
+                + "\(helpers) helper(s): a run of adjacent failures is declared at once"
         }
     }
 }

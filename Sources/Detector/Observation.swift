@@ -73,6 +73,11 @@ extension DetectorCore {
             observedNode = o
         }
         guard let node = map[o.address] else { return }
+        // Being probed as the head of a run: the run's verdict decides.
+        if let due = runDue, run.first?.address == o.address, o.suspicion == nil {
+            if o.deadline < due { observedNode!.deadline = due }
+            return
+        }
 
         guard var s = o.suspicion else {
             guard now >= o.deadline else { return }

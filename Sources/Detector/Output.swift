@@ -53,6 +53,10 @@ public struct DetectorStats: Hashable, Sendable {
     public var localDrops = 0
     /// Suspects given `lossGrace` because of them.
     public var lossGraces = 0
+    /// Runs probed after a declared death (`Run.swift`), and the deaths their verdicts declared
+    /// (also counted in `deathsDeclared`).
+    public var runsProbed = 0
+    public var runDeaths = 0
     /// Sends dropped because the map had no heartbeat port for the destination.
     public var unroutable = 0
 

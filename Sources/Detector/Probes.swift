@@ -67,6 +67,7 @@ extension DetectorCore {
         target: IPAddress, targetIncarnation: UInt64, nonce: UInt32, from origin: IPAddress, body: Body, now: Instant,
         map: inout NodeMap, out: inout [DetectorOutput]
     ) {
+        if runDue != nil { runHeard(target, nonce: nonce) }
         if let o = observedNode, o.address == target, let s = o.suspicion, s.nonce == nonce,
             targetIncarnation >= s.incarnation
         {

@@ -33,6 +33,8 @@ extension DetectorCore {
             observedNode = nil
             successorAddress = nil
             successorID = nil
+            run.removeAll()
+            runDue = nil
             return
         }
         selfID = me.id

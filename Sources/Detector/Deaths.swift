@@ -19,20 +19,31 @@ extension DetectorCore {
             emit(&out, .deathRefused(address: node.address, state: map[node.address]?.state ?? node.state))
             return
         }
-        out.append(.changes(c))
-        stats.deathsDeclared += 1
-        remember(DeadKey(target: node.address, incarnation: s.incarnation))
-        emit(
-            &out,
-            .declaredDead(
+        publishDeath(
+            c, node: node.address, id: node.id, incarnation: s.incarnation,
+            event: .declaredDead(
                 address: node.address, id: node.id, incarnation: s.incarnation,
                 lastHeardAgo: observedNode!.lastHeard.map { now - $0 }, suspectedFor: now - s.since, rounds: s.rounds,
-                helpers: s.helpers.count))
-        out.append(.multicast(.dead(target: node.address, targetIncarnation: s.incarnation, targetID: node.id.rawValue)))
+                helpers: s.helpers.count),
+            now: now, map: map, out: &out)
         refreshRing(map, now: now, out: &out)
-        spread(DeathNotice(target: node.address, targetIncarnation: s.incarnation, targetID: node.id.rawValue), except: nil, now: now, map: map, out: &out)
         // The ring moved to the predecessor of the dead node: it may have failed with it.
         startRun(now: now, map: map, out: &out)
+    }
+
+    /// What every declared death does once the map took it (`c`): the changes out, the count, the
+    /// notice remembered, the event, the multicast and the binomial-graph spread. The ring is the
+    /// caller's to refresh (once for a whole run).
+    mutating func publishDeath(
+        _ c: [NodeMapChange], node address: IPAddress, id: NodeID, incarnation: UInt64, event: DetectorEvent, now: Instant,
+        map: NodeMap, out: inout [DetectorOutput]
+    ) {
+        out.append(.changes(c))
+        stats.deathsDeclared += 1
+        remember(DeadKey(target: address, incarnation: incarnation))
+        emit(&out, event)
+        out.append(.multicast(.dead(target: address, targetIncarnation: incarnation, targetID: id.rawValue)))
+        spread(DeathNotice(target: address, targetIncarnation: incarnation, targetID: id.rawValue), except: nil, now: now, map: map, out: &out)
     }
 
     mutating func receiveDead(

@@ -26,8 +26,12 @@ extension DetectorCore {
     mutating func startRun(now: Instant, map: NodeMap, out: inout [DetectorOutput]) {
         guard let o = observedNode, let me = selfID, runDue == nil else { return }
         run.removeAll(keepingCapacity: true)
+        // In a small ring the run would take the nodes after this one, its helpers: leave k of them
+        // (run + k helpers + this node ≤ members), so a run is never probed through fewer helpers
+        // than a suspect. The run's verdict then continues with the next run, as a full one does.
+        runLimit = max(1, min(Self.maxRun, map.memberCount - 1 - settings.confirmations))
         var cur: NodeID? = o.id
-        while let id = cur, run.count < Self.maxRun, id != me, id != successorID {
+        while let id = cur, run.count < runLimit, id != me, id != successorID {
             guard let b = map.brief(id: id), b.state.isMember else { break }
             nonceCounter &+= 1
             run.append(RunMember(address: b.address, id: id, incarnation: b.incarnation, nonce: nonceCounter))
@@ -93,23 +97,19 @@ extension DetectorCore {
             guard n.incarnation == m.incarnation, n.lastHeard < runSince else { break }
             let c = map.setState(n.address, to: .dead, incarnation: m.incarnation)
             guard !c.isEmpty else { break }
-            out.append(.changes(c))
-            stats.deathsDeclared += 1
             stats.runDeaths += 1
             declared += 1
-            remember(DeadKey(target: n.address, incarnation: m.incarnation))
-            emit(
-                &out,
-                .declaredDead(
+            publishDeath(
+                c, node: n.address, id: n.id, incarnation: m.incarnation,
+                event: .declaredDead(
                     address: n.address, id: n.id, incarnation: m.incarnation, lastHeardAgo: now - n.lastHeard,
-                    suspectedFor: now - runSince, rounds: runRounds, helpers: runHelpers.count))
-            out.append(.multicast(.dead(target: n.address, targetIncarnation: m.incarnation, targetID: n.id.rawValue)))
-            spread(DeathNotice(target: n.address, targetIncarnation: m.incarnation, targetID: n.id.rawValue), except: nil, now: now, map: map, out: &out)
+                    suspectedFor: now - runSince, rounds: runRounds, helpers: runHelpers.count),
+                now: now, map: map, out: &out)
         }
         guard declared > 0 else { return }
         refreshRing(map, now: now, out: &out)
         // A full run, all silent: the one behind it may be too.
-        if declared == members.count, members.count == Self.maxRun, let o = observedNode, o.suspicion == nil {
+        if declared == members.count, members.count == runLimit, let o = observedNode, o.suspicion == nil {
             startRun(now: now, map: map, out: &out)
         }
     }

@@ -481,25 +481,29 @@ public struct ClusterNode: Sendable {
             drop(.staleIncarnation, from: h.origin)
             return flush()
         }
-        let (process, relay) = discovery.admit(m, interface: interface, now: now)
-        if case .relay(let fwd, let except)? = relay {
-            // The datagram as it came, one hop further: its tag (hops are not covered) stays valid.
-            var copy = bytes
-            copy[Seal.hopsOffset] = fwd.header.hops
-            out.append(.multicast(copy, except: except))
-            counters.multicastSent += 1
+        if discovery.needsAdmission(m) {
+            let (process, relay) = discovery.admit(m, interface: interface, now: now)
+            if case .relay(let fwd, let except)? = relay {
+                // The datagram as it came, one hop further: its tag (hops are not covered) stays valid.
+                var copy = bytes
+                copy[Seal.hopsOffset] = fwd.header.hops
+                out.append(.multicast(copy, except: except))
+                counters.multicastSent += 1
+            }
+            guard process else { return flush() }
         }
-        guard process else { return flush() }
+        var sender = known
         if let known, known.state.isMember, h.incarnation > known.incarnation, !h.type.speaksForItself {
             // A refutation or restart whose announce was lost here: take the incarnation.
             mapChanged(map.heardAtIncarnation(h.origin, h.incarnation, now: now), now: now)
+            sender = map.brief(h.origin)
         }
         if eventLevel <= .debug && h.type != .heartbeat {
             emit(.received(type: h.type, origin: h.origin, hops: h.hops, incarnation: h.incarnation, interface: interface))
         }
         switch m.body {
         case .announce, .join, .leave, .mapSync, .syncRequest, .syncEntries, .offer:
-            apply(discovery.receive(m, now: now, map: &map), now: now)
+            apply(discovery.receive(m, sender: sender, now: now, map: &map), now: now)
         case .heartbeat, .watch, .probe, .probeAck, .probeRequest, .suspect, .dead, .deaths:
             if h.type != .dead && h.type != .deaths { map.touch(h.origin, now: now) }
             if detectorOn {

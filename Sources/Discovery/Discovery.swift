@@ -398,6 +398,14 @@ public struct DiscoveryCore: Sendable {
         return out
     }
 
+    /// Whether `admit` has anything to do with `m`: only a relayed type does, and only where this
+    /// node relays or has seen a relayed copy. The common datagram (one network, no relays) skips
+    /// `admit` and the copies of its result (a 4 % of the simulator's time at 500 nodes).
+    @inline(__always)
+    public func needsAdmission(_ m: Message) -> Bool {
+        m.header.type.isRelayed && (settings.relay || relaysSeen || m.header.hops > 0)
+    }
+
     /// Relay and duplicate suppression for the multicast message types. Returns false when the
     /// message was seen before (a relayed copy) and must not be processed again.
     public mutating func admit(_ m: Message, interface: Int, now: Instant) -> (process: Bool, relay: DiscoveryOutput?) {
@@ -423,6 +431,13 @@ public struct DiscoveryCore: Sendable {
 
     /// Handles announce, join, leave and map-sync messages (already admitted).
     public mutating func receive(_ m: Message, now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
+        receive(m, sender: map.brief(m.header.origin), now: now, map: &map)
+    }
+
+    /// `receive`, for a caller that looked the sender up already: `sender` is what `map` holds of
+    /// `m`'s origin now (one hashed look-up per datagram fewer: every node receives every
+    /// multicast).
+    public mutating func receive(_ m: Message, sender: NodeBrief?, now: Instant, map: inout NodeMap) -> [DiscoveryOutput] {
         let h = m.header
         guard h.origin != me.address else { return [] }
         var out: [DiscoveryOutput] = []
@@ -432,7 +447,7 @@ public struct DiscoveryCore: Sendable {
                 address: h.origin, preferredID: h.flags.contains(.explicitID) ? NodeID(rawValue: h.senderID) : nil,
                 explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
                 hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
-            let known = map.brief(h.origin)
+            let known = sender
             if case .announce = m.body, !(known?.state.isMember ?? false) {
                 noteNews(now: now, map: map)
             }
@@ -460,7 +475,7 @@ public struct DiscoveryCore: Sendable {
                 answerJoin(of: h.origin, now: now, map: map, out: &out)
             }
         case .leave:
-            if let n = map.brief(h.origin), h.incarnation >= n.incarnation {
+            if let n = sender, h.incarnation >= n.incarnation {
                 let c = map.setState(h.origin, to: .left, incarnation: h.incarnation)
                 if !c.isEmpty { out.append(.changes(c)) }
             }
@@ -468,7 +483,7 @@ public struct DiscoveryCore: Sendable {
             var changes: [NodeMapChange] = []
             // The sender's distance to each entry plus ours to the sender; heard as long ago as the
             // sender last heard it, not now (a sync must not lend a silent node a fresh lifetime).
-            let senderHops = Int(map.brief(h.origin)?.hops ?? h.hops)
+            let senderHops = Int(sender?.hops ?? h.hops)
             for e in entries where e.address != me.address && e.state.isMember {
                 if let known = map.brief(e.address), known.incarnation >= e.incarnation { continue }
                 let claim = NodeClaim(

@@ -400,7 +400,7 @@ public struct DiscoveryCore: Sendable {
 
     /// Whether `admit` has anything to do with `m`: only a relayed type does, and only where this
     /// node relays or has seen a relayed copy. The common datagram (one network, no relays) skips
-    /// `admit` and the copies of its result (a 4 % of the simulator's time at 500 nodes).
+    /// `admit` and the copies of its result (about 4 % of the simulator's time at 500 nodes).
     @inline(__always)
     public func needsAdmission(_ m: Message) -> Bool {
         m.header.type.isRelayed && (settings.relay || relaysSeen || m.header.hops > 0)

@@ -111,8 +111,6 @@ public struct DetectorCore: Sendable {
     var run: [RunMember] = []
     var runSince: Instant = .zero
     var runDue: Instant?
-    /// The most this run may hold: `maxRun`, less in a ring too small for it and k helpers.
-    var runLimit = 0
     var runNextProbe: Instant = .zero
     var runGraced = false
     var runRounds = 0

@@ -26,12 +26,8 @@ extension DetectorCore {
     mutating func startRun(now: Instant, map: NodeMap, out: inout [DetectorOutput]) {
         guard let o = observedNode, let me = selfID, runDue == nil else { return }
         run.removeAll(keepingCapacity: true)
-        // In a small ring the run would take the nodes after this one, its helpers: leave k of them
-        // (run + k helpers + this node ≤ members), so a run is never probed through fewer helpers
-        // than a suspect. The run's verdict then continues with the next run, as a full one does.
-        runLimit = max(1, min(Self.maxRun, map.memberCount - 1 - settings.confirmations))
         var cur: NodeID? = o.id
-        while let id = cur, run.count < runLimit, id != me, id != successorID {
+        while let id = cur, run.count < Self.maxRun, id != me, id != successorID {
             guard let b = map.brief(id: id), b.state.isMember else { break }
             nonceCounter &+= 1
             run.append(RunMember(address: b.address, id: id, incarnation: b.incarnation, nonce: nonceCounter))
@@ -42,7 +38,10 @@ extension DetectorCore {
         runDue = now + settings.confirmWindow
         runGraced = false
         runRounds = 0
-        runHelpers = helpers(excluding: run[0].address, map: map).filter { h in !run.contains { $0.address == h } }
+        // The same k helpers as for a suspect of the run's head. In a ring of fewer than about
+        // k + 9 members some of them are in the run too: still helpers, since one that is alive
+        // answers its own probe (ending the run there) and relays for the members before it.
+        runHelpers = helpers(excluding: run[0].address, map: map)
         stats.runsProbed += 1
         emit(&out, .runProbing(first: run[0].address, members: run.count, helpers: runHelpers.count))
         probeRunRound(now: now, map: map, out: &out)
@@ -56,7 +55,7 @@ extension DetectorCore {
                 stats.probesSent += 1
             }
             let req = Body.probeRequest(target: m.address, targetIncarnation: m.incarnation, nonce: m.nonce)
-            for h in runHelpers where send(req, to: h, map: map, out: &out) {
+            for h in runHelpers where h != m.address && send(req, to: h, map: map, out: &out) {
                 stats.probeRequestsSent += 1
             }
         }
@@ -109,7 +108,7 @@ extension DetectorCore {
         guard declared > 0 else { return }
         refreshRing(map, now: now, out: &out)
         // A full run, all silent: the one behind it may be too.
-        if declared == members.count, members.count == runLimit, let o = observedNode, o.suspicion == nil {
+        if declared == members.count, members.count == Self.maxRun, let o = observedNode, o.suspicion == nil {
             startRun(now: now, map: map, out: &out)
         }
     }

@@ -71,16 +71,15 @@ import Wire
         #expect(c.stats.runDeaths == 0)
         // 4 answered the first round: the run ended, nothing is due.
         #expect(c.runDue == nil && c.run.isEmpty)
-        // 7 members: the run (4, 3, 2) left k = 3 helpers after 6 (7, 8, 1), none of them in it.
-        #expect(c.runLimit == 3)
+        // The k = 3 helpers after 6, as for a suspect of 4, though 8 and 1 are in the run (4...8).
         #expect(c.runHelpers == [addr(7), addr(8), addr(1)])
         #expect(c.observed == addr(4))
         #expect(!c.isSuspecting)
     }
 
-    @Test func aSmallRingsRunLeavesKHelpersAndContinues() throws {
-        // 8 nodes, 5...2 crash: 6 declares 5, then probes only 4...2 (run + 3 helpers + itself = 7
-        // members), declares them, and probes 1, which answers.
+    @Test func aSmallRingsRunIsProbedThroughKHelpers() throws {
+        // 8 nodes, 5...2 crash: 6 declares 5, then probes 4, 3, 2, 1, 8 (up to its successor 7)
+        // through 7, 8 and 1, two of them run members; 1 answers, so 4...2 are declared in one run.
         let victims = [5, 4, 3, 2]
         let (net, crash) = try crashTogether(8, victims, for: 4 * sec)
         let s = net.settings
@@ -89,7 +88,8 @@ import Wire
         #expect(last <= crash + s.timeout + 2 * s.confirmWindow + bound, "last death known at +\((last - crash) / ms) ms")
         #expect(net.marked(.dead) == Set(victims.map(addr)))
         let c = net.core(6)
-        #expect(c.stats.runsProbed == 2)
+        #expect(c.runHelpers == [addr(7), addr(8), addr(1)])
+        #expect(c.stats.runsProbed == 1)
         #expect(c.stats.runDeaths == 3)
         #expect(c.observed == addr(1))
         let ordered = net.changesAreOrdered()

@@ -137,10 +137,15 @@ extension DiscoveryCore {
     }
 
     /// A tiny map answers with itself (one datagram); a settled ring neighbour of the newcomer offers.
+    /// Map entries carry no capabilities (an RDMA endpoint), so a newcomer that learns the answerer
+    /// from them could reach it only by IP until the answerer's next announce (up to 1.5 announce
+    /// intervals): where IP is blocked, its heartbeats failed meanwhile. An answerer with
+    /// capabilities therefore also sends the newcomer its announce, by unicast.
     mutating func answerJoin(of newcomer: IPAddress, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
         if map.memberCount <= 3 {
             for body in mapSync(map, now: now) { out.append(.unicast(body, to: newcomer)) }
             stats.syncsSent += 1
+            introduce(to: newcomer, map: map, out: &out)
             return
         }
         guard !inInflux(now: now, map: map), waveNext == nil, !pullActive,
@@ -150,6 +155,14 @@ extension DiscoveryCore {
         else { return }
         out.append(.unicast(.offer(members: UInt16(clamping: map.digestMembers), digest: map.digest), to: newcomer))
         stats.offersSent += 1
+        introduce(to: newcomer, map: map, out: &out)
+    }
+
+    /// Our announce to `newcomer` alone, when we have capabilities to tell (see `answerJoin`).
+    mutating func introduce(to newcomer: IPAddress, map: NodeMap, out: inout [DiscoveryOutput]) {
+        guard !me.capabilities.isEmpty else { return }
+        out.append(.unicast(.announce(info(map)), to: newcomer))
+        stats.introductionsSent += 1
     }
 
     /// A newcomer pulls from the first offerer (offers are sent only outside an influx), unless a

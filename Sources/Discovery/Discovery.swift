@@ -557,6 +557,8 @@ public struct DiscoveryStats: Sendable, Equatable {
     public var syncEntriesMerged = 0
     public var syncUnsolicited = 0
     public var offersSent = 0
+    /// Announces sent by unicast to a newcomer with our capabilities (`answerJoin`).
+    public var introductionsSent = 0
     public var pulls = 0
     public var waveAnnounces = 0
     /// Waves started by many announces of non-members at once (a partition healing).

@@ -38,6 +38,29 @@ import Wire
         #expect(net.nodes[b].map[addrA]?.capabilities == [])
     }
 
+    @Test func aNewcomerLearnsTheAnswerersEndpointWithItsMap() {
+        // b starts after a has its endpoint: b learns a from a's map answer, whose entries carry no
+        // capabilities; a's announce by unicast brings the endpoint at once, not a's next announce.
+        var net = TestNet()
+        let a = net.add("10.0.0.1")
+        let b = net.add("10.0.0.2")
+        let addrA = TestNet.address("10.0.0.1")
+        net.down.insert(b)
+        net.start(a)
+        net.queue += net.nodes[a].capabilitiesChanged([endpoint], now: net.now).map { (a, $0) }
+        net.run()
+        net.down.remove(b)
+        net.start(b)
+        #expect(net.nodes[b].map[addrA]?.state == .alive)
+        #expect(net.nodes[b].map[addrA]?.capabilities == [endpoint])
+        #expect(net.nodes[a].discovery.stats.introductionsSent == 1)
+        // Without capabilities nothing extra is sent: b has none to tell a newcomer.
+        let c = net.add("10.0.0.3")
+        net.start(c)
+        #expect(net.nodes[c].map[addrA]?.capabilities == [endpoint])
+        #expect(net.nodes[b].discovery.stats.introductionsSent == 0)
+    }
+
     @Test func immediateNoticeDecodesAgainstTheMap() {
         var net = TestNet()
         let a = net.add("10.0.0.1")

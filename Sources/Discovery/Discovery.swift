@@ -409,12 +409,11 @@ public struct DiscoveryCore: Sendable {
     /// Relay and duplicate suppression for the multicast message types. Returns false when the
     /// message was seen before (a relayed copy) and must not be processed again.
     public mutating func admit(_ m: Message, interface: Int, now: Instant) -> (process: Bool, relay: DiscoveryOutput?) {
-        guard m.header.type.isRelayed else { return (true, nil) }
         // Without relays in play a copy cannot arrive twice by design; skip the cache (it costs memory).
         // Once a relayed message was seen, originals are remembered too, so that a relayed copy that
         // arrives after its original (two gateways) is recognised.
+        guard needsAdmission(m) else { return (true, nil) }
         if m.header.hops > 0 { relaysSeen = true }
-        guard settings.relay || relaysSeen else { return (true, nil) }
         let key = SeenKey(
             origin: m.header.origin, incarnation: m.header.incarnation, messageID: m.header.messageID,
             type: m.header.type.rawValue)

@@ -144,20 +144,38 @@ struct KernelExitPairing: Sendable {
 /// One node's protocol: Discovery and Detector over one NodeMap, fed datagrams and clock ticks,
 /// returning datagrams to send. Pure and deterministic; the daemon and the simulator both run it.
 public struct ClusterNode: Sendable {
-    public let config: ClusterConfig
+    // Stored properties in the order of their use by a datagram (Swift lays a struct out in
+    // declaration order): those a repeated announce reads and writes (`isRepeatedAnnounce`) come
+    // first, within `hotBytes`, so that a reader of thousands of nodes in turn (the simulator hands
+    // each multicast to every node) can ask for those lines alone instead of all 2 kB of the node.
     public private(set) var map: NodeMap
-    public private(set) var discovery: DiscoveryCore
-    public private(set) var detector: DetectorCore?
+    public private(set) var counters = ClusterCounters()
+    private var out: [Effect] = []
+    /// Authentication (nil: none): the keys, our next replay counter, the peers' replay windows.
+    public private(set) var auth: AuthConfig?
+    /// `config.cluster` and `config.me.address`, which every datagram is checked against, beside
+    /// the other hot fields (`config` is 360 bytes of settings that a datagram mostly does not read).
+    private let clusterName: String
+    private let selfAddress: IPAddress
     /// Whether `detector` is set (fixed at init). Tested instead of `detector != nil`, which hands
     /// the comparison a copy of the whole core: on every datagram, that was 1-2 % of a simulation.
     private let detectorOn: Bool
-    public private(set) var counters = ClusterCounters()
+    /// Events below this level are not produced (no value, no text): the daemon lowers it to debug
+    /// while debug logging is on.
+    public var eventLevel: LogLevel {
+        didSet { detector?.eventLevel = eventLevel }
+    }
+    /// Whether the last datagram handed to `receive` was an announce that repeated what the map
+    /// holds of a member (see `isRepeatedAnnounce`): it changed the time the member was last heard
+    /// and the receive counter, nothing else; no timer moved, no member came or went. Valid right
+    /// after `receive`; the simulator reads it to skip its per-input bookkeeping.
+    public private(set) var lastInputWasRepeat = false
+    public private(set) var discovery: DiscoveryCore
+    public let config: ClusterConfig
+    public private(set) var detector: DetectorCore?
     private var messageID: UInt32 = 0
-    /// Authentication (nil: none): the keys, our next replay counter, the peers' replay windows.
-    public private(set) var auth: AuthConfig?
     private var replayCounter: UInt64 = 0
     private var replay = ReplayGuard()
-    private var out: [Effect] = []
     /// With `config.recordDeaths`: the nodes the map marked dead since the last `takeRecordedDeaths()`.
     private var recordedDeaths: [(address: IPAddress, incarnation: UInt64)] = []
     /// Process exits already reported, by (node, pid, start time): each is reported once however
@@ -171,6 +189,10 @@ public struct ClusterNode: Sendable {
     /// daemon's full notice (source `.kernel`) — and are reported once: the k-th of either kind for
     /// (node, tag) pairs with the k-th of the other kind within `kernelPairWindow`.
     private var kernelExits = KernelExitPairing()
+
+    /// How many bytes from the start of a node hold every field a repeated announce touches
+    /// (besides the map's own storage): the hot fields above and the head of `discovery`.
+    public static let hotBytes = MemoryLayout<ClusterNode>.offset(of: \ClusterNode.discovery)! + DiscoveryCore.hotBytes
 
     struct ProcessKey: Hashable, Sendable {
         let node: IPAddress
@@ -189,6 +211,8 @@ public struct ClusterNode: Sendable {
 
     public init(config: ClusterConfig, now: Instant) {
         self.config = config
+        self.clusterName = config.cluster
+        self.selfAddress = config.me.address
         self.map = NodeMap(timeBaseUnixNanos: config.timeBaseUnixNanos, capacityHint: config.mapCapacityHint)
         self.discovery = DiscoveryCore(
             settings: config.discovery, me: config.me, incarnation: config.incarnation, seed: config.seed,
@@ -203,13 +227,7 @@ public struct ClusterNode: Sendable {
         }
     }
 
-    /// Events below this level are not produced (no value, no text): the daemon lowers it to debug
-    /// while debug logging is on.
-    public var eventLevel: LogLevel {
-        didSet { detector?.eventLevel = eventLevel }
-    }
-
-    public var address: IPAddress { config.me.address }
+    public var address: IPAddress { selfAddress }
     public var incarnation: UInt64 { discovery.incarnation }
     public var isRunning: Bool { discovery.started }
 
@@ -409,6 +427,7 @@ public struct ClusterNode: Sendable {
 
     /// A datagram arrived on cluster interface `interface` (index into the shell's interface list).
     public mutating func receive(_ bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
+        lastInputWasRepeat = false
         guard discovery.started else { return [] }
         counters.datagramsReceived += 1
         let m: Message
@@ -427,6 +446,7 @@ public struct ClusterNode: Sendable {
     /// `receive(bytes)` for a datagram already decoded from `bytes`: the simulator decodes a
     /// multicast once for all its receivers (decoding is a pure function of the bytes).
     public mutating func receive(_ m: Message, bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
+        lastInputWasRepeat = false
         guard discovery.started else { return [] }
         counters.datagramsReceived += 1
         return process(m, bytes, interface: interface, now: now)
@@ -434,7 +454,7 @@ public struct ClusterNode: Sendable {
 
     private mutating func process(_ m: Message, _ bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
         let h = m.header
-        guard h.cluster == config.cluster else {
+        guard h.cluster == clusterName else {
             drop(.otherCluster, from: h.origin)
             return flush()
         }
@@ -466,7 +486,7 @@ public struct ClusterNode: Sendable {
             drop(.unverifiableTag, from: h.origin)
             return flush()
         }
-        guard h.origin != config.me.address else {
+        guard h.origin != selfAddress else {
             inOurName(m, now: now)
             return flush()
         }
@@ -491,6 +511,10 @@ public struct ClusterNode: Sendable {
                 counters.multicastSent += 1
             }
             guard process else { return flush() }
+        }
+        if let known, isRepeatedAnnounce(m, of: known, now: now) {
+            lastInputWasRepeat = true
+            return flush()
         }
         var sender = known
         if let known, known.state.isMember, h.incarnation > known.incarnation, !h.type.speaksForItself {
@@ -536,6 +560,19 @@ public struct ClusterNode: Sendable {
             }
         }
         return flush()
+    }
+
+    /// An announce that says again what the map holds of a member (the periodic announce, a wave's
+    /// second and third copies: most of what a node hears in a restart storm), handled by recording
+    /// the time heard (`NodeMap.refreshRepeat`). Discovery would do the same and nothing else: it
+    /// notes news and answers revivals only for non-members, and the map's `observe` takes this
+    /// very path for a repeated claim. Not while debug events are on (each input is then an event).
+    @inline(__always)
+    private mutating func isRepeatedAnnounce(_ m: Message, of known: NodeBrief, now: Instant) -> Bool {
+        guard case .announce(let info) = m.body, known.state.isMember, known.incarnation == m.header.incarnation,
+            eventLevel > .debug
+        else { return false }
+        return map.refreshRepeat(DiscoveryCore.claim(m.header, info), now: now)
     }
 
     /// A datagram with our own address as its origin. Our own multicast that came back through a

@@ -166,16 +166,19 @@ public enum DiscoveryEvent: Event, Hashable {
 /// Pure: inputs are received messages, ticks and interface changes, each with `now` (ns);
 /// outputs are messages to send and map changes.
 public struct DiscoveryCore: Sendable {
+    // First, within `hotBytes`: what every datagram reads (`ClusterNode.receive` checks `started`,
+    // then `needsAdmission` reads `relaysSeen` and `settings.relay`). Swift lays a struct out in
+    // declaration order.
+    public private(set) var started = false
+    private var relaysSeen = false
     public let settings: DiscoverySettings
     public private(set) var me: SelfInfo
     public internal(set) var incarnation: UInt64
-    public private(set) var started = false
 
     var rng: SplitMix64
     private var nextAnnounce: Instant = .zero
     private var nextScan: Instant = .zero
     private var seen: RecentSet<SeenKey>
-    private var relaysSeen = false
     /// When each node was last answered with a revival `dead` (see `mayAnswerRevival`).
     private var revivalAnswered: [IPAddress: Instant] = [:]
     public internal(set) var stats = DiscoveryStats()
@@ -237,6 +240,11 @@ public struct DiscoveryCore: Sendable {
 
     /// Whether a failure detector runs beside discovery (expiry is then only a backstop).
     public let detectorRunning: Bool
+
+    /// The bytes from the start of the core that every datagram reads (see the first fields).
+    public static let hotBytes =
+        MemoryLayout<DiscoveryCore>.offset(of: \DiscoveryCore.settings)! + MemoryLayout<DiscoverySettings>.offset(of: \DiscoverySettings.relay)!
+        + MemoryLayout<Bool>.size
 
     public init(
         settings: DiscoverySettings = .default, me: SelfInfo, incarnation: UInt64, seed: UInt64,
@@ -442,10 +450,7 @@ public struct DiscoveryCore: Sendable {
         var out: [DiscoveryOutput] = []
         switch m.body {
         case .announce(let info), .join(let info):
-            let claim = NodeClaim(
-                address: h.origin, preferredID: h.flags.contains(.explicitID) ? NodeID(rawValue: h.senderID) : nil,
-                explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
-                hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
+            let claim = Self.claim(h, info)
             let known = sender
             if case .announce = m.body, !(known?.state.isMember ?? false) {
                 noteNews(now: now, map: map)
@@ -502,6 +507,15 @@ public struct DiscoveryCore: Sendable {
             break
         }
         return out
+    }
+
+    /// What an announce or join with header `h` and body `info` claims for its sender.
+    @inline(__always)
+    public static func claim(_ h: Header, _ info: NodeInfo) -> NodeClaim {
+        NodeClaim(
+            address: h.origin, preferredID: h.flags.contains(.explicitID) ? NodeID(rawValue: h.senderID) : nil,
+            explicitID: h.flags.contains(.explicitID), aliases: info.aliases, incarnation: h.incarnation,
+            hops: h.hops, heartbeatPort: info.heartbeatPort, capabilities: info.capabilities)
     }
 
     /// At most one revival answer per node per announce interval: a replayed or forged stale

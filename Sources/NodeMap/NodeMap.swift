@@ -305,14 +305,7 @@ public struct NodeMap: Sendable {
         let known = storage.incarnation(s)
         if claim.incarnation < known { return [] }
         if !m.state.isMember && claim.incarnation == known { return [] }
-        if claim.incarnation == known && !m.hasExtras && claim.aliases.isEmpty && claim.capabilities.isEmpty
-            && m.hops == claim.hops && m.heartbeatPort == claim.heartbeatPort && m.preferredID == claim.preferredID
-            && m.explicitID == claim.explicitID
-        {
-            // The same claim again (a repeated announce): only the time heard changes.
-            if storage.heardBefore(s, now.nanos) { storage.setHeard(s, now.nanos) }
-            return []
-        }
+        if refreshRepeat(slot: s, claim, now: now) { return [] }
         var n = storage.node(s)
         account(n.address, incarnation: n.incarnation, member: n.state.isMember, adding: false)
         n.lastHeard = max(n.lastHeard, now)
@@ -348,6 +341,25 @@ public struct NodeMap: Sendable {
         if contentChanged { changes.append(.updated(storage.node(s))) }
         bump(changes)
         return changes
+    }
+
+    /// `observe` for a claim that repeats what the map holds of a member (the same incarnation and
+    /// fields, no aliases or capabilities: a repeated announce), which changes only the time heard.
+    /// Returns false, changing nothing, for any other claim: `observe` has work to do for it.
+    public mutating func refreshRepeat(_ claim: NodeClaim, now: Instant) -> Bool {
+        guard let slot = slot(claim.address) else { return false }
+        return refreshRepeat(slot: Int(slot), claim, now: now)
+    }
+
+    @inline(__always)
+    private mutating func refreshRepeat(slot s: Int, _ claim: NodeClaim, now: Instant) -> Bool {
+        let m = storage.meta(s)
+        guard claim.incarnation == storage.incarnation(s), m.state.isMember, !m.hasExtras, claim.aliases.isEmpty,
+            claim.capabilities.isEmpty, m.hops == claim.hops, m.heartbeatPort == claim.heartbeatPort,
+            m.preferredID == claim.preferredID, m.explicitID == claim.explicitID
+        else { return false }
+        if storage.heardBefore(s, now.nanos) { storage.setHeard(s, now.nanos) }
+        return true
     }
 
     /// A member heard at a higher incarnation than the map holds, in a datagram that makes no claim

@@ -85,7 +85,14 @@ extension Simulator {
         lastMembers[i] = members
         let deaths = slot.node.takeRecordedDeaths()
         if !deaths.isEmpty { checkDeaths(i, slot, deaths) }
+        verifyIfConverged()
+    }
 
+    /// Once every running map holds as many members as there are live nodes, checks (at most every
+    /// 10 ms) that each holds the live set itself: the epoch converged then. After every input,
+    /// those that change nothing included, so that the time of convergence is the same with them.
+    @inline(__always)
+    func verifyIfConverged() {
         if convergedCount == liveCount, liveCount > 0, allStarted, now >= nextVerify, epochs.last?.convergedAt == nil {
             verifications += 1
             if partitioned ? membersEqualOwnSide() : membersEqualLiveSet() {

@@ -214,6 +214,33 @@ struct DeterminismTests {
         #expect(a.2 == b.2)
         #expect(a.0 != c.0)
     }
+
+    /// Below debug, a node hands a repeated announce to the map alone (`ClusterNode`'s short path),
+    /// and the simulator skips its rearm and oracle after it. At debug every input takes the full
+    /// path and the bookkeeping after it. The run must be the same datagram for datagram: the same
+    /// trace (every delivery and every datagram sent), the same traffic, the same convergence.
+    @Test func theRepeatedAnnounceShortPathChangesNoRun() throws {
+        func run(_ level: LogLevel) throws -> (UInt64, Int, TrafficCounters, [UInt64?]) {
+            let pauses = PauseModel(length: 100 * SimSetup.ms, meanInterval: 5 * SimSetup.s)
+            var config = SimSetup.config(nodes: 120, seed: 17, loss: 0.05, pauses: pauses)
+            config.duplication = 0.02
+            config.logLevel = level
+            let sim = try Simulator(config: config)
+            sim.run(until: 4 * SimSetup.s)
+            sim.crash(5)
+            sim.stop(9)
+            sim.schedule(.restart(5), at: sim.now + 2 * SimSetup.s)
+            sim.run(until: 9 * SimSetup.s)
+            return (sim.traceHash, sim.events, sim.traffic, sim.epochs.map(\.convergedAt))
+        }
+        let short = try run(.warning)
+        let full = try run(.debug)
+        #expect(short.0 == full.0)
+        #expect(short.1 == full.1)
+        #expect(short.2 == full.2)
+        #expect(short.3 == full.3)
+        #expect((short.3.first ?? nil) != nil)
+    }
 }
 
 struct EventQueueTests {

@@ -322,6 +322,16 @@ struct OwnerTable: Sendable {
         if capacityHint > 0 { table.reserveCapacity(capacityHint + 1) }
     }
 
+    /// Cache hint: the table's header (its count, which a look-up checks first) and `id`'s entry.
+    /// Not bounds-checked; a prefetch of any address is harmless.
+    func prefetch(_ id: UInt16) {
+        table.withUnsafeBufferPointer { b in
+            guard let p = b.baseAddress else { return }
+            discd_prefetch(UnsafeRawPointer(p) - 32)
+            discd_prefetch(p + Int(id))
+        }
+    }
+
     @inline(__always)
     subscript(id: UInt16) -> Int32? {
         get {

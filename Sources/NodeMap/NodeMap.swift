@@ -1,3 +1,5 @@
+import CPrefetch
+
 /// A change to the map, reported by every mutating call so the caller can log it, raise an event,
 /// rebuild the detector's ring or rewrite the map file.
 public enum NodeMapChange: Hashable, Sendable {
@@ -103,12 +105,23 @@ public struct NodeMap: Sendable {
     /// multicast to thousands of nodes' maps, none of which the cache holds): step 0 asks for the
     /// index entry of `a`, step 1 (once that has arrived) for the record it points to. The map does
     /// not change; a hint that points wrong costs a wasted line, nothing else.
+    ///
+    /// Where `a`'s home entry is empty, `a` is news and the input will insert it: step 1 then asks
+    /// for the lines an insert writes instead, the end of the records, the ID table's entry for
+    /// the ID `a` derives and its member bit (at 10,000 nodes, those misses were a fifth of a start).
     public func prefetch(_ a: IPAddress, step: Int) {
         if step == 0 {
             index.prefetchHome(a)
             storage.prefetchRecord(0)
         } else if let s = index.homeSlot(a) {
             storage.prefetchRecord(s)
+        } else {
+            storage.prefetchRecord(storage.count)
+            let id = NodeID.derived(from: a)?.rawValue ?? 0
+            owner.prefetch(id)
+            memberBits.withUnsafeBufferPointer { b in
+                if let p = b.baseAddress { discd_prefetch(p + Int(id >> 6)) }
+            }
         }
     }
 

@@ -90,3 +90,12 @@ extension Effect {
         return false
     }
 }
+
+/// The hot fields stay a small head of the node: a reordering that pushed them behind `config`
+/// or the detector would make every announce fetch lines the simulator no longer asks for.
+struct HotFieldTests {
+    @Test func aRepeatedAnnouncesFieldsAreTheNodesFirstLines() {
+        #expect(ClusterNode.hotBytes <= 448)
+        #expect(ClusterNode.hotBytes * 4 < MemoryLayout<ClusterNode>.size)
+    }
+}

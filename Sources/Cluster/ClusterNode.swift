@@ -154,9 +154,12 @@ public struct ClusterNode: Sendable {
     /// Authentication (nil: none): the keys, our next replay counter, the peers' replay windows.
     public private(set) var auth: AuthConfig?
     /// `config.cluster` and `config.me.address`, which every datagram is checked against, beside
-    /// the other hot fields (`config` is 360 bytes of settings that a datagram mostly does not read).
+    /// the other hot fields (`config`, last, is 360 bytes of settings that a datagram mostly does
+    /// not read).
     private let clusterName: String
     private let selfAddress: IPAddress
+    /// `config.recordDeaths`, read at every map change.
+    private let recordDeaths: Bool
     /// Whether `detector` is set (fixed at init). Tested instead of `detector != nil`, which hands
     /// the comparison a copy of the whole core: on every datagram, that was 1-2 % of a simulation.
     private let detectorOn: Bool
@@ -171,7 +174,6 @@ public struct ClusterNode: Sendable {
     /// after `receive`; the simulator reads it to skip its per-input bookkeeping.
     public private(set) var lastInputWasRepeat = false
     public private(set) var discovery: DiscoveryCore
-    public let config: ClusterConfig
     public private(set) var detector: DetectorCore?
     private var messageID: UInt32 = 0
     private var replayCounter: UInt64 = 0
@@ -189,10 +191,15 @@ public struct ClusterNode: Sendable {
     /// daemon's full notice (source `.kernel`) — and are reported once: the k-th of either kind for
     /// (node, tag) pairs with the k-th of the other kind within `kernelPairWindow`.
     private var kernelExits = KernelExitPairing()
+    /// Last: the settings, read where the node starts and where it sends (`coreBytes`).
+    public let config: ClusterConfig
 
     /// How many bytes from the start of a node hold every field a repeated announce touches
     /// (besides the map's own storage): the hot fields above and the head of `discovery`.
     public static let hotBytes = MemoryLayout<ClusterNode>.offset(of: \ClusterNode.discovery)! + DiscoveryCore.hotBytes
+    /// How many bytes from the start of a node hold everything but `config`: what a datagram that
+    /// changes the map (a join, news) may read.
+    public static let coreBytes = MemoryLayout<ClusterNode>.offset(of: \ClusterNode.config)!
 
     struct ProcessKey: Hashable, Sendable {
         let node: IPAddress
@@ -213,6 +220,7 @@ public struct ClusterNode: Sendable {
         self.config = config
         self.clusterName = config.cluster
         self.selfAddress = config.me.address
+        self.recordDeaths = config.recordDeaths
         self.map = NodeMap(timeBaseUnixNanos: config.timeBaseUnixNanos, capacityHint: config.mapCapacityHint)
         self.discovery = DiscoveryCore(
             settings: config.discovery, me: config.me, incarnation: config.incarnation, seed: config.seed,
@@ -262,7 +270,9 @@ public struct ClusterNode: Sendable {
     }
 
     /// `map.prefetch(address, step:)`, in place.
-    public mutating func prefetch(_ address: IPAddress, step: Int) { map.prefetch(address, step: step) }
+    /// Returns `map.prefetch`'s guess that the map does not hold `address` (at step 1).
+    @discardableResult
+    public mutating func prefetch(_ address: IPAddress, step: Int) -> Bool { map.prefetch(address, step: step) }
 
     /// `map.brief(address)`, read in place.
     public mutating func briefInPlace(_ address: IPAddress) -> NodeBrief? { map.brief(address) }
@@ -713,7 +723,7 @@ public struct ClusterNode: Sendable {
         counters.mapChanges += changes.count
         for c in changes {
             emit(.member(c))
-            guard config.recordDeaths else { continue }
+            guard recordDeaths else { continue }
             switch c {
             case .stateChanged(let a, _, _, .dead, let inc): recordedDeaths.append((a, inc))
             case .added(let n) where n.state == .dead: recordedDeaths.append((n.address, n.incarnation))

@@ -57,8 +57,9 @@ extension Simulator {
             let decoded = try? Message.decode(bytes)
             let origin = decoded?.header.origin
             // An announce mostly repeats what a map holds, and its receiver then reads only the
-            // node's first lines (`ClusterNode.hotBytes`); anything else may read all of it.
-            let slotBytes = decoded?.header.type == .announce ? Self.hotSlotBytes : Self.slotBytes
+            // node's first lines (`ClusterNode.hotBytes`); anything else may read all of it but
+            // its settings (`coreBytes`).
+            let slotBytes = decoded?.header.type == .announce ? Self.hotSlotBytes : Self.coreSlotBytes
             for k in 0..<n {
                 if let o = origin { prefetchReceivers(r, s, k, n, o, slotBytes: slotBytes) }
                 deliver(bytes, decoded: decoded, to: Int(fanouts[r].receivers[s][k]), from: from, heartbeat: false, tag: UInt64(r))
@@ -99,38 +100,43 @@ extension Simulator {
     /// A fanout walks thousands of receivers, each with its own node and map in memory no cache
     /// holds; delivering to one reads its node, then its map's index entry for the sender, then the
     /// record that entry points to: misses that follow one another. While it delivers to receiver
-    /// k, it asks for receiver k + 8's node, k + 4's index entry and k + 2's record, so that the
+    /// k, it asks for receiver k + 8's node (the lines `slotBytes` says the input will read), k +
+    /// 4's index entry and k + 2's record (or the lines an insert writes), so that the
     /// misses of several receivers overlap (a 3,000-node start: 63 s without, 45 s with). Hints
     /// only: the deliveries and their order are as without them, and so is the trace.
     @inline(__always)
     func prefetchReceivers(_ r: Int, _ s: Int, _ k: Int, _ n: Int, _ origin: IPAddress, slotBytes: Int) {
-        if k + Self.slotAhead < n { prefetchSlot(Int(fanouts[r].receivers[s][k + Self.slotAhead]), bytes: slotBytes) }
+        if k + Self.slotAhead < n { prefetchSlot(Int(fanouts[r].receivers[s][k + Self.slotAhead]), from: 0, to: slotBytes) }
         if k + Self.indexAhead < n, let slot = slots[Int(fanouts[r].receivers[s][k + Self.indexAhead])] {
             slot.node.prefetch(origin, step: 0)
         }
         if k + Self.recordAhead < n, let slot = slots[Int(fanouts[r].receivers[s][k + Self.recordAhead])] {
-            slot.node.prefetch(origin, step: 1)
+            // News to this receiver (its map will insert the sender): the input reads the rest of
+            // the node too (discovery's news count, the detector's ring), asked for only now.
+            if slot.node.prefetch(origin, step: 1) && slotBytes < Self.coreSlotBytes {
+                prefetchSlot(Int(fanouts[r].receivers[s][k + Self.recordAhead]), from: slotBytes, to: Self.coreSlotBytes)
+            }
         }
     }
 
     static let slotAhead = 8
     static let indexAhead = 4
     static let recordAhead = 2
-    /// The slot object's size: its header (16 bytes) and the node.
-    static let slotBytes = 16 + MemoryLayout<ClusterNode>.size
-    /// The slot's header and the node's hot fields (a 2 kB node has about 400 bytes of them).
+    /// A slot object's header (16 bytes) and the node's hot fields (361 of its 2,248 bytes).
     static let hotSlotBytes = 16 + ClusterNode.hotBytes
+    /// A slot object's header and the node but its settings (1,880 bytes).
+    static let coreSlotBytes = 16 + ClusterNode.coreBytes
 
-    /// Asks for slot `j`'s lines without touching it (reading the reference would retain it, a
-    /// write to its first line: the very miss this avoids). Asking for the map's lines first was
-    /// measured no faster than one pass in order.
+    /// Asks for slot `j`'s lines from byte `start` to `end` without touching it (reading the
+    /// reference would retain it, a write to its first line: the very miss this avoids). Asking for
+    /// the map's lines first was measured no faster than one pass in order.
     @inline(__always)
-    func prefetchSlot(_ j: Int, bytes: Int) {
+    func prefetchSlot(_ j: Int, from start: Int, to end: Int) {
         slots.withUnsafeBufferPointer { b in
             let bits = UnsafeRawPointer(b.baseAddress!).load(fromByteOffset: j &* MemoryLayout<Slot?>.stride, as: UInt.self)
             guard let p = UnsafeRawPointer(bitPattern: bits) else { return }
-            var off = 0
-            while off < bytes {
+            var off = start
+            while off < end {
                 discd_prefetch(p + off)
                 off += 64
             }

@@ -97,5 +97,8 @@ struct HotFieldTests {
     @Test func aRepeatedAnnouncesFieldsAreTheNodesFirstLines() {
         #expect(ClusterNode.hotBytes <= 448)
         #expect(ClusterNode.hotBytes * 4 < MemoryLayout<ClusterNode>.size)
+        // The settings come last: a node but its settings is what the simulator asks for otherwise.
+        #expect(ClusterNode.coreBytes + MemoryLayout<ClusterConfig>.size <= MemoryLayout<ClusterNode>.stride)
+        #expect(ClusterNode.coreBytes > ClusterNode.hotBytes)
     }
 }

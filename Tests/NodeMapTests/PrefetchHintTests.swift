@@ -24,5 +24,15 @@ struct PrefetchHintTests {
             }
             #expect(map.count <= 101)
         }
+        // Step 1 guesses news (an insert to come) only where the address is not held: a held
+        // address's home entry is never empty. The guess only picks which lines to ask for.
+        for map in [small, wide] {
+            for k in 1...100 {
+                let a = IPAddress(v4: 0x0A00_0000 | UInt32(k))
+                #expect(!map.prefetch(a, step: 1))
+            }
+        }
+        #expect(NodeMap().prefetch(IPAddress(v4: 0x0A00_0001), step: 1))
+        #expect(emptied.prefetch(IPAddress(v4: 0x0A00_0001), step: 1))
     }
 }

@@ -107,9 +107,9 @@ public struct NodeMap: Sendable {
     /// not change; a hint that points wrong costs a wasted line, nothing else.
     ///
     /// Where `a`'s home entry is empty, `a` is news and the input will insert it: step 1 then asks
-    /// for the lines an insert writes instead, the end of the records, the ID table's entry for
-    /// the ID `a` derives, its member bit and its digest bucket (at 10,000 nodes, those misses were a fifth of a start).
-    /// Returns whether step 1 found `a`'s home entry empty (then `a` is almost surely news).
+    /// for the lines an insert writes instead (the end of the records, the ID table's entry for the
+    /// ID `a` derives, its member bit and its digest bucket: at 10,000 nodes, those misses were a
+    /// fifth of a start), and returns true, so that the caller can ask for more of its own.
     @discardableResult
     public func prefetch(_ a: IPAddress, step: Int) -> Bool {
         if step == 0 {

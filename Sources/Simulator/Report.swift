@@ -107,6 +107,9 @@ public struct SimReport: Sendable {
     /// Traffic from time 0 to the first convergence (the start storm), if the window starts there.
     public var startupTraffic: TrafficCounters?
     public var peakRSSBytes: Int?
+    /// How much of the memory was in transparent huge pages at the end (`discd simulate` asks glibc
+    /// for them where the kernel offers them).
+    public var hugePageBytes: Int?
     public var traceHash: UInt64
 
     public var windowSeconds: Double { Double(window.to - window.from) / 1e9 }
@@ -180,6 +183,7 @@ public struct SimReport: Sendable {
         totalTraffic = sim.traffic
         startupTraffic = sim.startupConvergence == sim.windowStart.time ? sim.windowStart.traffic : nil
         peakRSSBytes = ProcessMemory.peakRSSBytes()
+        hugePageBytes = ProcessMemory.hugePageBytes()
         traceHash = sim.traceHash
     }
 
@@ -255,7 +259,9 @@ public struct SimReport: Sendable {
             "network total: \(totalTraffic.sent) sent, \(totalTraffic.delivered) delivered, \(totalTraffic.lost) lost, "
                 + "\(totalTraffic.duplicated) duplicated, \(totalTraffic.partitionDrops) cut by partition, "
                 + "\(totalTraffic.bufferOverflows) socket-buffer overflows, \(totalTraffic.unroutable) unroutable")
-        l.append("memory: peak RSS \(peakRSSBytes.map { fmt(Double($0) / 1048576, 1) + " MiB" } ?? "unknown")")
+        l.append(
+            "memory: peak RSS \(peakRSSBytes.map { fmt(Double($0) / 1048576, 1) + " MiB" } ?? "unknown"), "
+                + "in huge pages at the end \(hugePageBytes.map { fmt(Double($0) / 1048576, 1) + " MiB" } ?? "unknown")")
         l.append("trace hash \(hex(traceHash))")
         return l.joined(separator: "\n") + "\n"
     }
@@ -334,7 +340,8 @@ public struct SimReport: Sendable {
             ("lost", .int(Int64(totalTraffic.lost))), ("duplicated", .int(Int64(totalTraffic.duplicated))),
             ("partition_drops", .int(Int64(totalTraffic.partitionDrops))),
             ("buffer_overflows", .int(Int64(totalTraffic.bufferOverflows))),
-            ("peak_rss_bytes", peakRSSBytes.map { .int(Int64($0)) } ?? .null), ("trace_hash", .string(hex(traceHash))),
+            ("peak_rss_bytes", peakRSSBytes.map { .int(Int64($0)) } ?? .null),
+            ("huge_page_bytes", hugePageBytes.map { .int(Int64($0)) } ?? .null), ("trace_hash", .string(hex(traceHash))),
         ]
         return JSON.render(.object(fields)) + "\n"
     }
@@ -359,15 +366,17 @@ func hex(_ v: UInt64) -> String {
     return String(repeating: "0", count: 16 - s.count) + s
 }
 
-/// Memory of this process, from /proc/self/status (Linux).
+/// Memory of this process, from /proc/self/status and /proc/self/smaps_rollup (Linux).
 public enum ProcessMemory {
     /// VmHWM: the peak resident set size.
     public static func peakRSSBytes() -> Int? { field("VmHWM:") }
     /// VmRSS: the current resident set size.
     public static func currentRSSBytes() -> Int? { field("VmRSS:") }
+    /// AnonHugePages: the anonymous memory in transparent huge pages now.
+    public static func hugePageBytes() -> Int? { field("AnonHugePages:", in: "/proc/self/smaps_rollup") }
 
-    static func field(_ name: String) -> Int? {
-        guard let f = fopen("/proc/self/status", "r") else { return nil }
+    static func field(_ name: String, in path: String = "/proc/self/status") -> Int? {
+        guard let f = fopen(path, "r") else { return nil }
         defer { fclose(f) }
         var buf = [CChar](repeating: 0, count: 256)
         while fgets(&buf, Int32(buf.count), f) != nil {

@@ -429,15 +429,25 @@ SIM_FIELDS = {"nodes": int, "running": int, "seed": int, "convergence_ms": float
               "epochs": list, "virtual_time_ms": float, "wall_seconds": float}
 
 
-def _simulate(ctx, args, timeout=SIM_BOUND):
+def _simulate(ctx, args, timeout=SIM_BOUND, env=None):
     t0 = time.monotonic()
     r = subprocess.run([os.path.join(ctx.bindir, "discd"), "simulate"] + args, capture_output=True, text=True,
-                       timeout=timeout)
+                       timeout=timeout, env=env)
     return r, time.monotonic() - t0
 
 
+def _thp_mode():
+    """The kernel's transparent-huge-page mode: always, madvise or never (None: no such file)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")] if "[" in text else None
+
+
 def test_simulate_command(ctx):
-    """discd simulate: --help exits 0; a 30-node seeded --json run exits 0 with every field typed and sane; same seed same trace"""
+    """discd simulate: --help exits 0; a 30-node seeded --json run exits 0 with every field typed and sane; same seed same trace; huge pages by default, the same run without"""
     ctx.need_discd()
     r, _ = _simulate(ctx, ["--help"], 10)
     assert r.returncode == 0 and "--nodes" in r.stdout and "--json" in r.stdout, \
@@ -475,10 +485,33 @@ def test_simulate_command(ctx):
     r3, _ = _simulate(ctx, other)
     h3 = json.loads(r3.stdout)["trace_hash"] if r3.returncode == 0 else None
     assert h3 and h3 != rep["trace_hash"], "seed 8 gave the trace of seed 7 (%s): the seed is ignored" % h3
+    # Huge pages: discd simulate runs itself again with glibc's THP tunable (where the kernel offers
+    # THP) unless GLIBC_TUNABLES names it. 300 nodes: a few MiB of heap, enough for 2 MiB pages.
+    # The run must be the same either way; the pages must be huge only where asked for ("madvise").
+    big = ["--nodes", "300", "--duration", "8s", "--crash", "1", "--seed", "7", "--progress", "0", "--json"]
+    mode = _thp_mode()
+    runs = {}
+    for name, extra in (("default", {}), ("hugetlb=0", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})):
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        env.update(extra)
+        rr, _ = _simulate(ctx, big, env=env)
+        assert rr.returncode == 0, "discd simulate %s (%s): rc %s, stderr %s" % (" ".join(big), name, rr.returncode,
+                                                                                rr.stderr[-500:])
+        runs[name] = json.loads(rr.stdout)
+    hashes = {k: v["trace_hash"] for k, v in runs.items()}
+    pages = {k: v["huge_page_bytes"] for k, v in runs.items()}
+    assert hashes["default"] == hashes["hugetlb=0"], "huge pages changed the run: %s" % hashes
+    assert all(is_int(v) for v in pages.values()), "huge_page_bytes not an integer: %s" % pages
+    if mode in ("madvise", "always"):
+        assert pages["default"] > 0, "THP %s, yet no huge pages by default: %s" % (mode, pages)
+    if mode in ("madvise", "never"):
+        assert pages["hugetlb=0"] == 0, "THP %s and hugetlb=0, yet huge pages: %s" % (mode, pages)
     return ("--help rc 0; --nodes 0 rc %d; 30 nodes seed 7: rc 0 in %.1fs wall (bound %.0fs), converged %.0f ms, "
             "departures %s all known by 28, crash max %.0f ms <= bound %.0f ms, 0 false deaths; rerun same "
-            "trace_hash %s, seed 8 another" % (bad.returncode, secs, SIM_BOUND, rep["convergence_ms"], kinds,
-                               c["latency"]["max_ms"], c["bound_ms"], rep["trace_hash"]))
+            "trace_hash %s, seed 8 another; 300 nodes, THP %s: %d B in huge pages by default, %d with hugetlb=0, "
+            "same trace %s" % (bad.returncode, secs, SIM_BOUND, rep["convergence_ms"], kinds, c["latency"]["max_ms"],
+                               c["bound_ms"], rep["trace_hash"], mode, pages["default"], pages["hugetlb=0"],
+                               hashes["default"]))
 
 
 test_simulate_command.timeout = 200

@@ -138,8 +138,8 @@ struct SimulateCommand: AsyncParsableCommand {
     /// pages only when told so before the process starts (a tunable), and only for the main arena's
     /// heap with `arena_max=1` (the simulation runs on a worker thread). So, once, the process runs
     /// itself again with them; a failed exec goes on as it is. The run, and its trace, are the same
-    /// either way: only the page size differs (10,000 nodes: 398 against 331 s of CPU, the same
-    /// peak RSS; docs/SIMULATOR.md).
+    /// either way: only the page size differs (10,000 nodes: about 10 % less CPU, the same peak
+    /// RSS; docs/SIMULATOR.md).
     static func runAgainWithHugePages() {
         let name = "GLIBC_TUNABLES"
         let current = getenv(name).map { String(cString: $0) }

@@ -736,8 +736,9 @@ public struct ClusterNode: Sendable {
             default: return true
             }
         }
-        if ringChanged, detectorOn {
-            applyDetector(detector!.mapChanged(map, changes: changes, now: now), now: now)
+        // The skip test first, from two counters: handing `map` to the detector copies it.
+        if ringChanged, detectorOn, !detector!.skipsRing(changes, changeTotal: map.changeTotal, generation: map.generation) {
+            applyDetector(detector!.mapChanged(map, now: now), now: now)
         }
     }
 }

@@ -188,15 +188,21 @@ public struct DetectorCore: Sendable {
     /// is skipped: in a start storm every node hears of every other, and only a few of those
     /// arrivals land next to it on the ring.
     public mutating func mapChanged(_ map: NodeMap, changes: [NodeMapChange], now: Instant) -> [DetectorOutput] {
-        if seenGeneration != nil, seenChangeTotal &+ UInt64(changes.count) == map.changeTotal,
-            ringUnmoved(by: changes)
-        {
-            seenGeneration = map.generation
-            seenChangeTotal = map.changeTotal
-            ringSkips += 1
-            return []
-        }
+        if skipsRing(changes, changeTotal: map.changeTotal, generation: map.generation) { return [] }
         return mapChanged(map, now: now)
+    }
+
+    /// The test of `mapChanged(_:changes:now:)` alone, from the two counters of the map it reads:
+    /// true (and the changes taken as seen) when the ring cannot have moved; false when the caller
+    /// must call `mapChanged(_:now:)`. For a caller that holds the map beside this core, where
+    /// handing the map over copies it (`ClusterNode`, at each of a restart storm's map changes).
+    public mutating func skipsRing(_ changes: [NodeMapChange], changeTotal: UInt64, generation: UInt64) -> Bool {
+        guard seenGeneration != nil, seenChangeTotal &+ UInt64(changes.count) == changeTotal, ringUnmoved(by: changes)
+        else { return false }
+        seenGeneration = generation
+        seenChangeTotal = changeTotal
+        ringSkips += 1
+        return true
     }
 
     private func ringUnmoved(by changes: [NodeMapChange]) -> Bool {

@@ -38,7 +38,7 @@ extension DiscoveryCore {
 
     // MARK: Influx and wave
 
-    mutating func noteJoin(now: Instant, map: NodeMap) {
+    mutating func noteJoin(now: Instant, memberCount: Int) {
         let half = settings.influxWindow / UInt64(2)
         if now >= joinWindowStart + half {
             joinsBefore = now >= joinWindowStart + settings.influxWindow ? 0 : joinsNow
@@ -47,11 +47,15 @@ extension DiscoveryCore {
         }
         joinsNow += 1
         lastJoinAt = now
-        if inInflux(now: now, map: map) { influxPending = true }
+        if inInflux(now: now, memberCount: memberCount) { influxPending = true }
     }
 
     /// Whether many nodes are joining at once (a restart storm).
-    public func inInflux(now: Instant, map: NodeMap) -> Bool {
+    public func inInflux(now: Instant, map: NodeMap) -> Bool { inInflux(now: now, memberCount: map.memberCount) }
+
+    /// `inInflux`, from the one figure of the map it reads (a caller holding the map `inout` would
+    /// otherwise hand over a copy of it).
+    func inInflux(now: Instant, memberCount: Int) -> Bool {
         let recent: Int
         if now >= joinWindowStart + settings.influxWindow {
             recent = 0
@@ -60,17 +64,19 @@ extension DiscoveryCore {
         } else {
             recent = joinsNow + joinsBefore
         }
-        return recent >= max(settings.influxMinJoins, map.memberCount / max(settings.influxDivisor, 1))
+        return recent >= max(settings.influxMinJoins, memberCount / max(settings.influxDivisor, 1))
     }
 
     /// Announces of nodes this map does not hold as members (unknown, or held dead or left): many of
     /// them at once is a partition healing (or a restart after a long one). Then every node that sees
     /// it announces at once, at a new incarnation, so that maps holding it dead take it back without
     /// a revival round trip.
-    mutating func noteNews(now: Instant, map: NodeMap) {
+    /// Takes the map's member count, not the map: `receive` holds the map `inout`, and handing it
+    /// over copied it (168 bytes) for every news of a restart storm.
+    mutating func noteNews(now: Instant, memberCount: Int) {
         // During a restart storm announces of unknown nodes are the storm itself: its wave serves.
         // A newcomer still pulling lacks most nodes: their announces are not a partition healing.
-        guard !influxPending, !pullActive, !inInflux(now: now, map: map) else { return }
+        guard !influxPending, !pullActive, !inInflux(now: now, memberCount: memberCount) else { return }
         if now >= newsWindowStart + settings.influxWindow {
             newsCount = 0
             newsWindowStart = now
@@ -78,19 +84,19 @@ extension DiscoveryCore {
         newsCount += 1
         guard newsCount >= settings.influxMinJoins else { return }
         newsCount = 0
-        if scheduleWave(now: now, map: map) {
+        if scheduleWave(now: now, memberCount: memberCount) {
             waveBump = true
             stats.healWaves += 1
         }
     }
 
     @discardableResult
-    mutating func scheduleWave(now: Instant, map: NodeMap) -> Bool {
+    mutating func scheduleWave(now: Instant, memberCount: Int) -> Bool {
         guard settings.waveCopies > 0, waveNext == nil, lastWave.map({ now >= $0 + settings.waveGap }) ?? true else { return false }
         lastWave = now
         // Spread over about 50 us per member (10,000 nodes: 0.5 s, so that a receiver gets 20,000
         // announces a second, not all at once), at least 100 ms between copies.
-        let spread = max(.milliseconds(100), min(settings.waveSpread, .nanoseconds(50_000 * UInt64(map.memberCount))))
+        let spread = max(.milliseconds(100), min(settings.waveSpread, .nanoseconds(50_000 * UInt64(memberCount))))
         let first = now + TimeSpan(nanos: UInt64.random(in: 0..<spread.nanos, using: &rng))
         waveNext = first
         waveLeft = settings.waveCopies - 1
@@ -104,7 +110,7 @@ extension DiscoveryCore {
     mutating func waveTick(now: Instant, map: inout NodeMap, out: inout [DiscoveryOutput]) {
         if influxPending, now >= lastJoinAt + settings.influxQuiet {
             influxPending = false
-            scheduleWave(now: now, map: map)
+            scheduleWave(now: now, memberCount: map.memberCount)
         }
         while let due = waveNext, due <= now {
             if waveLeft > 0 {

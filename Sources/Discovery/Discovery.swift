@@ -453,7 +453,7 @@ public struct DiscoveryCore: Sendable {
             let claim = Self.claim(h, info)
             let known = sender
             if case .announce = m.body, !(known?.state.isMember ?? false) {
-                noteNews(now: now, map: map)
+                noteNews(now: now, memberCount: map.memberCount)
             }
             if let known,
                 (!known.state.isMember && known.incarnation == h.incarnation) || known.incarnation > h.incarnation,
@@ -475,7 +475,7 @@ public struct DiscoveryCore: Sendable {
             if !c.isEmpty { out.append(.changes(c)) }
             if case .join = m.body {
                 stats.joinsReceived += 1
-                noteJoin(now: now, map: map)
+                noteJoin(now: now, memberCount: map.memberCount)
                 answerJoin(of: h.origin, now: now, map: map, out: &out)
             }
         case .leave:

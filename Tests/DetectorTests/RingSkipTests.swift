@@ -16,8 +16,11 @@ struct RingSkipTests {
         map.observe(NodeClaim(address: me, incarnation: 1, heartbeatPort: 7000), now: .zero)
         var full = DetectorCore(settings: try defaults(), selfAddress: me, now: .zero)
         var skip = full
+        // The way ClusterNode calls it (the skip test from the map's counters, then the refresh).
+        var split = full
         _ = full.mapChanged(map, now: .zero)
         _ = skip.mapChanged(map, changes: [], now: .zero)
+        _ = split.mapChanged(map, now: .zero)
         var t = Instant.zero
         for step in 0..<3000 {
             t = t + 10 * ms
@@ -37,9 +40,11 @@ struct RingSkipTests {
                 // The detector's own clock: heartbeats, deadlines, suspicions of the predecessor; the
                 // changes it makes come back to it as the shell hands them on.
                 var m2 = map
+                var m3 = map
                 let a = full.tick(now: t, map: &map)
                 let b = skip.tick(now: t, map: &m2)
-                #expect(a == b, "tick, step \(step)")
+                let c = split.tick(now: t, map: &m3)
+                #expect(a == b && a == c, "tick, step \(step)")
                 changes = a.flatMap { o -> [NodeMapChange] in
                     if case .changes(let c) = o { return c }
                     return []
@@ -49,6 +54,11 @@ struct RingSkipTests {
             let a = full.mapChanged(map, now: t)
             let b = skip.mapChanged(map, changes: changes, now: t)
             #expect(a == b, "step \(step): \(changes)")
+            let c =
+                split.skipsRing(changes, changeTotal: map.changeTotal, generation: map.generation)
+                ? [] : split.mapChanged(map, now: t)
+            #expect(a == c, "split, step \(step): \(changes)")
+            #expect(split.observed == skip.observed && split.observer == skip.observer && split.ringSkips == skip.ringSkips)
             #expect(full.observed == skip.observed && full.observer == skip.observer, "step \(step)")
             #expect(full.isSuspecting == skip.isSuspecting)
             #expect(full.observedNode?.id == skip.observedNode?.id && full.observedNode?.deadline == skip.observedNode?.deadline)

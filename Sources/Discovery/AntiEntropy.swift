@@ -71,6 +71,7 @@ extension DiscoveryCore {
     /// them at once is a partition healing (or a restart after a long one). Then every node that sees
     /// it announces at once, at a new incarnation, so that maps holding it dead take it back without
     /// a revival round trip.
+    ///
     /// Takes the map's member count, not the map: `receive` holds the map `inout`, and handing it
     /// over copied it (168 bytes) for every news of a restart storm.
     mutating func noteNews(now: Instant, memberCount: Int) {

@@ -145,11 +145,9 @@ struct SimulateCommand: AsyncParsableCommand {
         let current = getenv(name).map { String(cString: $0) }
         if let c = current, c.contains("glibc.malloc.hugetlb") { return }
         // "always [madvise] never": huge pages where asked for. Not in a kernel without them.
-        guard let f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r") else { return }
-        var line = [CChar](repeating: 0, count: 128)
-        let read = fgets(&line, Int32(line.count), f) != nil
-        fclose(f)
-        guard read, !String(cString: line).contains("[never]") else { return }
+        guard let thp = try? Interfaces.readText("/sys/kernel/mm/transparent_hugepage/enabled"), thp.contains("["),
+            !thp.contains("[never]")
+        else { return }
         let tunables = "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1"
         setenv(name, current.map { $0 + ":" + tunables } ?? tunables, 1)
         execv("/proc/self/exe", CommandLine.unsafeArgv)

@@ -258,6 +258,8 @@ public struct ClusterNode: Sendable {
     /// The map's member count, read in place (as `nextDeadlineInPlace`): the simulator reads it
     /// after every datagram, and `node.map.memberCount` through its slot copied the whole node.
     public mutating func memberCountInPlace() -> Int { map.memberCount }
+    /// `map.forEachBrief(body)`, for a caller that holds the node in a class.
+    public mutating func forEachBriefInPlace(_ body: (NodeBrief) throws -> Void) rethrows { try map.forEachBrief(body) }
 
     /// The nodes the map marked dead (a member or a left node turned dead, or a node added as
     /// dead) since the last call, with the incarnation marked; always empty unless
@@ -275,7 +277,7 @@ public struct ClusterNode: Sendable {
     public mutating func prefetch(_ address: IPAddress, step: Int) -> Bool { map.prefetch(address, step: step) }
 
     /// `map.brief(address)`, read in place.
-    public mutating func briefInPlace(_ address: IPAddress) -> NodeBrief? { map.brief(address) }
+    public mutating func briefInPlace(_ address: IPAddress) -> NodeBrief? { map.briefInPlace(address) }
 
     /// The death counters (detector declared and learned, discovery expired), read in place.
     public mutating func deathMarksInPlace() -> (declared: Int, learned: Int, expired: Int) {
@@ -500,7 +502,7 @@ public struct ClusterNode: Sendable {
             inOurName(m, now: now)
             return flush()
         }
-        let known = map.brief(h.origin)
+        let known = map.briefInPlace(h.origin)
         if let known, h.incarnation < known.incarnation, !h.type.speaksForItself || known.state.isMember {
             // An older life of the sender (a delayed datagram, a replay): it says nothing about the
             // node now, and must neither refresh it nor clear a suspicion of it. Its own announce,
@@ -530,7 +532,7 @@ public struct ClusterNode: Sendable {
         if let known, known.state.isMember, h.incarnation > known.incarnation, !h.type.speaksForItself {
             // A refutation or restart whose announce was lost here: take the incarnation.
             mapChanged(map.heardAtIncarnation(h.origin, h.incarnation, now: now), now: now)
-            sender = map.brief(h.origin)
+            sender = map.briefInPlace(h.origin)
         }
         if eventLevel <= .debug && h.type != .heartbeat {
             emit(.received(type: h.type, origin: h.origin, hops: h.hops, incarnation: h.incarnation, interface: interface))

@@ -148,14 +148,17 @@ extension DiscoveryCore {
     /// from them could reach it only by IP until the answerer's next announce (up to 1.5 announce
     /// intervals): where IP is blocked, its heartbeats failed meanwhile. An answerer with
     /// capabilities therefore also sends the newcomer its announce, by unicast.
-    mutating func answerJoin(of newcomer: IPAddress, now: Instant, map: NodeMap, out: inout [DiscoveryOutput]) {
+    ///
+    /// `map` is `inout` only so that it is passed by address: every node receives every join, and a
+    /// map passed by value is copied (168 bytes) for the call, though most calls read one count.
+    mutating func answerJoin(of newcomer: IPAddress, now: Instant, map: inout NodeMap, out: inout [DiscoveryOutput]) {
         if map.memberCount <= 3 {
             for body in mapSync(map, now: now) { out.append(.unicast(body, to: newcomer)) }
             stats.syncsSent += 1
             introduce(to: newcomer, map: map, out: &out)
             return
         }
-        guard !inInflux(now: now, map: map), waveNext == nil, !pullActive,
+        guard !inInflux(now: now, memberCount: map.memberCount), waveNext == nil, !pullActive,
             let n = map.brief(newcomer), let mine = map.brief(me.address),
             map.successor(of: n.id) == mine.id || map.predecessor(of: n.id) == mine.id,
             takeToken(now: now)

@@ -476,7 +476,7 @@ public struct DiscoveryCore: Sendable {
             if case .join = m.body {
                 stats.joinsReceived += 1
                 noteJoin(now: now, memberCount: map.memberCount)
-                answerJoin(of: h.origin, now: now, map: map, out: &out)
+                answerJoin(of: h.origin, now: now, map: &map, out: &out)
             }
         case .leave:
             if let n = sender, h.incarnation >= n.incarnation {

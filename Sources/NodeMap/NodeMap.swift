@@ -110,8 +110,10 @@ public struct NodeMap: Sendable {
     /// for the lines an insert writes instead (the end of the records, the ID table's entry for the
     /// ID `a` derives, its member bit and its digest bucket: at 10,000 nodes, those misses were a
     /// fifth of a start), and returns true, so that the caller can ask for more of its own.
+    ///
+    /// `mutating` only so that the map is passed by address (see `briefInPlace`); it changes nothing.
     @discardableResult
-    public func prefetch(_ a: IPAddress, step: Int) -> Bool {
+    public mutating func prefetch(_ a: IPAddress, step: Int) -> Bool {
         if step == 0 {
             index.prefetchHome(a)
             storage.prefetchRecord(0)
@@ -145,6 +147,14 @@ public struct NodeMap: Sendable {
     /// capabilities: for the paths that look a node up for every datagram (a `Node` copy retains two
     /// arrays; in a 2,000-node simulator run those retains were 13 % of the time).
     public func brief(_ address: IPAddress) -> NodeBrief? {
+        guard let slot = slot(address) else { return nil }
+        return storage.brief(Int(slot))
+    }
+    /// `brief`, for a caller that holds the map in place (a stored property of a struct it mutates,
+    /// or one in a class): `mutating` only so that the map is passed by address. Calling the
+    /// non-mutating `brief` there copies the whole map (168 bytes, three cache lines) to hand it
+    /// over, on every datagram.
+    public mutating func briefInPlace(_ address: IPAddress) -> NodeBrief? {
         guard let slot = slot(address) else { return nil }
         return storage.brief(Int(slot))
     }

@@ -17,7 +17,7 @@ struct PrefetchHintTests {
             IPAddress(v4: 0x0A00_0001), IPAddress(v4: 0x0A00_0064), IPAddress(v4: 0x0A00_0065), IPAddress(v4: 0xC0A8_0001),
             ip("fd00::7"), ip("fd00::8"), IPAddress.zero,
         ]
-        for map in [NodeMap(), small, wide, emptied] {
+        for var map in [NodeMap(), small, wide, emptied] {
             for a in probes {
                 map.prefetch(a, step: 0)
                 map.prefetch(a, step: 1)
@@ -26,13 +26,17 @@ struct PrefetchHintTests {
         }
         // Step 1 guesses news (an insert to come) only where the address is not held: a held
         // address's home entry is never empty. The guess only picks which lines to ask for.
-        for map in [small, wide] {
+        for var map in [small, wide] {
             for k in 1...100 {
                 let a = IPAddress(v4: 0x0A00_0000 | UInt32(k))
-                #expect(!map.prefetch(a, step: 1))
+                let news = map.prefetch(a, step: 1)
+                #expect(!news)
             }
         }
-        #expect(NodeMap().prefetch(IPAddress(v4: 0x0A00_0001), step: 1))
-        #expect(emptied.prefetch(IPAddress(v4: 0x0A00_0001), step: 1))
+        var empty = NodeMap()
+        let newsToEmpty = empty.prefetch(IPAddress(v4: 0x0A00_0001), step: 1)
+        let newsToEmptied = emptied.prefetch(IPAddress(v4: 0x0A00_0001), step: 1)
+        #expect(newsToEmpty)
+        #expect(newsToEmptied)
     }
 }

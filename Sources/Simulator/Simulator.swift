@@ -192,15 +192,7 @@ public final class Simulator {
     public var eventsPending: Int { queue.count }
 
     /// Whether every running node's map has exactly the running nodes as members (alive or suspect).
-    public func membersEqualLiveSet() -> Bool {
-        let live = runningNodes
-        for i in live {
-            let m = slots[i]!.node.map
-            guard m.memberCount == live.count else { return false }
-            for j in live where m.brief(addresses[j])?.state.isMember != true { return false }
-        }
-        return true
-    }
+    public func membersEqualLiveSet() -> Bool { membersEqual(group: Array(0..<count)) }
 
     /// Running nodes whose map differs from the live set of their side: which live nodes each lacks
     /// and which non-running addresses it still holds as members (at most `limit` nodes).
@@ -229,12 +221,25 @@ public final class Simulator {
 
     /// Whether every running node of `group` has exactly the running nodes of `group` as members
     /// (one side of a partition).
+    ///
+    /// Each map is read in its own order, entry after entry, and every member looked up in a table
+    /// of the group's addresses: looking each running node up in each map instead read one record
+    /// of another page per look-up, N² of them (10^8 at 10,000 nodes, seconds each time the oracle
+    /// verified a convergence). A map whose members are as many as the running nodes, each one of
+    /// them, holds exactly them (a map holds an address once).
     public func membersEqual(group: [Int]) -> Bool {
         let live = group.filter { status[$0] == .running }
+        let wanted = AddressSet(live.map { addresses[$0] })
         for i in live {
-            let m = slots[i]!.node.map
-            guard m.memberCount == live.count else { return false }
-            for j in live where m.brief(addresses[j])?.state.isMember != true { return false }
+            guard slots[i]!.node.memberCountInPlace() == live.count else { return false }
+            var members = 0
+            var foreign = false
+            slots[i]!.node.forEachBriefInPlace { b in
+                guard b.state.isMember else { return }
+                members += 1
+                if !wanted.contains(b.address) { foreign = true }
+            }
+            guard !foreign, members == live.count else { return false }
         }
         return true
     }
@@ -357,5 +362,36 @@ public final class Simulator {
     public func resetTrafficWindow() {
         windowStart = (now, traffic)
         windowSet = true
+    }
+}
+
+/// A fixed set of addresses, for a membership test in a few nanoseconds: open addressing over the
+/// map's own address hash, at a load of at most 1/2.
+struct AddressSet {
+    private var keys: [IPAddress]
+    private var used: [Bool]
+    private let mask: Int
+
+    init(_ addresses: [IPAddress]) {
+        var size = 16
+        while size < addresses.count * 2 { size <<= 1 }
+        keys = Array(repeating: .zero, count: size)
+        used = Array(repeating: false, count: size)
+        mask = size - 1
+        for a in addresses where !contains(a) {
+            var i = Int(truncatingIfNeeded: NodeMap.addressHash(a)) & mask
+            while used[i] { i = (i + 1) & mask }
+            keys[i] = a
+            used[i] = true
+        }
+    }
+
+    func contains(_ a: IPAddress) -> Bool {
+        var i = Int(truncatingIfNeeded: NodeMap.addressHash(a)) & mask
+        while used[i] {
+            if keys[i] == a { return true }
+            i = (i + 1) & mask
+        }
+        return false
     }
 }

@@ -34,6 +34,8 @@ struct CrashTests {
         sim.run(until: sim.now + config.detector!.startupGrace(memberCount: 200).nanos + SimSetup.s)
         let victim = sim.pickRunning(1)[0]
         sim.crash(victim)
+        // Every survivor's map still holds the victim as a member: not the live set.
+        #expect(!sim.membersEqualLiveSet())
         #expect(sim.runUntilDeparturesKnown(limit: sim.now + 10 * SimSetup.s))
         let d = try #require(sim.departures.last)
         let bound = try #require(config.detectionBound(members: 200))

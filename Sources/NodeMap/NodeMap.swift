@@ -154,6 +154,8 @@ public struct NodeMap: Sendable {
     /// or one in a class): `mutating` only so that the map is passed by address. Calling the
     /// non-mutating `brief` there copies the whole map (168 bytes, three cache lines) to hand it
     /// over, on every datagram.
+    /// (Its body repeats `brief`'s: calling `brief` from here copies the map again, as the
+    /// disassembly showed.)
     public mutating func briefInPlace(_ address: IPAddress) -> NodeBrief? {
         guard let slot = slot(address) else { return nil }
         return storage.brief(Int(slot))

@@ -366,29 +366,27 @@ public final class Simulator {
 }
 
 /// A fixed set of addresses, for a membership test in a few nanoseconds: open addressing over the
-/// map's own address hash, at a load of at most 1/2.
+/// map's own address hash, at a load of at most 1/2. The unspecified address marks an empty entry
+/// (no node has it: a map refuses it).
 struct AddressSet {
     private var keys: [IPAddress]
-    private var used: [Bool]
     private let mask: Int
 
     init(_ addresses: [IPAddress]) {
         var size = 16
         while size < addresses.count * 2 { size <<= 1 }
         keys = Array(repeating: .zero, count: size)
-        used = Array(repeating: false, count: size)
         mask = size - 1
-        for a in addresses where !contains(a) {
+        for a in addresses where !a.isUnspecified && !contains(a) {
             var i = Int(truncatingIfNeeded: NodeMap.addressHash(a)) & mask
-            while used[i] { i = (i + 1) & mask }
+            while keys[i] != .zero { i = (i + 1) & mask }
             keys[i] = a
-            used[i] = true
         }
     }
 
     func contains(_ a: IPAddress) -> Bool {
         var i = Int(truncatingIfNeeded: NodeMap.addressHash(a)) & mask
-        while used[i] {
+        while keys[i] != .zero {
             if keys[i] == a { return true }
             i = (i + 1) & mask
         }

@@ -171,6 +171,15 @@ def test_kernel_modules_over_rxe(ctx):
 test_kernel_modules_over_rxe.timeout = 300
 
 
+def live_stream(g1):
+    """How the live subscriber fared: its events and, when it missed any, what else it printed."""
+    n = len(g1.values("live_event"))
+    text = "live stream %d/2 events" % n
+    if n != 2:
+        text += " (running %s; other lines %s)" % (g1.value("live_running"), g1.values("live_other")[:4])
+    return text
+
+
 def _with_discd(ctx, rxe):
     """kmod_discd in 2 guests (rxe0 in both, or in neither); returns (run, guest 0, guest 1) after the
     checks both variants share."""
@@ -201,9 +210,16 @@ def _with_discd(ctx, rxe):
     assert g1.value("reports_23") == 0
     st0 = g0.value("status")
     assert st0["kernel"]["exits"] == 2 and st0["kernel"]["lost"] == 0 and st0["kernel"]["map_writes"] >= 1, st0["kernel"]
-    events = {e["payload"]["tag"]: e for e in (v if isinstance(v, dict) else json.loads(v) for v in g1.values("proc_event"))}
-    assert set(events) == {21, 22}, sorted(events)
+    # 5. The daemon's event stream: its history (read at the end) holds each exit once.
+    assert g1.value("history_rc") == 0, (g1.value("history_rc"), g1.values("proc_event"))
+    history = [v if isinstance(v, dict) else json.loads(v) for v in g1.values("proc_event")]
+    events = {e["payload"]["tag"]: e for e in history}
+    assert sorted(e["payload"]["tag"] for e in history) == [21, 22], history
     lat = {t: events[t]["time_unix_ms"] - int(g0.value("kill_%d" % t)) for t in (21, 22)}
+    # The live subscriber (started before the exits) printed nothing the history lacks; what it
+    # printed, and whether it was still running, is reported with the test's figures.
+    live = [v if isinstance(v, dict) else json.loads(v) for v in g1.values("live_event")]
+    assert all(e in history for e in live) and len(live) == len({e["seq"] for e in live}), (live, history)
     return r, g0, g1, events, lat
 
 
@@ -218,8 +234,9 @@ def test_kernel_modules_with_discd_over_rxe(ctx):
     assert events[21]["payload"]["source"] in ("rdma_immediate", "kernel"), events[21]
     return ("fdmod map written by discd; tag 21 once via %s (other path paired, %d); tag 22 once over IP with "
             "fdmod unloaded (source kernel); detach, rmmod, insmod, attach; kill -> guest 1's PROC_EXIT: "
-            "%d ms with fdmod, %d ms daemon path only (TCG, guest clocks, one offset); cycle %.1f s" % (
-                events[21]["payload"]["source"], st1["processes"]["paired_kernel_exits"], lat[21], lat[22], r.wall_s))
+            "%d ms with fdmod, %d ms daemon path only (TCG, guest clocks, one offset); %s; cycle %.1f s" % (
+                events[21]["payload"]["source"], st1["processes"]["paired_kernel_exits"], lat[21], lat[22],
+                live_stream(g1), r.wall_s))
 
 
 test_kernel_modules_with_discd_over_rxe.timeout = 300
@@ -235,7 +252,7 @@ def test_kernel_modules_with_discd_without_rdma(ctx):
     m = re.search(r"sends_without_device (\d+)", g0.value("fdmod_stats_after"))
     assert m and int(m.group(1)) >= 1, g0.value("fdmod_stats_after")
     return ("no RDMA device: tags 21 and 22 once each over IP (source kernel); kill -> guest 1's PROC_EXIT %d / "
-            "%d ms (TCG); detach, rmmod, insmod, attach; cycle %.1f s" % (lat[21], lat[22], r.wall_s))
+            "%d ms (TCG); detach, rmmod, insmod, attach; %s; cycle %.1f s" % (lat[21], lat[22], live_stream(g1), r.wall_s))
 
 
 test_kernel_modules_with_discd_without_rdma.timeout = 300

@@ -11,7 +11,8 @@
 #      process.exited with source kernel, tag 22, signal 9, once;
 #   4. unload under a running discd with an opted-in process alive: discd kernel detach, rmmod
 #      heartbeat; insmod it again, discd kernel attach: attached again (attaches 2).
-# Guest 1 runs `discd events --json --space discd.process --since 0`; its lines are recorded for
+# Guest 1 runs `discd events --json --space discd.process --since 0` from before the exits (the live
+# stream), and at the end reads the daemon's history the same way with --count 2; the events give
 # the latencies (event time_unix_ms - kill time on guest 0: one unknown clock offset for both paths).
 . "$REPO/tests/guests/lib.sh"
 . "$REPO/tests/guests/discd-lib.sh"
@@ -103,9 +104,20 @@ else
     wait_for "$SHARED/unloaded" 120 || fail "guest 0 never finished unloading"
     sleep 1
     result reports_23 "$(reports 23)"
-    kill "$events" 2>/dev/null
+    # The history (--since 0): the daemon published each exit once; bounded by --count and timeout.
+    timeout 60 "$DISCD_BIN/discd" events --json --space discd.process --since 0 --count 2 > /tmp/history.jsonl 2>&1
+    result history_rc "$?"
     while read -r l; do
         case "$l" in *'"PROC_EXIT"'*) result proc_event "$l" ;; esac
+    done < /tmp/history.jsonl
+    # The live subscriber, started before the exits: what it printed, and whether it still ran.
+    if kill -0 "$events" 2>/dev/null; then result live_running true; else result live_running false; fi
+    kill "$events" 2>/dev/null
+    while read -r l; do
+        case "$l" in
+            *'"PROC_EXIT"'*) result live_event "$l" ;;
+            *) result live_other "$(json_str "$l")" ;;
+        esac
     done < /tmp/proc.jsonl
     record_status
 fi

@@ -145,11 +145,12 @@ struct KernelExitPairing: Sendable {
 /// returning datagrams to send. Pure and deterministic; the daemon and the simulator both run it.
 public struct ClusterNode: Sendable {
     // Stored properties in the order of their use by a datagram (Swift lays a struct out in
-    // declaration order): those a repeated announce reads and writes (`isRepeatedAnnounce`) come
-    // first, within `hotBytes`, so that a reader of thousands of nodes in turn (the simulator hands
-    // each multicast to every node) can ask for those lines alone instead of all 2 kB of the node.
-    public private(set) var map: NodeMap
-    public private(set) var counters = ClusterCounters()
+    // declaration order), so that a reader of thousands of nodes in turn (the simulator hands each
+    // multicast to every node) can ask for the lines an input reads instead of all 2 kB of the
+    // node: a repeated announce (`isRepeatedAnnounce`) reads `repeatRanges`, an input that changes
+    // the map (a join, news) `changeRanges`.
+    //
+    // First: what every datagram reads and writes.
     private var out: [Effect] = []
     /// Authentication (nil: none): the keys, our next replay counter, the peers' replay windows.
     public private(set) var auth: AuthConfig?
@@ -173,8 +174,19 @@ public struct ClusterNode: Sendable {
     /// and the receive counter, nothing else; no timer moved, no member came or went. Valid right
     /// after `receive`; the simulator reads it to skip its per-input bookkeeping.
     public private(set) var lastInputWasRepeat = false
+    /// `datagramsReceived` first: every datagram counts.
+    public private(set) var counters = ClusterCounters()
+    /// Our own exit notices still to be sent again (at `due`), `left` more times.
+    private var exitResends: [(notice: ProcessExit, due: Instant, left: Int)] = []
+    /// Exit notices to forward to our binomial-graph neighbours (but `except`, who sent it) at `due`.
+    private var exitForwards: [(notice: ProcessExit, due: Instant, except: IPAddress?)] = []
+    /// The map's look-up fields come last in it (`NodeMap.lookupOffset`), right before the head of
+    /// `discovery` that every datagram reads.
+    public private(set) var map: NodeMap
     public private(set) var discovery: DiscoveryCore
     public private(set) var detector: DetectorCore?
+
+    // The rest.
     private var messageID: UInt32 = 0
     private var replayCounter: UInt64 = 0
     private var replay = ReplayGuard()
@@ -183,23 +195,29 @@ public struct ClusterNode: Sendable {
     /// Process exits already reported, by (node, pid, start time): each is reported once however
     /// many copies arrive (retransmissions, relays, both transports).
     private var exitsSeen = RecentSet<ProcessKey>(capacity: 8192)
-    /// Our own exit notices still to be sent again (at `due`), `left` more times.
-    private var exitResends: [(notice: ProcessExit, due: Instant, left: Int)] = []
-    /// Exit notices to forward to our binomial-graph neighbours (but `except`, who sent it) at `due`.
-    private var exitForwards: [(notice: ProcessExit, due: Instant, except: IPAddress?)] = []
     /// Exits the kernel module watched reach us twice — fdmod's immediate (node ID, tag) and the
     /// daemon's full notice (source `.kernel`) — and are reported once: the k-th of either kind for
     /// (node, tag) pairs with the k-th of the other kind within `kernelPairWindow`.
     private var kernelExits = KernelExitPairing()
-    /// Last: the settings, read where the node starts and where it sends (`coreBytes`).
+    /// Last: the settings, read where the node starts and where it sends.
     public let config: ClusterConfig
 
-    /// How many bytes from the start of a node hold every field a repeated announce touches
-    /// (besides the map's own storage): the hot fields above and the head of `discovery`.
-    public static let hotBytes = MemoryLayout<ClusterNode>.offset(of: \ClusterNode.discovery)! + DiscoveryCore.hotBytes
-    /// How many bytes from the start of a node hold everything but `config`: what a datagram that
-    /// changes the map (a join, news) may read.
-    public static let coreBytes = MemoryLayout<ClusterNode>.offset(of: \ClusterNode.config)!
+    /// The byte ranges of a node (from its start) that hold every field a repeated announce reads
+    /// or writes (besides the map's own storage): the fields before `map` up to the receive
+    /// counter, and the map's look-up fields with the head of `discovery`.
+    public static let repeatRanges: (Range<Int>, Range<Int>) = (
+        0..<offset(\.counters) + MemoryLayout<Int>.size,
+        offset(\.map) + NodeMap.lookupOffset..<offset(\.discovery) + DiscoveryCore.hotBytes
+    )
+    /// The byte ranges that hold every field an input that changes the map (a join, news) reads or
+    /// writes, with what `nextDeadlineInPlace` and `memberCountInPlace` read after it: everything
+    /// up to the head of `discovery` (`DiscoveryCore.changeBytes`), and the head of `detector`.
+    public static let changeRanges: (Range<Int>, Range<Int>) = (
+        0..<offset(\.discovery) + DiscoveryCore.changeBytes,
+        offset(\.detector)..<offset(\.detector) + DetectorCore.hotBytes
+    )
+
+    private static func offset(_ field: PartialKeyPath<ClusterNode>) -> Int { MemoryLayout<ClusterNode>.offset(of: field)! }
 
     struct ProcessKey: Hashable, Sendable {
         let node: IPAddress

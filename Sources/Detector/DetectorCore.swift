@@ -21,8 +21,32 @@ import Wire
 /// (heartbeats, deadlines, suspicion), `Probes.swift` (direct and indirect probes, helper relays),
 /// `Deaths.swift` (declaring and spreading deaths, the binomial graph).
 public struct DetectorCore: Sendable {
-    public let settings: DetectorSettings
+    // First, within `hotBytes`: what a map change (`skipsRing`) and `nextDeadlineInPlace` read, in
+    // the order of their use (Swift lays a struct out in declaration order), so that a reader of
+    // thousands of nodes in turn (the simulator hands each join to every node) can ask for these
+    // lines alone. `orphans` is the first reference: it holds `DetectorCore?`'s nil tag (the first
+    // field with the most spare bit patterns), which every `detector!` reads.
+    /// Suspects we stopped observing (the ring moved): put back to alive at the next tick, since nobody
+    /// else would ever clear them in this map.
+    var orphans: [IPAddress] = []
+    var nextHeartbeat: Instant
+    var lastTick: Instant
+    var deathBatchDue: Instant?
+    var runDue: Instant?
+    var runNextProbe: Instant = .zero
+    var seenGeneration: UInt64?
+    /// `NodeMap.changeTotal` when the ring was last brought up to date.
+    var seenChangeTotal: UInt64 = 0
+    /// Ring refreshes `mapChanged(_:changes:now:)` skipped (tests).
+    var ringSkips = 0
+    var selfID: NodeID?
+    var successorID: NodeID?
     public let selfAddress: IPAddress
+    var successorAddress: IPAddress?
+    var observedNode: Observed?
+
+    // The rest.
+    public let settings: DetectorSettings
     /// `now` at creation: log lines are relative to it.
     public let startTime: Instant
     public internal(set) var stats = DetectorStats()
@@ -83,41 +107,27 @@ public struct DetectorCore: Sendable {
     /// `deaths` datagram of up to `Wire.deathsPerDatagram`); a lone death goes at once.
     public static let deathBatchWindow = TimeSpan.milliseconds(100)
 
-    var selfID: NodeID?
-    var observedNode: Observed?
-    var successorAddress: IPAddress?
-    var successorID: NodeID?
     var watchers: [Watcher] = []
     var relays: [Relay] = []
     var answered: Answered?
     /// Death notices waiting to be spread (`spread`), when they go, and when the last went.
     var deathBatch: [DeathNotice] = []
-    var deathBatchDue: Instant?
     var lastDeathSpread: Instant?
     var deadSeen = RecentSet<DeadKey>(capacity: DetectorCore.deadCacheSize)
-    /// Suspects we stopped observing (the ring moved): put back to alive at the next tick, since nobody
-    /// else would ever clear them in this map.
-    var orphans: [IPAddress] = []
-    var seenGeneration: UInt64?
-    /// `NodeMap.changeTotal` when the ring was last brought up to date.
-    var seenChangeTotal: UInt64 = 0
-    /// Ring refreshes `mapChanged(_:changes:now:)` skipped (tests).
-    var ringSkips = 0
-    var lastTick: Instant
     /// When the shell last reported drops at this node's own receive sockets (`localLoss`).
     var lastLocalLoss: Instant?
     /// The silent run being probed (`Run.swift`): its members in ring order (nearest first), when
     /// probing began, when the verdict is due (nil: no run), the next round, the helpers.
     var run: [RunMember] = []
     var runSince: Instant = .zero
-    var runDue: Instant?
-    var runNextProbe: Instant = .zero
     var runGraced = false
     var runRounds = 0
     var runHelpers: [IPAddress] = []
-    var nextHeartbeat: Instant
     var sequence: UInt32 = 0
     var nonceCounter: UInt32
+
+    /// The bytes from the start of the core that a map change and `nextDeadlineInPlace` read.
+    public static let hotBytes = MemoryLayout<DetectorCore>.offset(of: \DetectorCore.observedNode)! + MemoryLayout<Observed?>.size
 
     public init(settings: DetectorSettings, selfAddress: IPAddress, now: Instant) {
         precondition((try? settings.validate()) != nil, "invalid DetectorSettings: build them with init(...) throws")
@@ -205,6 +215,9 @@ public struct DetectorCore: Sendable {
         return true
     }
 
+    /// Inlined: called from the mutating `skipsRing` (every map change of a restart storm), a
+    /// non-mutating method of this struct (over 700 bytes) was handed a copy of all of it.
+    @inline(__always)
     private func ringUnmoved(by changes: [NodeMapChange]) -> Bool {
         guard let me = selfID, let o = observedNode, o.suspicion == nil, let q = successorID, let qa = successorAddress,
             o.id != q

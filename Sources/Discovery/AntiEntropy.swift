@@ -39,9 +39,9 @@ extension DiscoveryCore {
     // MARK: Influx and wave
 
     mutating func noteJoin(now: Instant, memberCount: Int) {
-        let half = settings.influxWindow / UInt64(2)
+        let half = influxWindow / UInt64(2)
         if now >= joinWindowStart + half {
-            joinsBefore = now >= joinWindowStart + settings.influxWindow ? 0 : joinsNow
+            joinsBefore = now >= joinWindowStart + influxWindow ? 0 : joinsNow
             joinsNow = 0
             joinWindowStart = now
         }
@@ -54,17 +54,20 @@ extension DiscoveryCore {
     public func inInflux(now: Instant, map: NodeMap) -> Bool { inInflux(now: now, memberCount: map.memberCount) }
 
     /// `inInflux`, from the one figure of the map it reads (a caller holding the map `inout` would
-    /// otherwise hand over a copy of it).
+    /// otherwise hand over a copy of it). Inlined: called from a mutating method (`noteJoin`,
+    /// `noteNews`: every join and news of a restart storm), a non-mutating method of this struct
+    /// (over 700 bytes) was handed a copy of all of it.
+    @inline(__always)
     func inInflux(now: Instant, memberCount: Int) -> Bool {
         let recent: Int
-        if now >= joinWindowStart + settings.influxWindow {
+        if now >= joinWindowStart + influxWindow {
             recent = 0
-        } else if now >= joinWindowStart + settings.influxWindow / UInt64(2) {
+        } else if now >= joinWindowStart + influxWindow / UInt64(2) {
             recent = joinsNow
         } else {
             recent = joinsNow + joinsBefore
         }
-        return recent >= max(settings.influxMinJoins, memberCount / max(settings.influxDivisor, 1))
+        return recent >= max(influxMinJoins, memberCount / max(influxDivisor, 1))
     }
 
     /// Announces of nodes this map does not hold as members (unknown, or held dead or left): many of
@@ -78,12 +81,12 @@ extension DiscoveryCore {
         // During a restart storm announces of unknown nodes are the storm itself: its wave serves.
         // A newcomer still pulling lacks most nodes: their announces are not a partition healing.
         guard !influxPending, !pullActive, !inInflux(now: now, memberCount: memberCount) else { return }
-        if now >= newsWindowStart + settings.influxWindow {
+        if now >= newsWindowStart + influxWindow {
             newsCount = 0
             newsWindowStart = now
         }
         newsCount += 1
-        guard newsCount >= settings.influxMinJoins else { return }
+        guard newsCount >= influxMinJoins else { return }
         newsCount = 0
         if scheduleWave(now: now, memberCount: memberCount) {
             waveBump = true
@@ -109,7 +112,7 @@ extension DiscoveryCore {
     }
 
     mutating func waveTick(now: Instant, map: inout NodeMap, out: inout [DiscoveryOutput]) {
-        if influxPending, now >= lastJoinAt + settings.influxQuiet {
+        if influxPending, now >= lastJoinAt + influxQuiet {
             influxPending = false
             scheduleWave(now: now, memberCount: map.memberCount)
         }
@@ -214,7 +217,7 @@ extension DiscoveryCore {
     }
 
     /// How long a session waits for its last datagram.
-    func timeout(of s: SyncSession) -> TimeSpan { s.pull ? settings.pullRetry : settings.syncTimeout }
+    func timeout(of s: SyncSession) -> TimeSpan { s.pull ? pullRetry : settings.syncTimeout }
 
     // MARK: Digests on heartbeats
 

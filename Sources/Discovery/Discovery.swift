@@ -166,28 +166,64 @@ public enum DiscoveryEvent: Event, Hashable {
 /// Pure: inputs are received messages, ticks and interface changes, each with `now` (ns);
 /// outputs are messages to send and map changes.
 public struct DiscoveryCore: Sendable {
+    // Stored properties in the order of their use by a datagram (Swift lays a struct out in
+    // declaration order), so that a reader of thousands of nodes in turn (the simulator hands each
+    // multicast to every node) can ask for the lines an input reads instead of all of the core.
     // First, within `hotBytes`: what every datagram reads (`ClusterNode.receive` checks `started`,
-    // then `needsAdmission` reads `relaysSeen` and `settings.relay`). Swift lays a struct out in
-    // declaration order.
+    // then `needsAdmission` reads `relaysSeen` and `relay`).
     public private(set) var started = false
     private var relaysSeen = false
-    public let settings: DiscoverySettings
-    public private(set) var me: SelfInfo
-    public internal(set) var incarnation: UInt64
+    /// `settings.relay` (`settings` is 168 bytes that a datagram mostly does not read).
+    private let relay: Bool
 
-    var rng: SplitMix64
+    // Then, within `changeBytes`: what a join or the news of a node reads and writes besides (the
+    // influx counts, the deadlines `nextDeadlineInPlace` compares, our address, the join counter).
+    /// An influx was seen and its wave not yet scheduled.
+    var influxPending = false
+    /// The pull is under way: from the first offer until its last page came (or `pullLimit`
+    /// passed). Meanwhile a lost request or last page is asked again after `pullRetry`, and the
+    /// node neither offers nor takes announces of nodes it lacks for a partition healing.
+    var pullActive = false
+    /// The next wave announce goes out at a new incarnation (a heal wave).
+    var waveBump = false
+    /// Joins counted in the current and the previous half of the influx window.
+    var joinsNow = 0
+    var joinsBefore = 0
+    var joinWindowStart: Instant = .zero
+    var lastJoinAt: Instant = .zero
+    /// Announces of non-members counted in the current influx window (see `noteNews`).
+    var newsCount = 0
+    var newsWindowStart: Instant = .zero
     private var nextAnnounce: Instant = .zero
     private var nextScan: Instant = .zero
+    /// The wave's next copy (nil: no wave under way), the copies after it, and their spacing. Not
+    /// an array of due times: every datagram's `nextDeadline` reads it, and an emptied array's
+    /// buffer was one more cache miss per datagram in the simulator.
+    var waveNext: Instant?
+    var pullEndsBy: Instant = .zero
+    /// The sync this node started and waits on (at most one).
+    var session: SyncSession?
+    /// `settings`' fields that a join or news reads (`inInflux`, `noteNews`, `nextDeadlineInPlace`).
+    let influxMinJoins: Int
+    let influxDivisor: Int
+    let influxWindow: TimeSpan
+    let influxQuiet: TimeSpan
+    let pullRetry: TimeSpan
+    public private(set) var me: SelfInfo
+    /// Its first line (`joinsReceived`) is within `changeBytes`.
+    public internal(set) var stats = DiscoveryStats()
+
+    // The rest.
+    public let settings: DiscoverySettings
+    public internal(set) var incarnation: UInt64
+    var rng: SplitMix64
     private var seen: RecentSet<SeenKey>
     /// When each node was last answered with a revival `dead` (see `mayAnswerRevival`).
     private var revivalAnswered: [IPAddress: Instant] = [:]
-    public internal(set) var stats = DiscoveryStats()
 
     // Anti-entropy state (AntiEntropy.swift).
     /// The last digest each heartbeat origin sent, and ours when it came.
     var peerDigests: [IPAddress: PeerDigest] = [:]
-    /// The sync this node started and waits on (at most one).
-    var session: SyncSession?
     /// Sessions that ended lately: their answer datagrams still in flight are taken.
     var recentSessions: [SyncSession] = []
     var sessionCounter: UInt32 = 0
@@ -195,22 +231,6 @@ public struct DiscoveryCore: Sendable {
     var answered: [IPAddress: UInt32] = [:]
     var answerTokens: Double = 0
     var tokensAt: Instant = .zero
-    /// Joins counted in the current and the previous half of the influx window.
-    var joinsNow = 0
-    var joinsBefore = 0
-    var joinWindowStart: Instant = .zero
-    var lastJoinAt: Instant = .zero
-    /// An influx was seen and its wave not yet scheduled.
-    var influxPending = false
-    /// Announces of non-members counted in the current influx window (see `noteNews`).
-    var newsCount = 0
-    var newsWindowStart: Instant = .zero
-    /// The next wave announce goes out at a new incarnation (a heal wave).
-    var waveBump = false
-    /// The wave's next copy (nil: no wave under way), the copies after it, and their spacing. Not
-    /// an array of due times: every datagram's `nextDeadline` reads it, and an emptied array's
-    /// buffer was one more cache miss per datagram in the simulator.
-    var waveNext: Instant?
     var waveLeft = 0
     var waveStep: TimeSpan = .zero
     var lastWave: Instant?
@@ -222,11 +242,6 @@ public struct DiscoveryCore: Sendable {
     /// count its offer announced: a later offer of more than twice as many members replaces it.
     var pulledFrom: IPAddress?
     var pulledMembers = 0
-    /// The pull is under way: from the first offer until its last page came (or `pullLimit`
-    /// passed). Meanwhile a lost request or last page is asked again after `pullRetry`, and the
-    /// node neither offers nor takes announces of nodes it lacks for a partition healing.
-    var pullActive = false
-    var pullEndsBy: Instant = .zero
     /// Pages asked again in a row without a datagram of the answer: at `pullMisses` the offerer is
     /// taken to be gone (crashed, or refusing), and heartbeat syncs take over.
     var pullMisses = 0
@@ -242,15 +257,23 @@ public struct DiscoveryCore: Sendable {
     public let detectorRunning: Bool
 
     /// The bytes from the start of the core that every datagram reads (see the first fields).
-    public static let hotBytes =
-        MemoryLayout<DiscoveryCore>.offset(of: \DiscoveryCore.settings)! + MemoryLayout<DiscoverySettings>.offset(of: \DiscoverySettings.relay)!
-        + MemoryLayout<Bool>.size
+    public static let hotBytes = MemoryLayout<DiscoveryCore>.offset(of: \DiscoveryCore.relay)! + MemoryLayout<Bool>.size
+    /// The bytes from the start of the core that a join or news reads (see the first fields).
+    public static let changeBytes =
+        MemoryLayout<DiscoveryCore>.offset(of: \DiscoveryCore.stats)! + MemoryLayout<DiscoveryStats>.offset(of: \DiscoveryStats.joinsReceived)!
+        + MemoryLayout<Int>.size
 
     public init(
         settings: DiscoverySettings = .default, me: SelfInfo, incarnation: UInt64, seed: UInt64,
         detectorRunning: Bool = false
     ) {
         self.settings = settings
+        self.relay = settings.relay
+        self.influxMinJoins = settings.influxMinJoins
+        self.influxDivisor = settings.influxDivisor
+        self.influxWindow = settings.influxWindow
+        self.influxQuiet = settings.influxQuiet
+        self.pullRetry = settings.pullRetry
         self.detectorRunning = detectorRunning
         self.me = me
         self.incarnation = incarnation
@@ -290,8 +313,8 @@ public struct DiscoveryCore: Sendable {
     /// handed a copy of it (a `memcpy` of the whole core for every call, seen in the simulator).
     public mutating func nextDeadlineInPlace() -> Instant {
         min(
-            nextAnnounce, nextScan, waveNext ?? .distantFuture, influxPending ? lastJoinAt + settings.influxQuiet : .distantFuture,
-            pullActive ? min(pullEndsBy, (session?.started ?? .zero) + settings.pullRetry) : .distantFuture)
+            nextAnnounce, nextScan, waveNext ?? .distantFuture, influxPending ? lastJoinAt + influxQuiet : .distantFuture,
+            pullActive ? min(pullEndsBy, (session?.started ?? .zero) + pullRetry) : .distantFuture)
     }
 
     public var nextDeadline: Instant {
@@ -411,7 +434,7 @@ public struct DiscoveryCore: Sendable {
     /// `admit` and the copies of its result (about 4 % of the simulator's time at 500 nodes).
     @inline(__always)
     public func needsAdmission(_ m: Message) -> Bool {
-        m.header.type.isRelayed && (settings.relay || relaysSeen || m.header.hops > 0)
+        m.header.type.isRelayed && (relay || relaysSeen || m.header.hops > 0)
     }
 
     /// Relay and duplicate suppression for the multicast message types. Returns false when the
@@ -429,7 +452,7 @@ public struct DiscoveryCore: Sendable {
             stats.duplicates += 1
             return (false, nil)
         }
-        guard settings.relay, m.header.hops < Wire.maxHops else { return (true, nil) }
+        guard relay, m.header.hops < Wire.maxHops else { return (true, nil) }
         var fwd = m
         fwd.header.hops += 1
         stats.relayed += 1

@@ -55,10 +55,6 @@ public struct NodeMap: Sendable {
     public private(set) var changeTotal: UInt64 = 0
     public var timeBaseUnixNanos: Int64 = 0
 
-    /// The nodes, one column per field (NodeColumns.swift); a node's slot is its index there.
-    private var storage = NodeColumns()
-    /// Address → slot.
-    private var index = SlotIndex()
     /// Assigned ID → slot.
     private var owner = OwnerTable()
     /// Preferred IDs with two or more claimants → their addresses, best rank first.
@@ -83,6 +79,17 @@ public struct NodeMap: Sendable {
     public private(set) var digestMembers = 0
     /// The digest split by `digestBucket` of the address (allocated with the first member).
     private var bucketSums: [UInt64] = []
+
+    // Last, from `lookupOffset` on: what a look-up reads (and a repeated claim writes through), so
+    // that a struct holding the map can put its own hot fields right after them (`ClusterNode`:
+    // the simulator asks for the lines a datagram reads in thousands of nodes' maps in turn).
+    // Swift lays a struct out in declaration order.
+    /// The nodes, one column per field (NodeColumns.swift); a node's slot is its index there.
+    private var storage = NodeColumns()
+    /// Address → slot.
+    private var index = SlotIndex()
+    /// Where the fields a look-up reads begin (they run to the end of the struct).
+    public static let lookupOffset = MemoryLayout<NodeMap>.offset(of: \NodeMap.storage)!
     /// Buckets of the digest: a sync compares them to find which entries differ.
     public static let digestBuckets = 1024
 

@@ -57,11 +57,16 @@ extension Simulator {
             let decoded = try? Message.decode(bytes)
             let origin = decoded?.header.origin
             // An announce mostly repeats what a map holds, and its receiver then reads only the
-            // node's first lines (`ClusterNode.hotBytes`); anything else may read all of it but
-            // its settings (`coreBytes`).
-            let slotBytes = decoded?.header.type == .announce ? Self.hotSlotBytes : Self.coreSlotBytes
+            // node's `repeatRanges`; a join changes the map (`changeRanges`); anything else (a
+            // death notice, a leave) may read all of the node but its settings.
+            let lines: NodeLines
+            switch decoded?.header.type {
+            case .announce?: lines = .repeated
+            case .join?: lines = .change
+            default: lines = .core
+            }
             for k in 0..<n {
-                if let o = origin { prefetchReceivers(r, s, k, n, o, slotBytes: slotBytes) }
+                if let o = origin { prefetchReceivers(r, s, k, n, o, lines: lines) }
                 deliver(bytes, decoded: decoded, to: Int(fanouts[r].receivers[s][k]), from: from, heartbeat: false, tag: UInt64(r))
             }
             fanouts[r].receivers[s].removeAll(keepingCapacity: true)
@@ -100,45 +105,66 @@ extension Simulator {
     /// A fanout walks thousands of receivers, each with its own node and map in memory no cache
     /// holds; delivering to one reads its node, then its map's index entry for the sender, then the
     /// record that entry points to: misses that follow one another. While it delivers to receiver
-    /// k, it asks for receiver k + 8's node (the lines `slotBytes` says the input will read), k +
+    /// k, it asks for receiver k + 8's node (the lines `lines` says the input will read), k +
     /// 4's index entry and k + 2's record (or the lines an insert writes), so that the
     /// misses of several receivers overlap (a 3,000-node start: 63 s without, 45 s with). Hints
     /// only: the deliveries and their order are as without them, and so is the trace.
     @inline(__always)
-    func prefetchReceivers(_ r: Int, _ s: Int, _ k: Int, _ n: Int, _ origin: IPAddress, slotBytes: Int) {
-        if k + Self.slotAhead < n { prefetchSlot(Int(fanouts[r].receivers[s][k + Self.slotAhead]), from: 0, to: slotBytes) }
+    func prefetchReceivers(_ r: Int, _ s: Int, _ k: Int, _ n: Int, _ origin: IPAddress, lines: NodeLines) {
+        if k + Self.slotAhead < n {
+            let j = Int(fanouts[r].receivers[s][k + Self.slotAhead])
+            switch lines {
+            case .repeated:
+                prefetchSlot(j, Self.repeatSlotRanges.0)
+                prefetchSlot(j, Self.repeatSlotRanges.1)
+            case .change:
+                prefetchSlot(j, Self.changeSlotRanges.0)
+                prefetchSlot(j, Self.changeSlotRanges.1)
+            case .core:
+                prefetchSlot(j, Self.coreSlotRange)
+            }
+        }
         if k + Self.indexAhead < n, let slot = slots[Int(fanouts[r].receivers[s][k + Self.indexAhead])] {
             slot.node.prefetch(origin, step: 0)
         }
         if k + Self.recordAhead < n, let slot = slots[Int(fanouts[r].receivers[s][k + Self.recordAhead])] {
-            // News to this receiver (its map will insert the sender): the input reads the rest of
-            // the node too (discovery's news count, the detector's ring), asked for only now.
-            if slot.node.prefetch(origin, step: 1) && slotBytes < Self.coreSlotBytes {
-                prefetchSlot(Int(fanouts[r].receivers[s][k + Self.recordAhead]), from: slotBytes, to: Self.coreSlotBytes)
+            // News to this receiver (its map will insert the sender): the input reads the node's
+            // `changeRanges` too (discovery's news count, the detector's ring), asked for only now.
+            if slot.node.prefetch(origin, step: 1) && lines == .repeated {
+                let j = Int(fanouts[r].receivers[s][k + Self.recordAhead])
+                prefetchSlot(j, Self.changeSlotRanges.0)
+                prefetchSlot(j, Self.changeSlotRanges.1)
             }
         }
     }
 
+    /// Which of a receiver's lines a fanout asks for: see `ClusterNode.repeatRanges` and `changeRanges`.
+    enum NodeLines { case repeated, change, core }
+
     static let slotAhead = 8
     static let indexAhead = 4
     static let recordAhead = 2
-    /// A slot object's header (16 bytes) and the node's hot fields (361 of its 2,248 bytes).
-    static let hotSlotBytes = 16 + ClusterNode.hotBytes
-    /// A slot object's header and the node but its settings (1,880 bytes).
-    static let coreSlotBytes = 16 + ClusterNode.coreBytes
+    /// A slot object's header is 16 bytes; the node follows it.
+    static func inSlot(_ r: Range<Int>) -> Range<Int> { 16 + r.lowerBound..<16 + r.upperBound }
+    static let repeatSlotRanges = (inSlot(ClusterNode.repeatRanges.0), inSlot(ClusterNode.repeatRanges.1))
+    static let changeSlotRanges = (inSlot(ClusterNode.changeRanges.0), inSlot(ClusterNode.changeRanges.1))
+    /// The slot's header and the node but its settings.
+    static let coreSlotRange = 0..<16 + MemoryLayout<ClusterNode>.offset(of: \ClusterNode.config)!
 
-    /// Asks for slot `j`'s lines from byte `start` to `end` without touching it (reading the
+    /// Asks for the lines of slot `j` that hold bytes `range` without touching it (reading the
     /// reference would retain it, a write to its first line: the very miss this avoids). Asking for
     /// the map's lines first was measured no faster than one pass in order.
     @inline(__always)
-    func prefetchSlot(_ j: Int, from start: Int, to end: Int) {
+    func prefetchSlot(_ j: Int, _ range: Range<Int>) {
         slots.withUnsafeBufferPointer { b in
             let bits = UnsafeRawPointer(b.baseAddress!).load(fromByteOffset: j &* MemoryLayout<Slot?>.stride, as: UInt.self)
-            guard let p = UnsafeRawPointer(bitPattern: bits) else { return }
-            var off = start
-            while off < end {
-                discd_prefetch(p + off)
-                off += 64
+            guard bits != 0 else { return }
+            // Lines are 64-byte aligned in memory; the slot is only 16-byte aligned.
+            var line = (bits &+ UInt(range.lowerBound)) & ~63
+            let end = bits &+ UInt(range.upperBound)
+            while line < end {
+                discd_prefetch(UnsafeRawPointer(bitPattern: line))
+                line &+= 64
             }
         }
     }

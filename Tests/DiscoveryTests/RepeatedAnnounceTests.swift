@@ -91,14 +91,24 @@ extension Effect {
     }
 }
 
-/// The hot fields stay a small head of the node: a reordering that pushed them behind `config`
-/// or the detector would make every announce fetch lines the simulator no longer asks for.
+/// The hot fields stay a few lines of the node: a reordering that pushed them behind `config` or
+/// the detector's cold fields would make every announce and join read lines the simulator no
+/// longer asks for.
 struct HotFieldTests {
-    @Test func aRepeatedAnnouncesFieldsAreTheNodesFirstLines() {
-        #expect(ClusterNode.hotBytes <= 448)
-        #expect(ClusterNode.hotBytes * 4 < MemoryLayout<ClusterNode>.size)
-        // The settings come last: a node but its settings is what the simulator asks for otherwise.
-        #expect(ClusterNode.coreBytes + MemoryLayout<ClusterConfig>.size <= MemoryLayout<ClusterNode>.stride)
-        #expect(ClusterNode.coreBytes > ClusterNode.hotBytes)
+    @Test func aRepeatedAnnouncesFieldsAreAFewLinesOfTheNode() {
+        let (a, b) = ClusterNode.repeatRanges
+        #expect(a.lowerBound == 0 && a.upperBound <= b.lowerBound)
+        // Two short runs: at most five 64-byte lines wherever the node lies.
+        #expect(a.count <= 128 && b.count <= 96)
+        #expect(b.upperBound * 4 < MemoryLayout<ClusterNode>.size)
+    }
+
+    @Test func aMapChangesFieldsAreUnderHalfTheNode() {
+        let (a, b) = ClusterNode.changeRanges
+        let config = MemoryLayout<ClusterNode>.offset(of: \ClusterNode.config)!
+        #expect(a.lowerBound == 0 && a.upperBound <= b.lowerBound && b.upperBound <= config)
+        #expect((a.count + b.count) * 2 < MemoryLayout<ClusterNode>.size)
+        // What a repeat reads is part of what a change reads.
+        #expect(ClusterNode.repeatRanges.1.upperBound <= a.upperBound)
     }
 }

@@ -147,10 +147,10 @@ public struct ClusterNode: Sendable {
     // Stored properties in the order of their use by a datagram (Swift lays a struct out in
     // declaration order), so that a reader of thousands of nodes in turn (the simulator hands each
     // multicast to every node) can ask for the lines an input reads instead of all 2 kB of the
-    // node: a repeated announce (`isRepeatedAnnounce`) reads `repeatRanges`, an input that changes
+    // node: a repeated announce (`isRepeatedAnnounce`) reads `repeatBytes`, an input that changes
     // the map (a join, news) `changeRanges`.
     //
-    // First: what every datagram reads and writes.
+    // First: what every datagram reads and writes, then the map, whose look-up fields come first.
     private var out: [Effect] = []
     /// Authentication (nil: none): the keys, our next replay counter, the peers' replay windows.
     public private(set) var auth: AuthConfig?
@@ -159,6 +159,14 @@ public struct ClusterNode: Sendable {
     /// not read).
     private let clusterName: String
     private let selfAddress: IPAddress
+    /// `counters.datagramsReceived`, here: every datagram counts.
+    private var received = 0
+    /// `discovery.started`, and whether discovery relays or has seen a relayed copy (so that
+    /// `admit` has work: `discovery.needsAdmission`), kept beside the hot fields: the head of
+    /// `discovery` lies past the map. Set wherever discovery may change them (`start`, `stop`,
+    /// `admit`).
+    private var running = false
+    private var admitting: Bool
     /// `config.recordDeaths`, read at every map change.
     private let recordDeaths: Bool
     /// Whether `detector` is set (fixed at init). Tested instead of `detector != nil`, which hands
@@ -174,15 +182,16 @@ public struct ClusterNode: Sendable {
     /// and the receive counter, nothing else; no timer moved, no member came or went. Valid right
     /// after `receive`; the simulator reads it to skip its per-input bookkeeping.
     public private(set) var lastInputWasRepeat = false
-    /// `datagramsReceived` first: every datagram counts.
-    public private(set) var counters = ClusterCounters()
+    public private(set) var map: NodeMap
+    /// The counters but `datagramsReceived` (see `counters`).
+    private var tallies = ClusterCounters()
     /// Our own exit notices still to be sent again (at `due`), `left` more times.
     private var exitResends: [(notice: ProcessExit, due: Instant, left: Int)] = []
     /// Exit notices to forward to our binomial-graph neighbours (but `except`, who sent it) at `due`.
     private var exitForwards: [(notice: ProcessExit, due: Instant, except: IPAddress?)] = []
-    /// The map's look-up fields come last in it (`NodeMap.lookupOffset`), right before the head of
-    /// `discovery` that every datagram reads.
-    public private(set) var map: NodeMap
+    /// With `config.recordDeaths`: the nodes the map marked dead since the last `takeRecordedDeaths()`
+    /// (the simulator asks after every input that was not a repeat).
+    private var recordedDeaths: [(address: IPAddress, incarnation: UInt64)] = []
     public private(set) var discovery: DiscoveryCore
     public private(set) var detector: DetectorCore?
 
@@ -190,8 +199,6 @@ public struct ClusterNode: Sendable {
     private var messageID: UInt32 = 0
     private var replayCounter: UInt64 = 0
     private var replay = ReplayGuard()
-    /// With `config.recordDeaths`: the nodes the map marked dead since the last `takeRecordedDeaths()`.
-    private var recordedDeaths: [(address: IPAddress, incarnation: UInt64)] = []
     /// Process exits already reported, by (node, pid, start time): each is reported once however
     /// many copies arrive (retransmissions, relays, both transports).
     private var exitsSeen = RecentSet<ProcessKey>(capacity: 8192)
@@ -202,13 +209,9 @@ public struct ClusterNode: Sendable {
     /// Last: the settings, read where the node starts and where it sends.
     public let config: ClusterConfig
 
-    /// The byte ranges of a node (from its start) that hold every field a repeated announce reads
-    /// or writes (besides the map's own storage): the fields before `map` up to the receive
-    /// counter, and the map's look-up fields with the head of `discovery`.
-    public static let repeatRanges: (Range<Int>, Range<Int>) = (
-        0..<offset(\.counters) + MemoryLayout<Int>.size,
-        offset(\.map) + NodeMap.lookupOffset..<offset(\.discovery) + DiscoveryCore.hotBytes
-    )
+    /// The bytes from the start of a node that hold every field a repeated announce reads or
+    /// writes (besides the map's own storage): the fields before `map` and the map's look-up fields.
+    public static let repeatBytes = offset(\.map) + NodeMap.lookupBytes
     /// The byte ranges that hold every field an input that changes the map (a join, news) reads or
     /// writes, with what `nextDeadlineInPlace` and `memberCountInPlace` read after it: everything
     /// up to the head of `discovery` (`DiscoveryCore.changeBytes`), and the head of `detector`.
@@ -216,6 +219,13 @@ public struct ClusterNode: Sendable {
         0..<offset(\.discovery) + DiscoveryCore.changeBytes,
         offset(\.detector)..<offset(\.detector) + DetectorCore.hotBytes
     )
+
+    /// Every counter; `datagramsReceived` is kept apart (`received`), beside the hot fields.
+    public var counters: ClusterCounters {
+        var c = tallies
+        c.datagramsReceived = received
+        return c
+    }
 
     private static func offset(_ field: PartialKeyPath<ClusterNode>) -> Int { MemoryLayout<ClusterNode>.offset(of: field)! }
 
@@ -245,6 +255,7 @@ public struct ClusterNode: Sendable {
             detectorRunning: config.detector != nil)
         self.eventLevel = config.logLevel
         self.auth = config.auth
+        self.admitting = self.discovery.relaying
         self.replayCounter = config.auth?.counterSeed ?? 0
         self.detectorOn = config.detector != nil
         if var d = config.detector {
@@ -255,7 +266,7 @@ public struct ClusterNode: Sendable {
 
     public var address: IPAddress { selfAddress }
     public var incarnation: UInt64 { discovery.incarnation }
-    public var isRunning: Bool { discovery.started }
+    public var isRunning: Bool { running }
 
     /// The earliest time `tick` must be called.
     public var nextDeadline: Instant {
@@ -307,12 +318,13 @@ public struct ClusterNode: Sendable {
 
     public mutating func start(now: Instant) -> [Effect] {
         let d = discovery.start(now: now, map: &map)
+        running = discovery.started
         apply(d, now: now)
         return flush()
     }
 
     public mutating func tick(now: Instant) -> [Effect] {
-        guard discovery.started else { return [] }
+        guard running else { return [] }
         resendExits(now: now)
         forwardExits(now: now)
         apply(discovery.tick(now: now, map: &map), now: now)
@@ -331,6 +343,7 @@ public struct ClusterNode: Sendable {
 
     public mutating func stop(now: Instant) -> [Effect] {
         apply(discovery.stop(now: now, map: &map), now: now)
+        running = discovery.started
         return flush()
     }
 
@@ -356,8 +369,8 @@ public struct ClusterNode: Sendable {
     /// notice as the kernel module fdmod sends it, `ProcessNotice` layout (docs/PROTOCOL.md). It is
     /// decoded against the map; one that names no node of the map is counted and dropped.
     public mutating func receiveImmediate(_ value: UInt32, now: Instant) -> [Effect] {
-        guard discovery.started else { return [] }
-        counters.datagramsReceived += 1
+        guard running else { return [] }
+        received += 1
         if let a = auth, !a.trustImmediates {
             // 32 bits leave no room for a tag: with keys, only a fabric the admin trusts may speak.
             drop(.unauthenticated, from: nil)
@@ -371,7 +384,7 @@ public struct ClusterNode: Sendable {
         if kernelExits.arrived(.immediate, node: n.address, tag: notice.tag, now: now) {
             emit(.processNotice(node: n.address, id: id, tag: notice.tag))
         } else {
-            counters.pairedKernelExits += 1
+            tallies.pairedKernelExits += 1
         }
         return flush()
     }
@@ -384,7 +397,7 @@ public struct ClusterNode: Sendable {
         pid: UInt32, startTime: UInt64, status: Int32, tag: UInt16, source: ProcessExit.Source = .daemon, name: String,
         now: Instant
     ) -> [Effect] {
-        guard discovery.started else { return [] }
+        guard running else { return [] }
         let p = ProcessExit(
             node: config.me.address, pid: pid, startTime: startTime, status: status, tag: tag, source: source, name: name)
         // The datagram first: the shell carries effects out in order, and the other nodes wait.
@@ -402,7 +415,7 @@ public struct ClusterNode: Sendable {
     /// The first copy of an exit here: reported, unless the kernel module's immediate for it came first.
     private mutating func report(_ p: ProcessExit, now: Instant) {
         if p.source == .kernel, !kernelExits.arrived(.notice, node: p.node, tag: p.tag, now: now) {
-            counters.pairedKernelExits += 1
+            tallies.pairedKernelExits += 1
             return
         }
         emit(.processExited(p))
@@ -427,7 +440,7 @@ public struct ClusterNode: Sendable {
             for to in neighbours where to != f.except && to != f.notice.node {
                 guard let port = map.brief(to)?.heartbeatPort, port != 0 else { continue }
                 out.append(.heartbeat(bytes, to: to, port: port))
-                counters.exitForwardsSent += 1
+                tallies.exitForwardsSent += 1
             }
         }
     }
@@ -435,7 +448,7 @@ public struct ClusterNode: Sendable {
     private mutating func sendExit(_ p: ProcessExit) {
         if let bytes = encode(.processExit(p)) {
             out.append(.multicast(bytes, except: nil))
-            counters.multicastSent += 1
+            tallies.multicastSent += 1
         }
     }
 
@@ -458,8 +471,8 @@ public struct ClusterNode: Sendable {
     /// A datagram arrived on cluster interface `interface` (index into the shell's interface list).
     public mutating func receive(_ bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
         lastInputWasRepeat = false
-        guard discovery.started else { return [] }
-        counters.datagramsReceived += 1
+        guard running else { return [] }
+        received += 1
         let m: Message
         do {
             m = try Message.decode(bytes)
@@ -477,8 +490,8 @@ public struct ClusterNode: Sendable {
     /// multicast once for all its receivers (decoding is a pure function of the bytes).
     public mutating func receive(_ m: Message, bytes: [UInt8], interface: Int, now: Instant) -> [Effect] {
         lastInputWasRepeat = false
-        guard discovery.started else { return [] }
-        counters.datagramsReceived += 1
+        guard running else { return [] }
+        received += 1
         return process(m, bytes, interface: interface, now: now)
     }
 
@@ -531,14 +544,16 @@ public struct ClusterNode: Sendable {
             drop(.staleIncarnation, from: h.origin)
             return flush()
         }
-        if discovery.needsAdmission(m) {
+        // `discovery.needsAdmission(m)`, from the copy of its flag beside the hot fields.
+        if m.header.type.isRelayed && (admitting || m.header.hops > 0) {
             let (process, relay) = discovery.admit(m, interface: interface, now: now)
+            admitting = discovery.relaying
             if case .relay(let fwd, let except)? = relay {
                 // The datagram as it came, one hop further: its tag (hops are not covered) stays valid.
                 var copy = bytes
                 copy[Seal.hopsOffset] = fwd.header.hops
                 out.append(.multicast(copy, except: except))
-                counters.multicastSent += 1
+                tallies.multicastSent += 1
             }
             guard process else { return flush() }
         }
@@ -586,7 +601,7 @@ public struct ClusterNode: Sendable {
                 report(p, now: now)
                 scheduleForward(p, except: h.origin, now: now)
             } else {
-                counters.duplicateExitNotices += 1
+                tallies.duplicateExitNotices += 1
             }
         }
         return flush()
@@ -633,7 +648,7 @@ public struct ClusterNode: Sendable {
     /// A datagram the shell refused before it reached the node (a source outside --allow-from):
     /// counted with the node's drops.
     public mutating func refused(_ reason: DropReason, from: IPAddress?) {
-        counters.datagramsReceived += 1
+        received += 1
         drop(reason, from: from)
         out.removeAll(keepingCapacity: true)
     }
@@ -641,7 +656,7 @@ public struct ClusterNode: Sendable {
     // MARK: Plumbing
 
     private mutating func drop(_ reason: DropReason, from: IPAddress?) {
-        counters.drops[reason, default: 0] += 1
+        tallies.drops[reason, default: 0] += 1
         if eventLevel <= .debug { emit(.dropped(reason, from: from)) }
     }
 
@@ -694,12 +709,12 @@ public struct ClusterNode: Sendable {
             case .multicast(let b):
                 if let bytes = encode(b) {
                     out.append(.multicast(bytes, except: nil))
-                    counters.multicastSent += 1
+                    tallies.multicastSent += 1
                 }
             case .unicast(let b, let to):
                 if let bytes = encode(b) {
                     out.append(.unicast(bytes, to: to))
-                    counters.unicastSent += 1
+                    tallies.unicastSent += 1
                 }
             case .relay:
                 // Relays come only from `admit`, and `receive` forwards the datagram as it came (its
@@ -721,12 +736,12 @@ public struct ClusterNode: Sendable {
             case .send(let b, let to, let port):
                 if let bytes = encode(b) {
                     out.append(.heartbeat(bytes, to: to, port: port))
-                    counters.heartbeatDatagramsSent += 1
+                    tallies.heartbeatDatagramsSent += 1
                 }
             case .multicast(let b):
                 if let bytes = encode(b) {
                     out.append(.multicast(bytes, except: nil))
-                    counters.multicastSent += 1
+                    tallies.multicastSent += 1
                 }
             case .changes(let c):
                 mapChanged(c, now: now, fromDetector: true)
@@ -740,7 +755,7 @@ public struct ClusterNode: Sendable {
 
     private mutating func mapChanged(_ changes: [NodeMapChange], now: Instant, fromDetector: Bool = false) {
         guard !changes.isEmpty else { return }
-        counters.mapChanges += changes.count
+        tallies.mapChanges += changes.count
         for c in changes {
             emit(.member(c))
             guard recordDeaths else { continue }

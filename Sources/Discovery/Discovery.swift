@@ -169,15 +169,14 @@ public struct DiscoveryCore: Sendable {
     // Stored properties in the order of their use by a datagram (Swift lays a struct out in
     // declaration order), so that a reader of thousands of nodes in turn (the simulator hands each
     // multicast to every node) can ask for the lines an input reads instead of all of the core.
-    // First, within `hotBytes`: what every datagram reads (`ClusterNode.receive` checks `started`,
-    // then `needsAdmission` reads `relaysSeen` and `relay`).
+    // First, within `changeBytes`: what a join or the news of a node reads and writes (whether
+    // discovery runs and admits, the influx counts, the deadlines `nextDeadlineInPlace` compares,
+    // our address, the join counter). `ClusterNode` keeps its own copy of `started` and
+    // `relaying`, which every datagram reads.
     public private(set) var started = false
     private var relaysSeen = false
     /// `settings.relay` (`settings` is 168 bytes that a datagram mostly does not read).
     private let relay: Bool
-
-    // Then, within `changeBytes`: what a join or the news of a node reads and writes besides (the
-    // influx counts, the deadlines `nextDeadlineInPlace` compares, our address, the join counter).
     /// An influx was seen and its wave not yet scheduled.
     var influxPending = false
     /// The pull is under way: from the first offer until its last page came (or `pullLimit`
@@ -256,8 +255,6 @@ public struct DiscoveryCore: Sendable {
     /// Whether a failure detector runs beside discovery (expiry is then only a backstop).
     public let detectorRunning: Bool
 
-    /// The bytes from the start of the core that every datagram reads (see the first fields).
-    public static let hotBytes = MemoryLayout<DiscoveryCore>.offset(of: \DiscoveryCore.relay)! + MemoryLayout<Bool>.size
     /// The bytes from the start of the core that a join or news reads (see the first fields).
     public static let changeBytes =
         MemoryLayout<DiscoveryCore>.offset(of: \DiscoveryCore.stats)! + MemoryLayout<DiscoveryStats>.offset(of: \DiscoveryStats.joinsReceived)!
@@ -434,8 +431,12 @@ public struct DiscoveryCore: Sendable {
     /// `admit` and the copies of its result (about 4 % of the simulator's time at 500 nodes).
     @inline(__always)
     public func needsAdmission(_ m: Message) -> Bool {
-        m.header.type.isRelayed && (relay || relaysSeen || m.header.hops > 0)
+        m.header.type.isRelayed && (relaying || m.header.hops > 0)
     }
+
+    /// Whether this node relays or has seen a relayed copy: then `admit` has work with every
+    /// datagram of a relayed type (without, only with one that came through a relay).
+    public var relaying: Bool { relay || relaysSeen }
 
     /// Relay and duplicate suppression for the multicast message types. Returns false when the
     /// message was seen before (a relayed copy) and must not be processed again.

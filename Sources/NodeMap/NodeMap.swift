@@ -48,6 +48,17 @@ public struct NodeClaim: Hashable, Sendable {
 /// IDs are assigned by a pure function of the set of claims in the map (see `docs/NODEMAP.md`):
 /// every node holding the same claims holds the same assignment, whatever order they arrived in.
 public struct NodeMap: Sendable {
+    // First, within `lookupBytes`: what a look-up reads (and a repeated claim writes through), so
+    // that a struct holding the map can put its own hot fields right before them (`ClusterNode`:
+    // the simulator asks for the lines a datagram reads in thousands of nodes' maps in turn).
+    // Swift lays a struct out in declaration order.
+    /// The nodes, one column per field (NodeColumns.swift); a node's slot is its index there.
+    private var storage = NodeColumns()
+    /// Address → slot.
+    private var index = SlotIndex()
+    /// How many bytes from the start of the map hold the fields a look-up reads.
+    public static let lookupBytes = MemoryLayout<NodeMap>.offset(of: \NodeMap.index)! + MemoryLayout<SlotIndex>.size
+
     public private(set) var generation: UInt64 = 0
     /// How many changes the map has reported in all (the sum of the lengths of every change list a
     /// mutating call returned): a reader that saw `changeTotal` and is handed the next `k` changes
@@ -79,17 +90,6 @@ public struct NodeMap: Sendable {
     public private(set) var digestMembers = 0
     /// The digest split by `digestBucket` of the address (allocated with the first member).
     private var bucketSums: [UInt64] = []
-
-    // Last, from `lookupOffset` on: what a look-up reads (and a repeated claim writes through), so
-    // that a struct holding the map can put its own hot fields right after them (`ClusterNode`:
-    // the simulator asks for the lines a datagram reads in thousands of nodes' maps in turn).
-    // Swift lays a struct out in declaration order.
-    /// The nodes, one column per field (NodeColumns.swift); a node's slot is its index there.
-    private var storage = NodeColumns()
-    /// Address → slot.
-    private var index = SlotIndex()
-    /// Where the fields a look-up reads begin (they run to the end of the struct).
-    public static let lookupOffset = MemoryLayout<NodeMap>.offset(of: \NodeMap.storage)!
     /// Buckets of the digest: a sync compares them to find which entries differ.
     public static let digestBuckets = 1024
 

@@ -57,7 +57,7 @@ extension Simulator {
             let decoded = try? Message.decode(bytes)
             let origin = decoded?.header.origin
             // An announce mostly repeats what a map holds, and its receiver then reads only the
-            // node's `repeatRanges`; a join changes the map (`changeRanges`); anything else (a
+            // node's `repeatBytes`; a join changes the map (`changeRanges`); anything else (a
             // death notice, a leave) may read all of the node but its settings.
             let lines: NodeLines
             switch decoded?.header.type {
@@ -115,8 +115,7 @@ extension Simulator {
             let j = Int(fanouts[r].receivers[s][k + Self.slotAhead])
             switch lines {
             case .repeated:
-                prefetchSlot(j, Self.repeatSlotRanges.0)
-                prefetchSlot(j, Self.repeatSlotRanges.1)
+                prefetchSlot(j, Self.repeatSlotRange)
             case .change:
                 prefetchSlot(j, Self.changeSlotRanges.0)
                 prefetchSlot(j, Self.changeSlotRanges.1)
@@ -138,7 +137,7 @@ extension Simulator {
         }
     }
 
-    /// Which of a receiver's lines a fanout asks for: see `ClusterNode.repeatRanges` and `changeRanges`.
+    /// Which of a receiver's lines a fanout asks for: see `ClusterNode.repeatBytes` and `changeRanges`.
     enum NodeLines { case repeated, change, core }
 
     static let slotAhead = 8
@@ -146,7 +145,7 @@ extension Simulator {
     static let recordAhead = 2
     /// A slot object's header is 16 bytes; the node follows it.
     static func inSlot(_ r: Range<Int>) -> Range<Int> { 16 + r.lowerBound..<16 + r.upperBound }
-    static let repeatSlotRanges = (inSlot(ClusterNode.repeatRanges.0), inSlot(ClusterNode.repeatRanges.1))
+    static let repeatSlotRange = 0..<16 + ClusterNode.repeatBytes
     static let changeSlotRanges = (inSlot(ClusterNode.changeRanges.0), inSlot(ClusterNode.changeRanges.1))
     /// The slot's header and the node but its settings.
     static let coreSlotRange = 0..<16 + MemoryLayout<ClusterNode>.offset(of: \ClusterNode.config)!

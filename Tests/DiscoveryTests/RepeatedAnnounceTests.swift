@@ -84,6 +84,33 @@ struct RepeatedAnnounceTests {
     }
 }
 
+/// `ClusterNode` keeps its own copies of `discovery.started` and `discovery.relaying` beside its hot
+/// fields: they must follow discovery's.
+struct DiscoveryFlagCopyTests {
+    @Test func aRelayedCopySeenFirstMakesTheOriginalADuplicate() {
+        var n = RepeatedAnnounceTests.node(level: .info)
+        #expect(n.isRunning && !n.discovery.relaying)
+        // A node that relays nothing has no seen-cache to consult for an original.
+        _ = n.receive(RepeatedAnnounceTests.datagram(.announce, incarnation: 1, id: 1), interface: 0, now: 1)
+        #expect(n.discovery.stats.duplicates == 0)
+        // A copy through a relay, then its original (two paths): one message, processed once.
+        _ = n.receive(RepeatedAnnounceTests.datagram(.announce, incarnation: 1, hops: 1, id: 2), interface: 0, now: 2)
+        #expect(n.discovery.relaying)
+        _ = n.receive(RepeatedAnnounceTests.datagram(.announce, incarnation: 1, id: 2), interface: 0, now: 3)
+        #expect(n.discovery.stats.duplicates == 1)
+    }
+
+    @Test func aStoppedNodeTakesNoDatagram() {
+        var n = RepeatedAnnounceTests.node(level: .info)
+        _ = n.stop(now: 1)
+        #expect(!n.isRunning && !n.discovery.started)
+        let before = n.counters.datagramsReceived
+        _ = n.receive(RepeatedAnnounceTests.datagram(.announce, incarnation: 1, id: 1), interface: 0, now: 2)
+        #expect(n.counters.datagramsReceived == before)
+        #expect(n.map[RepeatedAnnounceTests.peer] == nil)
+    }
+}
+
 extension Effect {
     fileprivate var isEvent: Bool {
         if case .event = self { return true }
@@ -96,11 +123,9 @@ extension Effect {
 /// longer asks for.
 struct HotFieldTests {
     @Test func aRepeatedAnnouncesFieldsAreAFewLinesOfTheNode() {
-        let (a, b) = ClusterNode.repeatRanges
-        #expect(a.lowerBound == 0 && a.upperBound <= b.lowerBound)
-        // Two short runs: at most five 64-byte lines wherever the node lies.
-        #expect(a.count <= 128 && b.count <= 96)
-        #expect(b.upperBound * 4 < MemoryLayout<ClusterNode>.size)
+        // At most four 64-byte lines wherever the node lies (its slot's 16-byte header first).
+        #expect(16 + ClusterNode.repeatBytes <= 192)
+        #expect(ClusterNode.repeatBytes * 8 < MemoryLayout<ClusterNode>.size)
     }
 
     @Test func aMapChangesFieldsAreUnderHalfTheNode() {
@@ -109,6 +134,6 @@ struct HotFieldTests {
         #expect(a.lowerBound == 0 && a.upperBound <= b.lowerBound && b.upperBound <= config)
         #expect((a.count + b.count) * 2 < MemoryLayout<ClusterNode>.size)
         // What a repeat reads is part of what a change reads.
-        #expect(ClusterNode.repeatRanges.1.upperBound <= a.upperBound)
+        #expect(ClusterNode.repeatBytes <= a.upperBound)
     }
 }

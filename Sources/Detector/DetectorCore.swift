@@ -54,26 +54,29 @@ public struct DetectorCore: Sendable {
     /// when debug logging is switched on).
     public var eventLevel: LogLevel
 
+    /// `helpers` first: it holds `Suspicion?`'s nil tag, which `nextDeadlineInPlace` and
+    /// `skipsRing` read with the two times after it (`DetectorCore.hotBytes`).
     struct Suspicion: Sendable {
+        var helpers: [IPAddress]
+        var confirmBy: Instant
+        var nextProbe: Instant
         var incarnation: UInt64
         var nonce: UInt32
         var since: Instant
-        var confirmBy: Instant
-        var nextProbe: Instant
-        var helpers: [IPAddress]
         var rounds: Int
         /// Whether `lossGrace` was granted (once per suspicion).
         var graced = false
     }
 
+    /// What `nextDeadlineInPlace` and `skipsRing` read first (`DetectorCore.hotBytes`).
     struct Observed: Sendable {
         var address: IPAddress
         var id: NodeID
-        var since: Instant
         var deadline: Instant
         var nextWatch: Instant
-        var lastHeard: Instant?
         var suspicion: Suspicion?
+        var since: Instant
+        var lastHeard: Instant?
     }
 
     struct Watcher: Sendable {
@@ -127,7 +130,9 @@ public struct DetectorCore: Sendable {
     var nonceCounter: UInt32
 
     /// The bytes from the start of the core that a map change and `nextDeadlineInPlace` read.
-    public static let hotBytes = MemoryLayout<DetectorCore>.offset(of: \DetectorCore.observedNode)! + MemoryLayout<Observed?>.size
+    public static let hotBytes =
+        MemoryLayout<DetectorCore>.offset(of: \DetectorCore.observedNode)! + MemoryLayout<Observed>.offset(of: \Observed.suspicion)!
+        + MemoryLayout<Suspicion>.offset(of: \Suspicion.nextProbe)! + MemoryLayout<Instant>.size
 
     public init(settings: DetectorSettings, selfAddress: IPAddress, now: Instant) {
         precondition((try? settings.validate()) != nil, "invalid DetectorSettings: build them with init(...) throws")

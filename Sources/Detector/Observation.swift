@@ -129,9 +129,9 @@ extension DetectorCore {
         stats.suspicions += 1
         nonceCounter &+= 1
         let s = Suspicion(
-            incarnation: node.incarnation, nonce: nonceCounter, since: now, confirmBy: now + settings.confirmWindow,
-            nextProbe: now + max(settings.period / 2, TimeSpan(nanos: 1)), helpers: helpers(excluding: node.address, map: map),
-            rounds: 1)
+            helpers: helpers(excluding: node.address, map: map), confirmBy: now + settings.confirmWindow,
+            nextProbe: now + max(settings.period / 2, TimeSpan(nanos: 1)), incarnation: node.incarnation, nonce: nonceCounter,
+            since: now, rounds: 1)
         let o = observedNode!
         observedNode!.suspicion = s
         emit(

@@ -75,8 +75,8 @@ extension DetectorCore {
         stats.ringChanges += 1
         let grace = repair ? settings.timeout : settings.startupGrace(memberCount: map.memberCount)
         observedNode = Observed(
-            address: p.address, id: p.id, since: now, deadline: now + grace, nextWatch: now + settings.period,
-            lastHeard: nil, suspicion: nil)
+            address: p.address, id: p.id, deadline: now + grace, nextWatch: now + settings.period, suspicion: nil,
+            since: now, lastHeard: nil)
         // The first watch waits one period: a predecessor that already holds us as its successor
         // heartbeats us within it, and needs none (a restart storm changes rings many times).
         let reason: DetectorEvent.ObserveReason =

@@ -200,8 +200,6 @@ public struct DiscoveryCore: Sendable {
     /// buffer was one more cache miss per datagram in the simulator.
     var waveNext: Instant?
     var pullEndsBy: Instant = .zero
-    /// The sync this node started and waits on (at most one).
-    var session: SyncSession?
     /// `settings`' fields that a join or news reads (`inInflux`, `noteNews`, `nextDeadlineInPlace`).
     let influxMinJoins: Int
     let influxDivisor: Int
@@ -213,6 +211,9 @@ public struct DiscoveryCore: Sendable {
     public internal(set) var stats = DiscoveryStats()
 
     // The rest.
+    /// The sync this node started and waits on (at most one); `nextDeadlineInPlace` reads it only
+    /// while a pull is under way.
+    var session: SyncSession?
     public let settings: DiscoverySettings
     public internal(set) var incarnation: UInt64
     var rng: SplitMix64

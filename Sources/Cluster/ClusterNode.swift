@@ -162,7 +162,7 @@ public struct ClusterNode: Sendable {
     /// `counters.datagramsReceived`, here: every datagram counts.
     private var received = 0
     /// `discovery.started`, and whether discovery relays or has seen a relayed copy (so that
-    /// `admit` has work: `discovery.needsAdmission`), kept beside the hot fields: the head of
+    /// `admit` has work: `DiscoveryCore.needsAdmission`), kept beside the hot fields: the head of
     /// `discovery` lies past the map. Set wherever discovery may change them (`start`, `stop`,
     /// `admit`).
     private var running = false
@@ -544,8 +544,7 @@ public struct ClusterNode: Sendable {
             drop(.staleIncarnation, from: h.origin)
             return flush()
         }
-        // `discovery.needsAdmission(m)`, from the copy of its flag beside the hot fields.
-        if m.header.type.isRelayed && (admitting || m.header.hops > 0) {
+        if DiscoveryCore.needsAdmission(m, relaying: admitting) {
             let (process, relay) = discovery.admit(m, interface: interface, now: now)
             admitting = discovery.relaying
             if case .relay(let fwd, let except)? = relay {

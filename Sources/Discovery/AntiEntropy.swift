@@ -50,11 +50,8 @@ extension DiscoveryCore {
         if inInflux(now: now, memberCount: memberCount) { influxPending = true }
     }
 
-    /// Whether many nodes are joining at once (a restart storm).
-    public func inInflux(now: Instant, map: NodeMap) -> Bool { inInflux(now: now, memberCount: map.memberCount) }
-
-    /// `inInflux`, from the one figure of the map it reads (a caller holding the map `inout` would
-    /// otherwise hand over a copy of it). Inlined: called from a mutating method (`noteJoin`,
+    /// Whether many nodes are joining at once (a restart storm), from the one figure of the map it
+    /// reads (a caller holding the map `inout` would otherwise hand over a copy of it). Inlined: called from a mutating method (`noteJoin`,
     /// `noteNews`: every join and news of a restart storm), a non-mutating method of this struct
     /// (over 700 bytes) was handed a copy of all of it.
     @inline(__always)

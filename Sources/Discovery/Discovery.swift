@@ -430,8 +430,9 @@ public struct DiscoveryCore: Sendable {
     /// Whether `admit` has anything to do with `m`: only a relayed type does, and only where this
     /// node relays or has seen a relayed copy. The common datagram (one network, no relays) skips
     /// `admit` and the copies of its result (about 4 % of the simulator's time at 500 nodes).
+    /// `relaying` is this core's (`ClusterNode` passes its copy of it, kept beside its hot fields).
     @inline(__always)
-    public func needsAdmission(_ m: Message) -> Bool {
+    public static func needsAdmission(_ m: Message, relaying: Bool) -> Bool {
         m.header.type.isRelayed && (relaying || m.header.hops > 0)
     }
 
@@ -445,7 +446,7 @@ public struct DiscoveryCore: Sendable {
         // Without relays in play a copy cannot arrive twice by design; skip the cache (it costs memory).
         // Once a relayed message was seen, originals are remembered too, so that a relayed copy that
         // arrives after its original (two gateways) is recognised.
-        guard needsAdmission(m) else { return (true, nil) }
+        guard Self.needsAdmission(m, relaying: relaying) else { return (true, nil) }
         if m.header.hops > 0 { relaysSeen = true }
         let key = SeenKey(
             origin: m.header.origin, incarnation: m.header.incarnation, messageID: m.header.messageID,

@@ -143,10 +143,13 @@ extension Simulator {
     static let slotAhead = 8
     static let indexAhead = 4
     static let recordAhead = 2
-    /// A slot object's header is 16 bytes; the node follows it.
-    static func inSlot(_ r: Range<Int>) -> Range<Int> { 16 + r.lowerBound..<16 + r.upperBound }
+    /// A slot object's header is 16 bytes (a retain writes it); the node follows it. The ranges that
+    /// start at the node's first byte include the header.
     static let repeatSlotRange = 0..<16 + ClusterNode.repeatBytes
-    static let changeSlotRanges = (inSlot(ClusterNode.changeRanges.0), inSlot(ClusterNode.changeRanges.1))
+    static let changeSlotRanges = (
+        0..<16 + ClusterNode.changeRanges.0.upperBound,
+        16 + ClusterNode.changeRanges.1.lowerBound..<16 + ClusterNode.changeRanges.1.upperBound
+    )
     /// The slot's header and the node but its settings.
     static let coreSlotRange = 0..<16 + MemoryLayout<ClusterNode>.offset(of: \ClusterNode.config)!
 
